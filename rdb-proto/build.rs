@@ -1,0 +1,25 @@
+//! Compiles the FlareDB protobuf contracts with protox (a pure-Rust protobuf
+//! compiler), so building needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+const PROTOS: &[&str] = &[
+    "proto/flaredb/v1/meta.proto",
+    "proto/flaredb/v1/kv.proto",
+    "proto/flaredb/v1/pd.proto",
+    "proto/flaredb/v1/admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    // Kept for gRPC server reflection.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("flaredb_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

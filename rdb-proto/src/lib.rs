@@ -1,0 +1,25 @@
+//! FlareDB's gRPC contracts (protobuf package `flaredb.v1`): the public API.
+//!
+//! # Layout
+//! - `proto/flaredb/v1/*.proto`: the contracts themselves, every message and
+//!   field commented. `meta.proto` (stores, regions, epochs, routing errors),
+//!   `kv.proto` (the `Kv` service of rdb-server), `pd.proto` (the `Pd`
+//!   service of rdb-pd), `admin.proto` (the `StoreAdmin` service that PD and
+//!   stores use to split and move regions).
+//! - [`v1`]: the generated Rust types, clients (`*_client`) and servers (`*_server`).
+//! - [`limits`]: the size limits every FlareDB endpoint enforces.
+//! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+
+pub mod limits;
+pub mod region;
+
+/// Generated code for package `flaredb.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("flaredb.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every FlareDB proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flaredb_descriptor.bin"));

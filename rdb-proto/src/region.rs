@@ -1,0 +1,97 @@
+//! Helpers on regions, epochs and routing errors, shared by rdb-server,
+//! rdb-pd and rdb-client so that all three agree on what "in a region" and
+//! "newer epoch" mean.
+
+use crate::v1::{region_error, Region, RegionEpoch, RegionError};
+
+/// Whether `key` lies in `[start, end)`, where an empty `end` is the end of
+/// the key space.
+pub fn key_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    key >= start && (end.is_empty() || key < end)
+}
+
+impl Region {
+    /// Whether the region holds `key`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key_in_range(key, &self.start_key, &self.end_key)
+    }
+
+    /// The region's epoch, or the zero epoch if unset.
+    pub fn epoch_or_default(&self) -> RegionEpoch {
+        self.epoch.unwrap_or_default()
+    }
+
+    /// Whether the region overlaps `[start, end)` (empty `end` = unbounded).
+    pub fn overlaps(&self, start: &[u8], end: &[u8]) -> bool {
+        let starts_before_range_end = end.is_empty() || self.start_key.as_slice() < end;
+        let ends_after_range_start = self.end_key.is_empty() || self.end_key.as_slice() > start;
+        starts_before_range_end && ends_after_range_start
+    }
+}
+
+impl RegionEpoch {
+    /// Whether `self` is strictly newer than `other`: a higher version, or
+    /// the same version and a higher conf_ver.
+    pub fn is_newer_than(&self, other: &RegionEpoch) -> bool {
+        (self.version, self.conf_ver) > (other.version, other.conf_ver)
+    }
+}
+
+impl RegionError {
+    /// Builds a RegionError from its kind, with a log message.
+    pub fn new(message: impl Into<String>, error: region_error::Error) -> Self {
+        RegionError {
+            message: message.into(),
+            error: Some(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(start: &[u8], end: &[u8]) -> Region {
+        Region {
+            id: 1,
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            epoch: None,
+            store_id: 1,
+        }
+    }
+
+    #[test]
+    fn contains_respects_half_open_bounds() {
+        let r = region(b"b", b"d");
+        assert!(!r.contains(b"a"));
+        assert!(r.contains(b"b"));
+        assert!(r.contains(b"c\xff"));
+        assert!(!r.contains(b"d"));
+        assert!(region(b"", b"").contains(b"\x00"));
+    }
+
+    #[test]
+    fn overlaps_handles_unbounded_ends() {
+        let r = region(b"b", b"d");
+        assert!(r.overlaps(b"a", b"c"));
+        assert!(!r.overlaps(b"d", b""));
+        assert!(!r.overlaps(b"", b"b"));
+        assert!(region(b"x", b"").overlaps(b"a", b""));
+    }
+
+    #[test]
+    fn epoch_order_is_version_then_conf_ver() {
+        let a = RegionEpoch {
+            version: 2,
+            conf_ver: 1,
+        };
+        let b = RegionEpoch {
+            version: 1,
+            conf_ver: 5,
+        };
+        assert!(a.is_newer_than(&b));
+        assert!(!b.is_newer_than(&a));
+        assert!(!a.is_newer_than(&a));
+    }
+}
