@@ -10,6 +10,19 @@ pub fn key_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     key >= start && (end.is_empty() || key < end)
 }
 
+/// Shows a key for messages and logs: printable ASCII as text in quotes,
+/// anything else as `0x`-prefixed hex; long keys are cut at 64 bytes.
+pub fn display_key(key: &[u8]) -> String {
+    let shown = &key[..key.len().min(64)];
+    let more = if key.len() > 64 { "..." } else { "" };
+    if shown.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("{:?}{more}", String::from_utf8_lossy(shown))
+    } else {
+        let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+        format!("0x{hex}{more}")
+    }
+}
+
 impl Region {
     /// Whether the region holds `key`.
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -59,6 +72,13 @@ mod tests {
             epoch: None,
             store_id: 1,
         }
+    }
+
+    #[test]
+    fn display_key_is_readable() {
+        assert_eq!(display_key(b"abc"), "\"abc\"");
+        assert_eq!(display_key(&[0, 255]), "0x00ff");
+        assert!(display_key(&[b'a'; 100]).ends_with("..."));
     }
 
     #[test]
