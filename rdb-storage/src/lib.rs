@@ -30,6 +30,7 @@
 //! raw bytes, records as values) and `meta` (engine and daemon metadata).
 
 pub mod codec;
+pub mod daemon;
 mod datadir;
 mod engine;
 mod error;

@@ -1,0 +1,347 @@
+//! The `flaredb.v1.Pd` gRPC service, and split orchestration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdb_proto::limits::{check_key, check_range};
+use rdb_proto::v1::pd_server::Pd;
+use rdb_proto::v1::store_admin_client::StoreAdminClient;
+use rdb_proto::v1::*;
+use tokio::sync::Mutex;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::Cluster;
+use crate::error::PdError;
+use crate::tso::Tso;
+
+/// Timeout of a call from PD to a store.
+const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The PD gRPC service.
+#[derive(Clone)]
+pub struct PdService {
+    tso: Arc<Tso>,
+    cluster: Arc<Cluster>,
+    /// Serializes admin operations (splits and moves).
+    admin_lock: Arc<Mutex<()>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PdService {
+    /// A service over an opened TSO and cluster.
+    pub fn new(tso: Arc<Tso>, cluster: Arc<Cluster>) -> Self {
+        PdService {
+            tso,
+            cluster,
+            admin_lock: Arc::default(),
+            channels: Arc::default(),
+        }
+    }
+
+    async fn admin_client(&self, store: &Store) -> Result<StoreAdminClient<Channel>, PdError> {
+        let mut chans = self.channels.lock().await;
+        let ch = match chans.get(&store.address) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ch = Channel::from_shared(format!("http://{}", store.address))
+                    .map_err(|e| {
+                        PdError::StoreFailed(format!("bad address of store {}: {e}", store.id))
+                    })?
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(STORE_CALL_TIMEOUT)
+                    .connect_lazy();
+                chans.insert(store.address.clone(), ch.clone());
+                ch
+            }
+        };
+        Ok(StoreAdminClient::new(ch)
+            .max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE)
+            .max_encoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE))
+    }
+
+    /// Splits the region holding `split_key` at that key and, unless told to
+    /// keep it in place, moves the new right half to another live store.
+    pub async fn split(&self, req: SplitRegionRequest) -> Result<SplitRegionResponse, PdError> {
+        check_key(&req.split_key).map_err(PdError::InvalidArgument)?;
+        let _guard = self.admin_lock.lock().await;
+        let route = self.cluster.region_by_key(&req.split_key).await?;
+        let region = route.region.unwrap_or_default();
+        if region.start_key == req.split_key {
+            return Err(PdError::InvalidArgument(format!(
+                "key {} is already the start of region {}",
+                rdb_proto::region::display_key(&req.split_key),
+                region.id
+            )));
+        }
+        let source = route.leader.ok_or_else(|| {
+            PdError::FailedPrecondition(format!(
+                "store {} of region {} is unknown",
+                region.store_id, region.id
+            ))
+        })?;
+        let placement = SplitPlacement::try_from(req.placement).unwrap_or(SplitPlacement::Auto);
+        let target = match placement {
+            SplitPlacement::SameStore => None,
+            SplitPlacement::Auto if req.target_store_id == source.id => None,
+            SplitPlacement::Auto if req.target_store_id != 0 => {
+                if !self.cluster.store_is_up(req.target_store_id).await {
+                    return Err(PdError::FailedPrecondition(format!(
+                        "target store {} is not registered or is down",
+                        req.target_store_id
+                    )));
+                }
+                Some(self.cluster.get_store(req.target_store_id).await?)
+            }
+            SplitPlacement::Auto => self.cluster.pick_other_store(source.id).await,
+        };
+        let new_region_id = self.cluster.alloc_id().await?;
+        let mut admin = self.admin_client(&source).await?;
+        let resp = admin
+            .apply_split(ApplySplitRequest {
+                region_id: region.id,
+                epoch: region.epoch,
+                split_key: req.split_key.clone(),
+                new_region_id,
+            })
+            .await
+            .map_err(|s| {
+                PdError::StoreFailed(format!(
+                    "store {} failed to split region {}: {}",
+                    source.id,
+                    region.id,
+                    s.message()
+                ))
+            })?
+            .into_inner();
+        if let Some(e) = resp.region_error {
+            return Err(PdError::FailedPrecondition(format!(
+                "store {} refused to split region {}: {}",
+                source.id, region.id, e.message
+            )));
+        }
+        let (Some(left), Some(mut right)) = (resp.left, resp.right) else {
+            return Err(PdError::StoreFailed(
+                "store answered the split without regions".into(),
+            ));
+        };
+        self.cluster
+            .update_regions(vec![left.clone(), right.clone()])
+            .await?;
+        tracing::info!(
+            region_id = region.id,
+            new_region_id,
+            store_id = source.id,
+            "region split"
+        );
+        let mut right_leader = source.clone();
+        if let Some(target) = target {
+            let moved = admin
+                .transfer_region(TransferRegionRequest {
+                    region_id: right.id,
+                    epoch: right.epoch,
+                    target: Some(target.clone()),
+                })
+                .await
+                .map_err(|s| {
+                    PdError::StoreFailed(format!(
+                        "region {} was split but moving region {} to store {} failed: {}",
+                        region.id,
+                        right.id,
+                        target.id,
+                        s.message()
+                    ))
+                })?
+                .into_inner();
+            if let Some(e) = moved.region_error {
+                return Err(PdError::FailedPrecondition(format!(
+                    "region {} was split but store {} refused to move region {}: {}",
+                    region.id, source.id, right.id, e.message
+                )));
+            }
+            right = moved.region.ok_or_else(|| {
+                PdError::StoreFailed("store answered the move without a region".into())
+            })?;
+            self.cluster.update_regions(vec![right.clone()]).await?;
+            tracing::info!(
+                region_id = right.id,
+                from = source.id,
+                to = target.id,
+                keys = moved.moved_keys,
+                "region moved"
+            );
+            right_leader = target;
+        }
+        Ok(SplitRegionResponse {
+            left: Some(RegionRoute {
+                region: Some(left),
+                leader: Some(source),
+            }),
+            right: Some(RegionRoute {
+                region: Some(right),
+                leader: Some(right_leader),
+            }),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Pd for PdService {
+    type TsoStream = ReceiverStream<Result<TsoResponse, Status>>;
+
+    async fn tso(
+        &self,
+        request: Request<Streaming<TsoRequest>>,
+    ) -> Result<Response<Self::TsoStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let tso = self.tso.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(s) => {
+                        tracing::debug!(status = %s, "TSO stream ended");
+                        break;
+                    }
+                };
+                let reply = tso
+                    .allocate(req.count)
+                    .await
+                    .map(|first_timestamp| TsoResponse {
+                        first_timestamp,
+                        count: req.count,
+                    })
+                    .map_err(Status::from);
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn is_bootstrapped(
+        &self,
+        _: Request<IsBootstrappedRequest>,
+    ) -> Result<Response<IsBootstrappedResponse>, Status> {
+        Ok(Response::new(IsBootstrappedResponse {
+            bootstrapped: self.cluster.is_bootstrapped().await,
+            cluster_id: self.cluster.cluster_id(),
+        }))
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<BootstrapRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.check_cluster(req.cluster_id)?;
+        let region = req
+            .region
+            .ok_or_else(|| Status::invalid_argument("bootstrap needs a region"))?;
+        self.cluster.bootstrap(req.store_id, region).await?;
+        Ok(Response::new(BootstrapResponse {}))
+    }
+
+    async fn put_store(
+        &self,
+        request: Request<PutStoreRequest>,
+    ) -> Result<Response<PutStoreResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.check_cluster(req.cluster_id)?;
+        let store = req
+            .store
+            .ok_or_else(|| Status::invalid_argument("PutStore needs a store"))?;
+        let store = self.cluster.put_store(store).await?;
+        Ok(Response::new(PutStoreResponse {
+            store: Some(store),
+            cluster_id: self.cluster.cluster_id(),
+        }))
+    }
+
+    async fn get_store(
+        &self,
+        request: Request<GetStoreRequest>,
+    ) -> Result<Response<GetStoreResponse>, Status> {
+        let store = self
+            .cluster
+            .get_store(request.into_inner().store_id)
+            .await?;
+        Ok(Response::new(GetStoreResponse { store: Some(store) }))
+    }
+
+    async fn get_all_stores(
+        &self,
+        _: Request<GetAllStoresRequest>,
+    ) -> Result<Response<GetAllStoresResponse>, Status> {
+        Ok(Response::new(GetAllStoresResponse {
+            stores: self.cluster.all_stores().await,
+        }))
+    }
+
+    async fn store_heartbeat(
+        &self,
+        request: Request<StoreHeartbeatRequest>,
+    ) -> Result<Response<StoreHeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.check_cluster(req.cluster_id)?;
+        self.cluster.heartbeat(req.store_id, req.regions).await?;
+        Ok(Response::new(StoreHeartbeatResponse {}))
+    }
+
+    async fn get_region(
+        &self,
+        request: Request<GetRegionRequest>,
+    ) -> Result<Response<GetRegionResponse>, Status> {
+        let route = self
+            .cluster
+            .region_by_key(&request.into_inner().key)
+            .await?;
+        Ok(Response::new(GetRegionResponse { route: Some(route) }))
+    }
+
+    async fn get_region_by_id(
+        &self,
+        request: Request<GetRegionByIdRequest>,
+    ) -> Result<Response<GetRegionResponse>, Status> {
+        let route = self
+            .cluster
+            .region_by_id(request.into_inner().region_id)
+            .await?;
+        Ok(Response::new(GetRegionResponse { route: Some(route) }))
+    }
+
+    async fn scan_regions(
+        &self,
+        request: Request<ScanRegionsRequest>,
+    ) -> Result<Response<ScanRegionsResponse>, Status> {
+        let req = request.into_inner();
+        check_range(&req.start_key, &req.end_key).map_err(Status::invalid_argument)?;
+        let routes = self
+            .cluster
+            .scan_regions(&req.start_key, &req.end_key, req.limit as usize)
+            .await;
+        Ok(Response::new(ScanRegionsResponse { routes }))
+    }
+
+    async fn alloc_id(
+        &self,
+        _: Request<AllocIdRequest>,
+    ) -> Result<Response<AllocIdResponse>, Status> {
+        Ok(Response::new(AllocIdResponse {
+            id: self.cluster.alloc_id().await?,
+        }))
+    }
+
+    async fn split_region(
+        &self,
+        request: Request<SplitRegionRequest>,
+    ) -> Result<Response<SplitRegionResponse>, Status> {
+        Ok(Response::new(self.split(request.into_inner()).await?))
+    }
+}

@@ -1,0 +1,422 @@
+//! The `flaredb.v1.Kv` gRPC service.
+//!
+//! Every request is checked in this order: arguments (`InvalidArgument`
+//! status), then region, epoch and key range (a `region_error` in the
+//! response). The region map's read lock is held until the storage operation
+//! is done, so a split or a move never interleaves with a request it affects.
+
+use std::sync::Arc;
+
+use rdb_proto::limits::{check_batch_len, check_key, check_range, check_value, MAX_SCAN_LIMIT};
+use rdb_proto::v1::cas_condition::Condition;
+use rdb_proto::v1::kv_server::Kv;
+use rdb_proto::v1::*;
+use rdb_storage::{Engine, Expected, OpResult, ScanOptions, WriteOp};
+use tokio::sync::RwLockReadGuard;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServerError;
+use crate::node::Node;
+use crate::regions::{check_keys, clamp_range, RegionCheck, RegionMap};
+
+/// The Kv service of one store.
+#[derive(Clone)]
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A service over a started node.
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+
+    async fn enter(
+        &self,
+        ctx: Option<&Context>,
+    ) -> Result<(RwLockReadGuard<'_, RegionMap>, Region), Reject> {
+        let guard = self.node.regions.read().await;
+        let region = match guard.check_context(ctx) {
+            Ok(r) => r.clone(),
+            Err(RegionCheck::Region(e)) => return Err(Reject::Region(e)),
+            Err(RegionCheck::Invalid(m)) => {
+                return Err(Reject::Status(Status::invalid_argument(m)))
+            }
+        };
+        Ok((guard, region))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> rdb_storage::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let engine = self.node.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?
+            .map_err(|e| Status::from(ServerError::from(e)))
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>, Status> {
+        self.node
+            .engine
+            .write(ops)
+            .await
+            .map_err(|e| Status::from(ServerError::from(e)))
+    }
+}
+
+enum Reject {
+    Region(RegionError),
+    Status(Status),
+}
+
+fn invalid(r: Result<(), String>) -> Result<(), Status> {
+    r.map_err(Status::invalid_argument)
+}
+
+/// Enters the region named by the request's context, or returns the
+/// response carrying the region error.
+macro_rules! enter {
+    ($self:ident, $req:ident, $resp:ty) => {
+        match $self.enter($req.context.as_ref()).await {
+            Ok(x) => x,
+            Err(Reject::Region(e)) => {
+                return Ok(Response::new(<$resp>::default_with_error(e)));
+            }
+            Err(Reject::Status(s)) => return Err(s),
+        }
+    };
+}
+
+/// Check keys against the region, or return the response with the error.
+macro_rules! in_region {
+    ($check:expr, $resp:ty) => {
+        match $check {
+            Ok(x) => x,
+            Err(e) => return Ok(Response::new(<$resp>::default_with_error(e))),
+        }
+    };
+}
+
+trait WithRegionError: Default {
+    fn default_with_error(e: RegionError) -> Self;
+}
+
+macro_rules! with_region_error {
+    ($($t:ty),*) => {$(
+        impl WithRegionError for $t {
+            fn default_with_error(e: RegionError) -> Self {
+                Self { region_error: Some(e), ..Default::default() }
+            }
+        }
+    )*};
+}
+
+with_region_error!(
+    GetResponse,
+    BatchGetResponse,
+    PutResponse,
+    BatchPutResponse,
+    DeleteResponse,
+    BatchDeleteResponse,
+    ScanResponse,
+    DeleteRangeResponse,
+    CompareAndSwapResponse
+);
+
+fn unexpected(r: impl std::fmt::Debug) -> Status {
+    Status::internal(format!("storage returned an unexpected result: {r:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_key(&req.key))?;
+        let (_guard, region) = enter!(self, req, GetResponse);
+        in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
+        let key = req.key;
+        let got = self.blocking(move |e| e.get(&key)).await?;
+        Ok(Response::new(match got {
+            Some(v) => GetResponse {
+                region_error: None,
+                found: true,
+                value: v.value,
+                version: v.version,
+            },
+            None => GetResponse::default(),
+        }))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<BatchGetRequest>,
+    ) -> Result<Response<BatchGetResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_batch_len(req.keys.len()))?;
+        for k in &req.keys {
+            invalid(check_key(k))?;
+        }
+        let (_guard, region) = enter!(self, req, BatchGetResponse);
+        in_region!(
+            check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
+            BatchGetResponse
+        );
+        let keys = req.keys;
+        let pairs = self
+            .blocking(move |e| {
+                let vals = e.batch_get(&keys)?;
+                Ok(keys
+                    .into_iter()
+                    .zip(vals)
+                    .filter_map(|(key, v)| {
+                        v.map(|v| KvPair {
+                            key,
+                            value: v.value,
+                            version: v.version,
+                        })
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(BatchGetResponse {
+            region_error: None,
+            pairs,
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_key(&req.key))?;
+        invalid(check_value(&req.value))?;
+        let (_guard, region) = enter!(self, req, PutResponse);
+        in_region!(check_keys(&region, [req.key.as_slice()]), PutResponse);
+        match self
+            .write(vec![WriteOp::Put {
+                key: req.key,
+                value: req.value,
+            }])
+            .await?
+            .pop()
+        {
+            Some(OpResult::Put(version)) => Ok(Response::new(PutResponse {
+                region_error: None,
+                version,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<BatchPutRequest>,
+    ) -> Result<Response<BatchPutResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_batch_len(req.pairs.len()))?;
+        for p in &req.pairs {
+            invalid(check_key(&p.key))?;
+            invalid(check_value(&p.value))?;
+        }
+        let (_guard, region) = enter!(self, req, BatchPutResponse);
+        in_region!(
+            check_keys(&region, req.pairs.iter().map(|p| p.key.as_slice())),
+            BatchPutResponse
+        );
+        let ops = req
+            .pairs
+            .into_iter()
+            .map(|p| WriteOp::Put {
+                key: p.key,
+                value: p.value,
+            })
+            .collect();
+        let versions = self
+            .write(ops)
+            .await?
+            .into_iter()
+            .map(|r| match r {
+                OpResult::Put(v) => Ok(v),
+                other => Err(unexpected(other)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(BatchPutResponse {
+            region_error: None,
+            versions,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_key(&req.key))?;
+        let (_guard, region) = enter!(self, req, DeleteResponse);
+        in_region!(check_keys(&region, [req.key.as_slice()]), DeleteResponse);
+        match self
+            .write(vec![WriteOp::Delete { key: req.key }])
+            .await?
+            .pop()
+        {
+            Some(OpResult::Delete(existed)) => Ok(Response::new(DeleteResponse {
+                region_error: None,
+                existed,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn batch_delete(
+        &self,
+        request: Request<BatchDeleteRequest>,
+    ) -> Result<Response<BatchDeleteResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_batch_len(req.keys.len()))?;
+        for k in &req.keys {
+            invalid(check_key(k))?;
+        }
+        let (_guard, region) = enter!(self, req, BatchDeleteResponse);
+        in_region!(
+            check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
+            BatchDeleteResponse
+        );
+        let ops = req
+            .keys
+            .into_iter()
+            .map(|key| WriteOp::Delete { key })
+            .collect();
+        let deleted = self
+            .write(ops)
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r, OpResult::Delete(true)))
+            .count();
+        Ok(Response::new(BatchDeleteResponse {
+            region_error: None,
+            deleted: deleted as u64,
+        }))
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_range(&req.start_key, &req.end_key))?;
+        if req.limit > MAX_SCAN_LIMIT {
+            return Err(Status::invalid_argument(format!(
+                "scan limit {} is over the maximum of {MAX_SCAN_LIMIT}",
+                req.limit
+            )));
+        }
+        let (_guard, region) = enter!(self, req, ScanResponse);
+        let (start, end) = in_region!(
+            clamp_range(&region, &req.start_key, &req.end_key),
+            ScanResponse
+        );
+        let opts = ScanOptions {
+            limit: if req.limit == 0 {
+                MAX_SCAN_LIMIT as usize
+            } else {
+                req.limit as usize
+            },
+            reverse: req.reverse,
+            keys_only: req.keys_only,
+        };
+        let pairs = self
+            .blocking(move |e| {
+                Ok(e.scan(&start, &end, opts)?
+                    .into_iter()
+                    .map(|x| KvPair {
+                        key: x.key,
+                        value: x.value,
+                        version: x.version,
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(ScanResponse {
+            region_error: None,
+            pairs,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_range(&req.start_key, &req.end_key))?;
+        let (_guard, region) = enter!(self, req, DeleteRangeResponse);
+        let (start, end) = in_region!(
+            clamp_range(&region, &req.start_key, &req.end_key),
+            DeleteRangeResponse
+        );
+        match self
+            .write(vec![WriteOp::DeleteRange { start, end }])
+            .await?
+            .pop()
+        {
+            Some(OpResult::DeleteRange(deleted)) => Ok(Response::new(DeleteRangeResponse {
+                region_error: None,
+                deleted,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let req = request.into_inner();
+        invalid(check_key(&req.key))?;
+        invalid(check_value(&req.new_value))?;
+        let expected = match req.expected.as_ref().and_then(|c| c.condition.as_ref()) {
+            Some(Condition::Absent(_)) => Expected::Absent,
+            Some(Condition::Version(v)) => Expected::Version(*v),
+            Some(Condition::Value(v)) => {
+                invalid(check_value(v))?;
+                Expected::Value(v.clone())
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "compare-and-swap needs an expected condition: absent, version or value",
+                ))
+            }
+        };
+        let (_guard, region) = enter!(self, req, CompareAndSwapResponse);
+        in_region!(
+            check_keys(&region, [req.key.as_slice()]),
+            CompareAndSwapResponse
+        );
+        let new = if req.delete {
+            None
+        } else {
+            Some(req.new_value)
+        };
+        match self
+            .write(vec![WriteOp::Cas {
+                key: req.key,
+                expected,
+                new,
+            }])
+            .await?
+            .pop()
+        {
+            Some(OpResult::Cas(o)) => {
+                let (found, current_value, current_version) = match o.current {
+                    Some(c) => (true, c.value, c.version),
+                    None => (false, Vec::new(), 0),
+                };
+                Ok(Response::new(CompareAndSwapResponse {
+                    region_error: None,
+                    succeeded: o.succeeded,
+                    found,
+                    current_value,
+                    current_version,
+                    new_version: o.new_version.unwrap_or(0),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! A store node: its engine, its regions, and its relationship with PD
+//! (registration, bootstrap, heartbeats).
+
+use std::time::{Duration, Instant};
+
+use rdb_proto::v1::pd_client::PdClient;
+use rdb_proto::v1::*;
+use rdb_storage::{DataDir, Engine, Identity, WriteOp};
+use tokio::sync::RwLock;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::error::{Result, ServerError};
+use crate::regions::{load_regions, put_region_op, region_meta_key, RegionMap};
+
+/// A running store.
+pub struct Node {
+    /// The storage engine.
+    pub engine: Engine,
+    /// The regions served here.
+    pub regions: RwLock<RegionMap>,
+    /// This store's id.
+    pub store_id: u64,
+    /// The cluster this store belongs to.
+    pub cluster_id: u64,
+    /// The address clients and other stores reach this store on.
+    pub address: String,
+    pd: PdClient<Channel>,
+}
+
+/// Connects to PD lazily; calls fail until PD answers.
+pub fn pd_client(pd: &str) -> Result<PdClient<Channel>> {
+    let uri = if pd.contains("://") {
+        pd.to_string()
+    } else {
+        format!("http://{pd}")
+    };
+    let ch = Channel::from_shared(uri)
+        .map_err(|e| ServerError::InvalidArgument(format!("bad PD address {pd:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    Ok(PdClient::new(ch))
+}
+
+impl Node {
+    /// Registers with PD (waiting up to `pd_wait` for it), bootstraps the
+    /// cluster if it is new, and loads the regions this store serves.
+    pub async fn start(
+        dir: &DataDir,
+        engine: Engine,
+        pd_addr: &str,
+        address: String,
+        pd_wait: Duration,
+    ) -> Result<Node> {
+        let identity = dir.check_role("server")?;
+        let mut pd = pd_client(pd_addr)?;
+        let deadline = Instant::now() + pd_wait;
+        let boot = loop {
+            match pd.is_bootstrapped(IsBootstrappedRequest {}).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if Instant::now() < deadline => {
+                    tracing::warn!(pd = pd_addr, error = %s.message(), "PD not reachable yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(s) => {
+                    return Err(ServerError::remote(
+                        &format!("cannot reach PD at {pd_addr}"),
+                        &s,
+                    ))
+                }
+            }
+        };
+        let cluster_id = boot.cluster_id;
+        let store_id = match identity {
+            Some(id) => {
+                dir.check_cluster(&id, cluster_id)?;
+                id.node_id
+            }
+            None => {
+                let id = pd
+                    .alloc_id(AllocIdRequest {})
+                    .await
+                    .map_err(|s| ServerError::remote("allocating a store id", &s))?
+                    .into_inner()
+                    .id;
+                dir.write_identity(&Identity {
+                    role: "server".into(),
+                    cluster_id,
+                    node_id: id,
+                })?;
+                id
+            }
+        };
+        pd.put_store(PutStoreRequest {
+            cluster_id,
+            store: Some(Store {
+                id: store_id,
+                address: address.clone(),
+                state: StoreState::Up as i32,
+                last_heartbeat_ms: 0,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        })
+        .await
+        .map_err(|s| ServerError::remote("registering with PD", &s))?;
+        let mut regions = load_regions(&engine)?;
+        if !boot.bootstrapped && regions.is_empty() {
+            regions = Self::bootstrap(&mut pd, &engine, cluster_id, store_id).await?;
+        }
+        let node = Node {
+            engine,
+            regions: RwLock::new(RegionMap::new(regions)),
+            store_id,
+            cluster_id,
+            address,
+            pd,
+        };
+        node.drop_stale_regions().await?;
+        Ok(node)
+    }
+
+    /// Creates the first region (the whole key space) here and tells PD.
+    /// The region is persisted locally first; if another store won the race
+    /// to bootstrap, it is removed again.
+    async fn bootstrap(
+        pd: &mut PdClient<Channel>,
+        engine: &Engine,
+        cluster_id: u64,
+        store_id: u64,
+    ) -> Result<Vec<Region>> {
+        let id = pd
+            .alloc_id(AllocIdRequest {})
+            .await
+            .map_err(|s| ServerError::remote("allocating the first region id", &s))?
+            .into_inner()
+            .id;
+        let region = Region {
+            id,
+            start_key: Vec::new(),
+            end_key: Vec::new(),
+            epoch: Some(RegionEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            store_id,
+        };
+        engine.write(vec![put_region_op(&region)]).await?;
+        match pd
+            .bootstrap(BootstrapRequest {
+                cluster_id,
+                store_id,
+                region: Some(region.clone()),
+            })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    store_id,
+                    region_id = id,
+                    "bootstrapped the cluster with the first region"
+                );
+                Ok(vec![region])
+            }
+            Err(s) if s.code() == Code::AlreadyExists => {
+                engine
+                    .write(vec![WriteOp::DeleteMeta {
+                        key: region_meta_key(id),
+                    }])
+                    .await?;
+                Ok(Vec::new())
+            }
+            Err(s) => {
+                engine
+                    .write(vec![WriteOp::DeleteMeta {
+                        key: region_meta_key(id),
+                    }])
+                    .await?;
+                Err(ServerError::remote("bootstrapping the cluster", &s))
+            }
+        }
+    }
+
+    /// Drops regions that PD knows moved to another store with a newer epoch
+    /// (left behind when this store died during a move).
+    async fn drop_stale_regions(&self) -> Result<()> {
+        let local = self.regions.read().await.regions();
+        let mut pd = self.pd.clone();
+        for r in local {
+            let Ok(resp) = pd
+                .get_region_by_id(GetRegionByIdRequest { region_id: r.id })
+                .await
+            else {
+                continue;
+            };
+            let Some(known) = resp.into_inner().route.and_then(|rt| rt.region) else {
+                continue;
+            };
+            if known.store_id != self.store_id
+                && known
+                    .epoch_or_default()
+                    .is_newer_than(&r.epoch_or_default())
+            {
+                tracing::warn!(
+                    region_id = r.id,
+                    now_on = known.store_id,
+                    "dropping a region that moved away"
+                );
+                self.engine
+                    .write(vec![
+                        WriteOp::DeleteMeta {
+                            key: region_meta_key(r.id),
+                        },
+                        WriteOp::DeleteRange {
+                            start: r.start_key.clone(),
+                            end: r.end_key.clone(),
+                        },
+                    ])
+                    .await?;
+                self.regions.write().await.remove(r.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one heartbeat with the regions served here.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let regions = self.regions.read().await.regions();
+        let engine = self.engine.clone();
+        let (keys, size) = tokio::task::spawn_blocking(move || engine.approximate_stats())
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        self.pd
+            .clone()
+            .store_heartbeat(StoreHeartbeatRequest {
+                cluster_id: self.cluster_id,
+                store_id: self.store_id,
+                regions,
+                approximate_keys: keys,
+                approximate_size: size,
+            })
+            .await
+            .map_err(|s| ServerError::remote("heartbeat", &s))?;
+        Ok(())
+    }
+
+    /// Heartbeats every `interval` until the process stops.
+    pub async fn heartbeat_loop(self: std::sync::Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.heartbeat().await {
+                Ok(()) if failing => {
+                    tracing::info!("heartbeats to PD work again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "heartbeat to PD failed");
+                    failing = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat to PD failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The regions this store serves, and the checks every request goes through.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+use rdb_proto::region::display_key;
+use rdb_proto::v1::region_error::Error as RegionErrorKind;
+use rdb_proto::v1::{
+    Context, EpochNotMatch, KeyNotInRegion, Region, RegionError, RegionNotFound, ServerIsBusy,
+};
+use rdb_storage::{Engine, WriteOp};
+
+use crate::error::{Result, ServerError};
+
+const REGION_PREFIX: &[u8] = b"region/";
+
+/// Meta key of a region record.
+pub fn region_meta_key(id: u64) -> Vec<u8> {
+    let mut k = REGION_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The write that persists a region record.
+pub fn put_region_op(r: &Region) -> WriteOp {
+    WriteOp::PutMeta {
+        key: region_meta_key(r.id),
+        value: r.encode_to_vec(),
+    }
+}
+
+/// Loads the region records of a store's engine.
+pub fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
+    engine
+        .scan_meta(REGION_PREFIX)?
+        .into_iter()
+        .map(|(_, v)| {
+            Region::decode(v.as_slice())
+                .map_err(|e| ServerError::Internal(format!("corrupted region record: {e}")))
+        })
+        .collect()
+}
+
+/// A served region.
+#[derive(Debug, Clone)]
+pub struct RegionState {
+    /// The region's current metadata.
+    pub region: Region,
+    /// Set while the region's data is being moved to another store; requests
+    /// get `ServerIsBusy` meanwhile.
+    pub moving: bool,
+}
+
+/// The regions of this store, by id and by start key.
+#[derive(Debug, Default)]
+pub struct RegionMap {
+    by_id: HashMap<u64, RegionState>,
+    by_start: BTreeMap<Vec<u8>, u64>,
+}
+
+impl RegionMap {
+    /// Builds the map from persisted records.
+    pub fn new(regions: Vec<Region>) -> Self {
+        let mut m = RegionMap::default();
+        for r in regions {
+            m.insert(r);
+        }
+        m
+    }
+
+    /// Adds or replaces a region.
+    pub fn insert(&mut self, r: Region) {
+        self.remove(r.id);
+        self.by_start.insert(r.start_key.clone(), r.id);
+        self.by_id.insert(
+            r.id,
+            RegionState {
+                region: r,
+                moving: false,
+            },
+        );
+    }
+
+    /// Removes a region.
+    pub fn remove(&mut self, id: u64) -> Option<Region> {
+        let old = self.by_id.remove(&id)?;
+        if self.by_start.get(&old.region.start_key) == Some(&id) {
+            self.by_start.remove(&old.region.start_key);
+        }
+        Some(old.region)
+    }
+
+    /// A region by id.
+    pub fn get(&self, id: u64) -> Option<&RegionState> {
+        self.by_id.get(&id)
+    }
+
+    /// A region by id, mutable.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut RegionState> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// All regions, in key order.
+    pub fn regions(&self) -> Vec<Region> {
+        self.by_start
+            .values()
+            .filter_map(|id| self.by_id.get(id))
+            .map(|s| s.region.clone())
+            .collect()
+    }
+
+    /// Whether any served region overlaps `[start, end)`.
+    pub fn overlaps(&self, start: &[u8], end: &[u8]) -> Option<u64> {
+        self.by_id
+            .values()
+            .find(|s| s.region.overlaps(start, end))
+            .map(|s| s.region.id)
+    }
+
+    /// Checks a request's context: the region is served here, with this
+    /// epoch, and is not being moved. Returns the region.
+    pub fn check_context(
+        &self,
+        ctx: Option<&Context>,
+    ) -> std::result::Result<&Region, RegionCheck> {
+        let ctx = ctx.ok_or_else(|| {
+            RegionCheck::Invalid(
+                "request has no context: set the region id and epoch (from PD's GetRegion)".into(),
+            )
+        })?;
+        let Some(state) = self.by_id.get(&ctx.region_id) else {
+            return Err(RegionCheck::Region(RegionError::new(
+                format!("region {} is not served by this store", ctx.region_id),
+                RegionErrorKind::RegionNotFound(RegionNotFound {
+                    region_id: ctx.region_id,
+                }),
+            )));
+        };
+        let region = &state.region;
+        let epoch = ctx.region_epoch.unwrap_or_default();
+        if epoch != region.epoch_or_default() {
+            let cur = region.epoch_or_default();
+            return Err(RegionCheck::Region(RegionError::new(
+                format!(
+                    "region {} epoch is {{version {}, conf_ver {}}}, request has {{version {}, conf_ver {}}}",
+                    region.id, cur.version, cur.conf_ver, epoch.version, epoch.conf_ver
+                ),
+                RegionErrorKind::EpochNotMatch(EpochNotMatch { current_regions: vec![region.clone()] }),
+            )));
+        }
+        if state.moving {
+            return Err(RegionCheck::Region(RegionError::new(
+                format!("region {} is being moved to another store", region.id),
+                RegionErrorKind::ServerIsBusy(ServerIsBusy {
+                    reason: format!("region {} is being moved", region.id),
+                    backoff_ms: 50,
+                }),
+            )));
+        }
+        Ok(region)
+    }
+}
+
+/// Why a request cannot be served by the region it names.
+#[derive(Debug)]
+pub enum RegionCheck {
+    /// A routing error for the client to act on.
+    Region(RegionError),
+    /// A malformed request.
+    Invalid(String),
+}
+
+/// The `KeyNotInRegion` error for `key`.
+pub fn key_not_in_region(key: &[u8], region: &Region) -> RegionError {
+    RegionError::new(
+        format!(
+            "key {} is not in region {} [{}, {})",
+            display_key(key),
+            region.id,
+            display_key(&region.start_key),
+            if region.end_key.is_empty() {
+                "+inf".to_string()
+            } else {
+                display_key(&region.end_key)
+            }
+        ),
+        RegionErrorKind::KeyNotInRegion(KeyNotInRegion {
+            key: key.to_vec(),
+            region_id: region.id,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+        }),
+    )
+}
+
+/// Checks that every key is in the region.
+pub fn check_keys<'a>(
+    region: &Region,
+    keys: impl IntoIterator<Item = &'a [u8]>,
+) -> std::result::Result<(), RegionError> {
+    for k in keys {
+        if !region.contains(k) {
+            return Err(key_not_in_region(k, region));
+        }
+    }
+    Ok(())
+}
+
+/// Clamps a `[start, end)` range to the region; `start` must be in the region.
+pub fn clamp_range(
+    region: &Region,
+    start: &[u8],
+    end: &[u8],
+) -> std::result::Result<(Vec<u8>, Vec<u8>), RegionError> {
+    if !region.contains(start) {
+        return Err(key_not_in_region(start, region));
+    }
+    let end = match (end.is_empty(), region.end_key.is_empty()) {
+        (_, true) => end.to_vec(),
+        (true, false) => region.end_key.clone(),
+        (false, false) => end.min(region.end_key.as_slice()).to_vec(),
+    };
+    Ok((start.to_vec(), end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdb_proto::v1::RegionEpoch;
+
+    fn region(id: u64, s: &[u8], e: &[u8]) -> Region {
+        Region {
+            id,
+            start_key: s.to_vec(),
+            end_key: e.to_vec(),
+            epoch: Some(RegionEpoch {
+                version: 2,
+                conf_ver: 1,
+            }),
+            store_id: 1,
+        }
+    }
+
+    #[test]
+    fn context_checks() {
+        let mut m = RegionMap::new(vec![region(1, b"", b"m"), region(2, b"m", b"")]);
+        let ctx = |id, v| Context {
+            region_id: id,
+            region_epoch: Some(RegionEpoch {
+                version: v,
+                conf_ver: 1,
+            }),
+        };
+        assert!(matches!(
+            m.check_context(None),
+            Err(RegionCheck::Invalid(_))
+        ));
+        assert_eq!(m.check_context(Some(&ctx(1, 2))).unwrap().id, 1);
+        let e = |r: std::result::Result<&Region, RegionCheck>| match r {
+            Err(RegionCheck::Region(e)) => e.error.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            e(m.check_context(Some(&ctx(3, 2)))),
+            RegionErrorKind::RegionNotFound(_)
+        ));
+        assert!(matches!(
+            e(m.check_context(Some(&ctx(1, 1)))),
+            RegionErrorKind::EpochNotMatch(_)
+        ));
+        m.get_mut(2).unwrap().moving = true;
+        assert!(matches!(
+            e(m.check_context(Some(&ctx(2, 2)))),
+            RegionErrorKind::ServerIsBusy(_)
+        ));
+        let r = region(2, b"m", b"t");
+        assert!(check_keys(&r, [&b"m"[..], b"s"]).is_ok());
+        assert!(check_keys(&r, [&b"t"[..]]).is_err());
+        assert_eq!(
+            clamp_range(&r, b"n", b"").unwrap(),
+            (b"n".to_vec(), b"t".to_vec())
+        );
+        assert_eq!(
+            clamp_range(&r, b"n", b"p").unwrap(),
+            (b"n".to_vec(), b"p".to_vec())
+        );
+        assert!(clamp_range(&r, b"a", b"p").is_err());
+        assert_eq!(m.overlaps(b"a", b"b"), Some(1));
+        assert_eq!(m.regions().len(), 2);
+    }
+}
