@@ -1,0 +1,96 @@
+use tonic::{Code, Status};
+
+/// Errors returned by the FlareDB client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request was refused as malformed (by the client or the server);
+    /// the message says what was wrong. Retrying will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No PD endpoint answered.
+    #[error("PD unreachable ({endpoints}): {message}")]
+    PdUnavailable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last error.
+        message: String,
+    },
+    /// The store serving a key did not answer within the retry budget.
+    #[error("store {address} unreachable: {message}")]
+    StoreUnavailable {
+        /// The store address.
+        address: String,
+        /// The last error.
+        message: String,
+    },
+    /// Routing kept failing (region errors) until the retry budget ran out.
+    #[error("request still misrouted after {attempts} attempts: {message}")]
+    RegionUnavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last region error.
+        message: String,
+    },
+    /// A non-idempotent request (compare-and-swap) was sent but the
+    /// connection failed before the answer: it may or may not have been applied.
+    #[error(
+        "outcome unknown, the connection to {address} failed after the request was sent: {message}"
+    )]
+    Undetermined {
+        /// The store address.
+        address: String,
+        /// The error.
+        message: String,
+    },
+    /// Something was not found (a store, a region).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Any other gRPC error.
+    #[error("{code:?}: {message}")]
+    Rpc {
+        /// The gRPC status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn from_status(s: &Status) -> Error {
+        match s.code() {
+            Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
+            Code::NotFound => Error::NotFound(s.message().to_string()),
+            code => Error::Rpc {
+                code,
+                message: s.message().to_string(),
+            },
+        }
+    }
+
+    /// Whether the error means a server could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::PdUnavailable { .. }
+                | Error::StoreUnavailable { .. }
+                | Error::Undetermined { .. }
+        )
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether a status says the server could not be reached (worth a retry elsewhere or later).
+pub(crate) fn is_transport(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// Whether the request surely never reached the server (connection refused or not established).
+pub(crate) fn never_sent(s: &Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.code() == Code::Unavailable && (m.contains("connect") || m.contains("refused"))
+}
