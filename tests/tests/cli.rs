@@ -1,0 +1,164 @@
+//! rdb-cli against a real cluster: every command, --json, and the exit codes.
+
+use flaredb_tests::{binary, TestCluster};
+use serde_json::Value;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn cli_commands_json_and_exit_codes() {
+    let cluster = TestCluster::start(2);
+    let cli = |args: &[&str]| cluster.cli(args);
+
+    assert_eq!(ok(&cli(&["put", "alpha", "1"])).trim(), "OK version=1");
+    assert_eq!(ok(&cli(&["get", "alpha"])).trim(), "1");
+    let j = json(&cli(&["--json", "get", "alpha"]));
+    assert_eq!(
+        (
+            j["value"].as_str(),
+            j["version"].as_u64(),
+            j["found"].as_bool()
+        ),
+        (Some("1"), Some(1), Some(true))
+    );
+    ok(&cli(&["put", "beta", "2"]));
+    ok(&cli(&["put", "gamma", "3"]));
+
+    // Missing key: exit 3 with a one-line message.
+    let out = cli(&["get", "nope"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "rdb-cli: key not found: nope"
+    );
+    assert_eq!(
+        json(&cli(&["--json", "get", "nope"]))["found"],
+        Value::Bool(false)
+    );
+
+    // Scan, plain and JSON, with limit and reverse.
+    assert_eq!(ok(&cli(&["scan", "a"])), "alpha\t1\nbeta\t2\ngamma\t3\n");
+    let j = json(&cli(&["--json", "scan", "a", "c", "--limit", "5"]));
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    assert_eq!(
+        ok(&cli(&[
+            "scan",
+            "",
+            "--reverse",
+            "--limit",
+            "1",
+            "--keys-only"
+        ]))
+        .trim(),
+        "gamma"
+    );
+
+    // CAS in all three modes; a failed CAS exits 4.
+    assert!(ok(&cli(&["cas", "delta", "x", "--expect-absent"])).starts_with("OK version="));
+    let out = cli(&["cas", "delta", "y", "--expect-absent"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAS failed"));
+    let v = json(&cli(&["--json", "get", "delta"]))["version"]
+        .as_u64()
+        .unwrap();
+    let j = json(&cli(&[
+        "--json",
+        "cas",
+        "delta",
+        "y",
+        "--expect-version",
+        &v.to_string(),
+    ]));
+    assert_eq!(j["succeeded"], Value::Bool(true));
+    let out = cli(&["--json", "cas", "delta", "z", "--expect-value", "x"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(json(&out)["current"]["value"], Value::String("y".into()));
+    ok(&cli(&[
+        "cas",
+        "delta",
+        "",
+        "--expect-value",
+        "y",
+        "--delete",
+    ]));
+
+    // Delete: exit 3 when the key was not there.
+    assert_eq!(ok(&cli(&["delete", "alpha"])).trim(), "deleted");
+    assert_eq!(cli(&["delete", "alpha"]).status.code(), Some(3));
+
+    // Hex keys and values.
+    ok(&cli(&["--hex", "put", "00ff", "ff00"]));
+    assert_eq!(ok(&cli(&["--hex", "get", "00ff"])).trim(), "ff00");
+
+    // TSO.
+    let a = json(&cli(&["--json", "tso", "--count", "10"]));
+    let b: u64 = ok(&cli(&["tso"])).trim().parse().unwrap();
+    assert_eq!(a["count"].as_u64(), Some(10));
+    assert!(b >= a["first"].as_u64().unwrap() + 10);
+
+    // Cluster layout and split.
+    assert_eq!(
+        json(&cli(&["--json", "stores"])).as_array().unwrap().len(),
+        2
+    );
+    let j = json(&cli(&["--json", "split", "b"]));
+    assert_ne!(j["left"]["store_id"], j["right"]["store_id"]);
+    let regions = json(&cli(&["--json", "regions"]));
+    assert_eq!(regions.as_array().unwrap().len(), 2);
+    assert_eq!(regions[1]["start_key"], Value::String("b".into()));
+    assert!(ok(&cli(&["regions"])).contains("+inf"));
+    assert_eq!(
+        ok(&cli(&["scan", "", "--keys-only"])),
+        "\u{0}\u{fffd}\nbeta\ngamma\n"
+    );
+
+    // Usage errors exit 2; bad input is refused before it reaches the store.
+    assert_eq!(cli(&["cas", "k", "v"]).status.code(), Some(2));
+    assert_eq!(cli(&["put", "", "v"]).status.code(), Some(2));
+    assert_eq!(cli(&["scan", "z", "a"]).status.code(), Some(2));
+    assert_eq!(cli(&["--hex", "get", "zz"]).status.code(), Some(2));
+    let help = ok(&std::process::Command::new(binary("rdb-cli"))
+        .arg("--help")
+        .output()
+        .unwrap());
+    assert!(help.contains("EXIT CODES"));
+}
+
+#[test]
+fn cli_unreachable_pd_exits_5() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(binary("rdb-cli"))
+        .args([
+            "--pd",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "1",
+            "get",
+            "k",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("rdb-cli: cannot reach PD") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}

@@ -1,0 +1,301 @@
+//! Key-value operations and CAS through the client against real processes;
+//! bad input is refused with InvalidArgument by the client and by the server.
+
+use std::sync::Arc;
+
+use flaredb_tests::TestCluster;
+use rdb_client::{CasExpect, Error, ScanOptions};
+use rdb_proto::limits::{MAX_KEY_SIZE, MAX_VALUE_SIZE};
+use rdb_proto::v1::kv_client::KvClient;
+use rdb_proto::v1::*;
+
+fn k(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_get_delete_scan_and_batches() {
+    let cluster = TestCluster::start(1);
+    let c = cluster.client().await;
+
+    let v1 = c.put(k("a"), k("1")).await.unwrap();
+    assert_eq!(c.get(k("a")).await.unwrap().unwrap().value, b"1");
+    let v2 = c.put(k("a"), k("2")).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(c.get(k("a")).await.unwrap().unwrap().version, v2);
+    assert!(c.delete(k("a")).await.unwrap());
+    assert!(!c.delete(k("a")).await.unwrap());
+    assert_eq!(c.get(k("a")).await.unwrap(), None);
+
+    // Binary keys and values, including 0x00 and 0xff.
+    c.put(vec![0x00, 0xff], vec![0xff, 0x00]).await.unwrap();
+    assert_eq!(
+        c.get(vec![0x00, 0xff]).await.unwrap().unwrap().value,
+        vec![0xff, 0x00]
+    );
+
+    let pairs: Vec<_> = (0..50)
+        .map(|i| {
+            (
+                format!("key{i:03}").into_bytes(),
+                format!("v{i}").into_bytes(),
+            )
+        })
+        .collect();
+    let versions = c.batch_put(pairs.clone()).await.unwrap();
+    assert_eq!(versions.len(), 50);
+    let got = c
+        .batch_get(vec![k("key007"), k("missing"), k("key001")])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        vec![k("key007"), k("key001")]
+    );
+    assert_eq!(got[0].value, b"v7");
+
+    let all = c.scan(k("key"), k("kez"), 0).await.unwrap();
+    assert_eq!(all.len(), 50);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    let first3 = c.scan(k("key"), Vec::new(), 3).await.unwrap();
+    assert_eq!(
+        first3.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        vec![k("key000"), k("key001"), k("key002")]
+    );
+    let last2 = c
+        .scan_with(
+            k("key"),
+            k("kez"),
+            ScanOptions {
+                limit: 2,
+                reverse: true,
+                keys_only: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        last2.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        vec![k("key049"), k("key048")]
+    );
+    assert!(last2.iter().all(|p| p.value.is_empty()));
+
+    assert_eq!(
+        c.batch_delete(vec![k("key000"), k("key001"), k("nope")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(c.delete_range(k("key010"), k("key020")).await.unwrap(), 10);
+    assert_eq!(c.scan(k("key"), k("kez"), 0).await.unwrap().len(), 38);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cas_in_all_three_modes() {
+    let cluster = TestCluster::start(1);
+    let c = cluster.client().await;
+
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Absent, Some(k("one")))
+        .await
+        .unwrap();
+    assert!(r.succeeded && r.current.is_none());
+    let v = r.new_version.unwrap();
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Absent, Some(k("x")))
+        .await
+        .unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(r.current.as_ref().unwrap().value, b"one");
+    assert_eq!(r.current.as_ref().unwrap().version, v);
+
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Version(v + 1000), Some(k("x")))
+        .await
+        .unwrap();
+    assert!(!r.succeeded && r.new_version.is_none());
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Version(v), Some(k("two")))
+        .await
+        .unwrap();
+    assert!(r.succeeded);
+    let v2 = r.new_version.unwrap();
+    assert!(v2 > v);
+
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Value(k("one")), Some(k("x")))
+        .await
+        .unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(r.current.unwrap().value, b"two");
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Value(k("two")), None)
+        .await
+        .unwrap();
+    assert!(r.succeeded && r.new_version.is_none());
+    assert_eq!(c.get(k("c")).await.unwrap(), None);
+
+    // After delete and re-create the version is still higher: no ABA.
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Absent, Some(k("again")))
+        .await
+        .unwrap();
+    assert!(r.new_version.unwrap() > v2);
+    let r = c
+        .compare_and_swap(k("c"), CasExpect::Version(v), Some(k("x")))
+        .await
+        .unwrap();
+    assert!(
+        !r.succeeded,
+        "an old version must not match a re-created key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_cas_incrementers() {
+    let cluster = TestCluster::start(1);
+    let c = cluster.client().await;
+    c.put(k("counter"), k("0")).await.unwrap();
+    let successes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        let successes = successes.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let cur = c.get(k("counter")).await.unwrap().unwrap();
+                let n: u64 = String::from_utf8(cur.value).unwrap().parse().unwrap();
+                let r = c
+                    .compare_and_swap(
+                        k("counter"),
+                        CasExpect::Version(cur.version),
+                        Some((n + 1).to_string().into_bytes()),
+                    )
+                    .await
+                    .unwrap();
+                if r.succeeded {
+                    successes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = successes.load(std::sync::atomic::Ordering::SeqCst);
+    let v = c.get(k("counter")).await.unwrap().unwrap();
+    assert!(
+        total >= 40,
+        "at least one task's worth of increments succeeded ({total})"
+    );
+    assert_eq!(String::from_utf8(v.value).unwrap(), total.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_invalid_argument_from_client_and_server() {
+    let cluster = TestCluster::start(1);
+    let c = cluster.client().await;
+    let big_key = vec![b'k'; MAX_KEY_SIZE + 1];
+    let big_value = vec![b'v'; MAX_VALUE_SIZE + 1];
+    for (what, err) in [
+        ("empty key", c.put(Vec::new(), k("v")).await.unwrap_err()),
+        (
+            "key over the limit",
+            c.put(big_key.clone(), k("v")).await.unwrap_err(),
+        ),
+        (
+            "value over the limit",
+            c.put(k("k"), big_value.clone()).await.unwrap_err(),
+        ),
+        (
+            "end before start",
+            c.scan(k("z"), k("a"), 0).await.unwrap_err(),
+        ),
+        (
+            "empty key in get",
+            c.get(Vec::new()).await.map(|_| ()).unwrap_err(),
+        ),
+    ] {
+        assert!(matches!(err, Error::InvalidArgument(_)), "{what}: {err:?}");
+    }
+
+    // The server refuses the same input on its own, with a message that says what was wrong.
+    let route = c.regions().await.unwrap().remove(0);
+    let region = route.region.unwrap();
+    let context = Some(Context {
+        region_id: region.id,
+        region_epoch: region.epoch,
+    });
+    let mut kv = KvClient::connect(format!("http://{}", route.leader.unwrap().address))
+        .await
+        .unwrap();
+    let s = kv
+        .put(PutRequest {
+            context,
+            key: Vec::new(),
+            value: k("v"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("empty"), "{}", s.message());
+    let s = kv
+        .put(PutRequest {
+            context,
+            key: big_key,
+            value: k("v"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("4096"), "{}", s.message());
+    let s = kv
+        .put(PutRequest {
+            context,
+            key: k("k"),
+            value: big_value,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("value"), "{}", s.message());
+    let s = kv
+        .scan(ScanRequest {
+            context,
+            start_key: k("z"),
+            end_key: k("a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("before"), "{}", s.message());
+    let s = kv
+        .get(GetRequest {
+            context: None,
+            key: k("k"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let s = kv
+        .compare_and_swap(CompareAndSwapRequest {
+            context,
+            key: k("k"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    // And it keeps serving.
+    assert!(kv
+        .get(GetRequest {
+            context,
+            key: k("k")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .region_error
+        .is_none());
+}
