@@ -11,7 +11,8 @@ use flaredb_tests::{Daemon, Kind, TestCluster};
 async fn acknowledged_writes_survive_kill_9() {
     let mut cluster = TestCluster::start(1);
     let c = cluster.client().await;
-    let acked: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+    type Acked = Vec<(Vec<u8>, Vec<u8>)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..8 {
         let c = c.clone();
