@@ -189,6 +189,14 @@ fn invalid(r: std::result::Result<(), String>) -> Result<()> {
     r.map_err(Error::InvalidArgument)
 }
 
+/// An attempt's outcome from a response's `region_error` field and its result.
+fn attempt<T>(region_error: Option<RegionError>, done: impl FnOnce() -> T) -> Attempt<T> {
+    match region_error {
+        Some(e) => Attempt::Region(e),
+        None => Attempt::Done(done()),
+    }
+}
+
 fn ctx(route: &RegionRoute) -> Option<Context> {
     route.region.as_ref().map(|r| Context {
         region_id: r.id,
@@ -475,10 +483,7 @@ impl Client {
             };
             async move {
                 let r = c.put(req).await?.into_inner();
-                Ok(match r.region_error {
-                    Some(e) => Attempt::Region(e),
-                    None => Attempt::Done(r.version),
-                })
+                Ok(attempt(r.region_error, || r.version))
             }
         })
         .await
@@ -494,10 +499,7 @@ impl Client {
             };
             async move {
                 let r = c.delete(req).await?.into_inner();
-                Ok(match r.region_error {
-                    Some(e) => Attempt::Region(e),
-                    None => Attempt::Done(r.existed),
-                })
+                Ok(attempt(r.region_error, || r.existed))
             }
         })
         .await
@@ -694,10 +696,7 @@ impl Client {
                         .batch_put(BatchPutRequest { context, pairs })
                         .await?
                         .into_inner();
-                    Ok(match r.region_error {
-                        Some(e) => Attempt::Region(e),
-                        None => Attempt::Done(r.versions),
-                    })
+                    Ok(attempt(r.region_error, || r.versions))
                 },
             )
             .await?;
@@ -798,10 +797,7 @@ impl Client {
                         };
                         async move {
                             let r = c.scan(req).await?.into_inner();
-                            Ok(match r.region_error {
-                                Some(e) => Attempt::Region(e),
-                                None => Attempt::Done(r.pairs),
-                            })
+                            Ok(attempt(r.region_error, || r.pairs))
                         }
                     },
                 )
@@ -859,10 +855,7 @@ impl Client {
                         };
                         async move {
                             let r = c.delete_range(req).await?.into_inner();
-                            Ok(match r.region_error {
-                                Some(e) => Attempt::Region(e),
-                                None => Attempt::Done(r.deleted),
-                            })
+                            Ok(attempt(r.region_error, || r.deleted))
                         }
                     },
                 )

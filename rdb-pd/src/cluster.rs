@@ -2,7 +2,9 @@
 //! persisted in PD's RocksDB (meta column family) and cached in memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::tso::now_ms;
 
 use prost::Message;
 use rdb_proto::v1::{Region, RegionEpoch, RegionRoute, Store, StoreState};
@@ -23,13 +25,6 @@ fn meta_key(prefix: &[u8], id: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct IdAlloc {

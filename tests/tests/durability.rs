@@ -47,7 +47,7 @@ async fn acknowledged_writes_survive_kill_9() {
     );
 
     cluster.stores[0].restart();
-    let c = cluster.client().await;
+    // The same client reconnects to the restarted store by itself.
     let mut missing = 0;
     for chunk in acked.chunks(500) {
         let keys: Vec<_> = chunk.iter().map(|(k, _)| k.clone()).collect();
