@@ -62,6 +62,31 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// Read several keys at once; prints the ones that exist (KEY<TAB>VALUE).
+    BatchGet {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Write several keys at once (atomic per region): KEY VALUE [KEY VALUE ...].
+    BatchPut {
+        /// Alternating keys and values.
+        #[arg(required = true, num_args = 2.., value_name = "KEY VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Delete several keys at once (atomic per region); prints how many existed.
+    BatchDelete {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Delete every key in [START, END) (END omitted: to the end of the key space).
+    DeleteRange {
+        /// First key (inclusive).
+        start: String,
+        /// End key (exclusive).
+        end: Option<String>,
+    },
     /// List keys in [START, END) in order, across regions.
     Scan {
         /// First key (inclusive); "" for the start of the key space.
@@ -255,6 +280,60 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if !existed {
                 return Err(Failure(EXIT_NOT_FOUND, format!("key not found: {key}")));
             }
+        }
+        Command::BatchGet { keys } => {
+            let keys = keys
+                .iter()
+                .map(|k| arg(&out, k, "key"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pairs = client.batch_get(keys).await?;
+            out.print(
+                Json::Array(pairs.iter().map(|p| out.pair(p)).collect()),
+                || {
+                    pairs
+                        .iter()
+                        .map(|p| format!("{}\t{}", out.bytes(&p.key), out.bytes(&p.value)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        Command::BatchPut { pairs } => {
+            if pairs.len() % 2 != 0 {
+                return Err(Failure(
+                    2,
+                    "batch-put needs KEY VALUE pairs: the last key has no value".into(),
+                ));
+            }
+            let mut kvs = Vec::with_capacity(pairs.len() / 2);
+            for kv in pairs.chunks(2) {
+                kvs.push((arg(&out, &kv[0], "key")?, arg(&out, &kv[1], "value")?));
+            }
+            let keys: Vec<String> = kvs.iter().map(|(k, _)| out.bytes(k)).collect();
+            let versions = client.batch_put(kvs).await?;
+            let j = keys
+                .iter()
+                .zip(&versions)
+                .map(|(k, v)| json!({"key": k, "version": v}))
+                .collect();
+            out.print(Json::Array(j), || format!("OK {} keys", versions.len()));
+        }
+        Command::BatchDelete { keys } => {
+            let keys = keys
+                .iter()
+                .map(|k| arg(&out, k, "key"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let deleted = client.batch_delete(keys).await?;
+            out.print(json!({"deleted": deleted}), || format!("deleted {deleted}"));
+        }
+        Command::DeleteRange { start, end } => {
+            let s = arg(&out, &start, "start key")?;
+            let e = match end {
+                Some(e) => arg(&out, &e, "end key")?,
+                None => Vec::new(),
+            };
+            let deleted = client.delete_range(s, e).await?;
+            out.print(json!({"deleted": deleted}), || format!("deleted {deleted}"));
         }
         Command::Scan {
             start,

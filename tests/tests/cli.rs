@@ -99,6 +99,25 @@ fn cli_commands_json_and_exit_codes() {
     assert_eq!(ok(&cli(&["delete", "alpha"])).trim(), "deleted");
     assert_eq!(cli(&["delete", "alpha"]).status.code(), Some(3));
 
+    // Batches and range deletes.
+    assert_eq!(
+        ok(&cli(&["batch-put", "b1", "x", "b2", "y", "b3", "z"])).trim(),
+        "OK 3 keys"
+    );
+    assert_eq!(
+        ok(&cli(&["batch-get", "b1", "missing", "b3"])),
+        "b1\tx\nb3\tz\n"
+    );
+    let j = json(&cli(&["--json", "batch-get", "b2"]));
+    assert_eq!(j[0]["value"], Value::String("y".into()));
+    assert_eq!(cli(&["batch-put", "b1", "x", "b2"]).status.code(), Some(2));
+    assert_eq!(
+        json(&cli(&["--json", "batch-delete", "b1", "b9"]))["deleted"].as_u64(),
+        Some(1)
+    );
+    assert_eq!(ok(&cli(&["delete-range", "b2", "b4"])).trim(), "deleted 2");
+    assert_eq!(ok(&cli(&["batch-get", "b1", "b2", "b3"])), "");
+
     // Hex keys and values.
     ok(&cli(&["--hex", "put", "00ff", "ff00"]));
     assert_eq!(ok(&cli(&["--hex", "get", "00ff"])).trim(), "ff00");
