@@ -449,3 +449,116 @@ pub fn moved_epoch(e: &RegionEpoch) -> RegionEpoch {
         conf_ver: e.conf_ver + 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, s: &[u8], e: &[u8], version: u64, conf_ver: u64, store_id: u64) -> Region {
+        Region {
+            id,
+            start_key: s.to_vec(),
+            end_key: e.to_vec(),
+            epoch: Some(RegionEpoch { version, conf_ver }),
+            store_id,
+        }
+    }
+
+    async fn cluster(dir: &std::path::Path) -> Cluster {
+        let engine = Engine::open(dir, Default::default()).unwrap();
+        Cluster::open(engine, Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn heartbeats_repair_the_region_map_and_everything_persists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cluster(tmp.path()).await;
+        let store = |id| Store {
+            id,
+            address: format!("127.0.0.1:{id}"),
+            ..Default::default()
+        };
+        c.put_store(store(1)).await.unwrap();
+        c.put_store(store(2)).await.unwrap();
+        assert!(c
+            .put_store(Store {
+                id: 3,
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            })
+            .await
+            .is_err());
+        c.bootstrap(1, region(10, b"", b"", 1, 1, 1)).await.unwrap();
+        assert!(matches!(
+            c.bootstrap(1, region(11, b"", b"", 1, 1, 1)).await,
+            Err(PdError::AlreadyBootstrapped)
+        ));
+
+        // A split PD never heard of (it crashed mid-split) arrives by heartbeat.
+        c.heartbeat(
+            1,
+            vec![
+                region(12, b"m", b"", 2, 1, 1),
+                region(10, b"", b"m", 2, 1, 1),
+            ],
+        )
+        .await
+        .unwrap();
+        let routes = c.scan_regions(b"", b"", 0).await;
+        let ids: Vec<u64> = routes
+            .iter()
+            .map(|r| r.region.as_ref().unwrap().id)
+            .collect();
+        assert_eq!(ids, vec![10, 12]);
+        assert_eq!(c.region_by_key(b"z").await.unwrap().region.unwrap().id, 12);
+
+        // A stale report (older epoch) is ignored; a newer one (moved to store 2) is adopted.
+        c.heartbeat(1, vec![region(10, b"", b"", 1, 1, 1)])
+            .await
+            .unwrap();
+        assert_eq!(c.region_by_key(b"z").await.unwrap().region.unwrap().id, 12);
+        c.heartbeat(2, vec![region(12, b"m", b"", 2, 2, 2)])
+            .await
+            .unwrap();
+        assert_eq!(c.region_by_key(b"z").await.unwrap().leader.unwrap().id, 2);
+        // A store reporting a region on another store is ignored.
+        c.heartbeat(1, vec![region(12, b"m", b"", 9, 9, 2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            c.region_by_id(12)
+                .await
+                .unwrap()
+                .region
+                .unwrap()
+                .epoch
+                .unwrap()
+                .version,
+            2
+        );
+
+        let id = c.alloc_id().await.unwrap();
+        drop(c);
+        let c = cluster(tmp.path()).await;
+        assert!(c.is_bootstrapped().await);
+        assert_eq!(c.all_stores().await.len(), 2);
+        assert_eq!(c.scan_regions(b"", b"", 0).await.len(), 2);
+        assert_eq!(
+            c.region_by_key(b"z")
+                .await
+                .unwrap()
+                .region
+                .unwrap()
+                .store_id,
+            2
+        );
+        assert!(
+            c.alloc_id().await.unwrap() > id,
+            "ids never repeat across restarts"
+        );
+        assert_eq!(c.scan_regions(b"a", b"b", 0).await.len(), 1);
+        assert_eq!(c.scan_regions(b"", b"", 1).await.len(), 1);
+    }
+}
