@@ -1,6 +1,7 @@
 //! The engine: RocksDB plus the writer thread.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -9,7 +10,7 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOpti
 use tokio::sync::oneshot;
 
 use crate::codec::decode_u64;
-use crate::writer::{decode_versioned, Request, Writer};
+use crate::writer::{decode_versioned, Request, Writer, WriterStats};
 use crate::{CasOutcome, Expected, OpResult, Result, StorageError, VersionedValue, WriteOp};
 
 pub(crate) const CF_DATA: &str = "data";
@@ -63,6 +64,7 @@ pub struct ScanOptions {
 
 struct Inner {
     db: Arc<DB>,
+    stats: Arc<WriterStats>,
     tx: Mutex<Option<SyncSender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -124,7 +126,9 @@ impl Engine {
             }
         };
         let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
         let writer = Writer {
+            stats: stats.clone(),
             db: db.clone(),
             sync: opts.sync,
             max_group_ops: opts.max_group_ops.max(1),
@@ -137,6 +141,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 db,
+                stats,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
             }),
@@ -203,6 +208,17 @@ impl Engine {
             Some(OpResult::Cas(o)) => Ok(o),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// (write groups committed, write requests acknowledged) since open. With
+    /// `sync`, each group is one WAL fsync: requests / groups is how many
+    /// writers shared each fsync.
+    pub fn write_stats(&self) -> (u64, u64) {
+        let s = &self.inner.stats;
+        (
+            s.groups.load(Ordering::Relaxed),
+            s.requests.load(Ordering::Relaxed),
+        )
     }
 
     /// Reads one key.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
@@ -144,6 +145,16 @@ pub(crate) struct Writer {
     pub sync: bool,
     pub max_group_ops: usize,
     pub last_version: u64,
+    pub stats: Arc<WriterStats>,
+}
+
+/// Counters of the writer thread, for measuring group commit.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// RocksDB write batches committed (one WAL fsync each when syncing).
+    pub groups: AtomicU64,
+    /// Write requests acknowledged.
+    pub requests: AtomicU64,
 }
 
 impl Writer {
@@ -210,6 +221,10 @@ impl Writer {
         wo.set_sync(self.sync);
         match self.db.write_opt(batch, &wo) {
             Ok(()) => {
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .requests
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
                 for (reply, res) in replies {
                     let _ = reply.send(res);
                 }

@@ -242,3 +242,17 @@ async fn concurrent_cas_increments_are_atomic_with_sync_group_commit() {
     assert!(total > 0);
     assert_eq!(std::str::from_utf8(&v.value).unwrap(), total.to_string());
 }
+
+#[test]
+fn write_stats_count_groups_and_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    for i in 0..5u8 {
+        e.write_blocking(vec![put(&[b'k', i], b"v")]).unwrap();
+    }
+    // Sequential writers never share a group.
+    assert_eq!(e.write_stats(), (5, 5));
+    // A failed request is not counted as acknowledged.
+    assert!(e.write_blocking(vec![put(b"", b"v")]).is_err());
+    assert_eq!(e.write_stats(), (5, 5));
+}
