@@ -59,7 +59,8 @@ use error::{is_transport, never_sent};
 /// Retry and timeout settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Most attempts per call (per region for batch calls).
+    /// Most attempts per call after routing or connection failures (waits
+    /// asked for by `ServerIsBusy` do not count; they are bounded by `retry_deadline`).
     pub max_attempts: u32,
     /// Time budget per call, across attempts.
     pub retry_deadline: Duration,
@@ -168,8 +169,14 @@ impl Retry {
     }
 
     /// Sleeps before the next attempt; false when the budget is spent.
-    async fn next(&mut self, cfg: &ClientConfig, hint: Option<Duration>) -> bool {
-        self.attempts += 1;
+    /// `busy` is the server's backoff hint (`ServerIsBusy`): such waits are
+    /// bounded by the deadline only, since the server said it will recover
+    /// (a region being moved), not that the route is wrong.
+    async fn next(&mut self, cfg: &ClientConfig, busy: Option<Duration>) -> bool {
+        let hint = busy;
+        if busy.is_none() {
+            self.attempts += 1;
+        }
         if self.attempts >= cfg.max_attempts || self.started.elapsed() >= cfg.retry_deadline {
             return false;
         }

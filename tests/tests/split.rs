@@ -208,3 +208,77 @@ async fn split_survives_restarts_and_a_dead_store_is_shown_down() {
     .await;
     assert!(down.is_some(), "store {dead} never shown down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_during_a_split_and_move_are_never_lost() {
+    let cluster = TestCluster::start(2);
+    let c = cluster.client().await;
+    // Some data so the move takes a moment.
+    let bulk: Vec<_> = (0..2000)
+        .map(|i| (format!("n-bulk-{i:05}").into_bytes(), vec![b'x'; 512]))
+        .collect();
+    for chunk in bulk.chunks(500) {
+        c.batch_put(chunk.to_vec()).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6u32 {
+        let c = c.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000u32 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                // Keys on both sides of the split point "m".
+                let key = format!("{}-w{w}-{i:06}", (b'a' + (i % 26) as u8) as char).into_bytes();
+                let value = format!("v{w}-{i}").into_bytes();
+                c.put(key.clone(), value.clone())
+                    .await
+                    .expect("put during a split");
+                acked.push((key, value));
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (left, right) = c.split(k("m"), false).await.unwrap();
+    assert_ne!(
+        left.region.unwrap().store_id,
+        right.region.unwrap().store_id
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 100, "writers made progress ({})", acked.len());
+    let fresh = cluster.client().await;
+    for chunk in acked.chunks(1000) {
+        let got: std::collections::HashMap<_, _> = fresh
+            .batch_get(chunk.iter().map(|(k, _)| k.clone()).collect())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect();
+        for (k, v) in chunk {
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "acknowledged write of {} lost",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    assert_eq!(
+        fresh
+            .scan(k("n-bulk-"), k("n-bulk."), 0)
+            .await
+            .unwrap()
+            .len(),
+        2000
+    );
+}
