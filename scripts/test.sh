@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# The whole FlareDB test suite: installs/checks build dependencies, builds the
+# The whole FlareDB test suite: installs/checks build dependencies, checks
+# formatting and lints (when rustfmt and clippy are installed), builds the
 # daemons and the CLI (the integration tests run them as real processes),
 # then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-deps.sh
-echo "test.sh: building binaries (the first build compiles RocksDB from C++ source, about 10-20 minutes)" >&2
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "test.sh: rustfmt not installed, skipping the format check (rustup component add rustfmt)" >&2
+fi
+echo "test.sh: building (the first build compiles RocksDB from C++ source, about 10-20 minutes)" >&2
 cargo build --workspace --bins --locked
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+  echo "test.sh: clippy not installed, skipping lints (rustup component add clippy)" >&2
+fi
 cargo test --workspace --locked

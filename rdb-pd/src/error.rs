@@ -50,6 +50,11 @@ impl From<PdError> for Status {
             PdError::NotFound(_) => Code::NotFound,
             PdError::StoreFailed(_) => Code::Unavailable,
         };
+        if code == Code::Internal {
+            // Storage details stay in the log, not in answers to clients.
+            tracing::error!(error = %e, "internal error");
+            return Status::internal("internal error in PD storage (details in the PD log)");
+        }
         Status::new(code, e.to_string())
     }
 }

@@ -37,6 +37,11 @@ impl From<ServerError> for Status {
             ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServerError::Remote(_) => Code::Unavailable,
         };
+        if code == Code::Internal {
+            // Storage details stay in the log, not in answers to clients.
+            tracing::error!(error = %e, "internal error");
+            return Status::internal("internal error in store storage (details in the store log)");
+        }
         Status::new(code, e.to_string())
     }
 }
