@@ -680,6 +680,17 @@ impl Client {
 
     /// Writes many pairs; atomic per region. Returns the new versions in the
     /// order of `pairs`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
+    /// let pairs = vec![(b"a".to_vec(), b"1".to_vec()), (b"z".to_vec(), b"26".to_vec())];
+    /// let versions = client.batch_put(pairs).await?;   // "a" and "z" may be on different stores
+    /// assert_eq!(versions.len(), 2);
+    /// let found = client.batch_get(vec![b"a".to_vec(), b"missing".to_vec()]).await?;
+    /// assert_eq!(found.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn batch_put(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<u64>> {
         invalid(check_batch_len(pairs.len()))?;
         for (k, v) in &pairs {
@@ -756,6 +767,19 @@ impl Client {
     }
 
     /// Scans with [`ScanOptions`] (reverse order, keys only).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
+    /// use rdb_client::ScanOptions;
+    ///
+    /// // The last 10 keys under "user/", newest key first, without values.
+    /// let opts = ScanOptions { limit: 10, reverse: true, keys_only: true };
+    /// for pair in client.scan_with(b"user/".to_vec(), b"user0".to_vec(), opts).await? {
+    ///     println!("{}", String::from_utf8_lossy(&pair.key));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn scan_with(
         &self,
         start: Vec<u8>,
@@ -922,6 +946,15 @@ impl Client {
     /// Asks PD to split the region holding `key` at `key`. PD moves the new
     /// right half to another live store when there is one (`same_store` keeps
     /// it in place). Returns the (left, right) routes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
+    /// let (left, right) = client.split(b"m".to_vec(), false).await?;
+    /// let store_of = |r: &rdb_client::RegionRoute| r.region.as_ref().map(|r| r.store_id);
+    /// println!("[..m) on store {:?}, [m..) on store {:?}", store_of(&left), store_of(&right));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn split(
         &self,
         key: Vec<u8>,
