@@ -1,10 +1,15 @@
 {
-  description = "FlareDB: a gRPC-first distributed key-value store";
+  description = "FlareDB: a gRPC-first distributed key-value store (rdb-pd, rdb-server, rdb-cli)";
 
-  # Not evaluated in the project's CI (no network for Nix inputs there); kept
-  # correct by reading. `nix flake update` refreshes flake.lock.
+  # Not evaluated in this project's CI (no network for Nix inputs there); kept
+  # correct by reading. `nix flake update` re-pins flake.lock.
+  #
+  #   nix develop   # shell with the Rust toolchain, clang, libclang, pkg-config
+  #   nix build     # builds the workspace binaries into ./result/bin
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+    # nixos-24.11 ships a Rust older than the workspace's rust-version (1.89),
+    # so the toolchain comes from rust-overlay.
     rust-overlay = {
       url = "github:oxalica/rust-overlay";
       inputs.nixpkgs.follows = "nixpkgs";
@@ -14,22 +19,28 @@
   outputs = { self, nixpkgs, rust-overlay }:
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
-      forAll = f: nixpkgs.lib.genAttrs systems (system:
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system:
         f (import nixpkgs {
           inherit system;
           overlays = [ rust-overlay.overlays.default ];
         }));
-      # The workspace needs Rust 1.89 or newer (rust-version in Cargo.toml).
-      toolchain = pkgs: pkgs.rust-bin.stable.latest.default.override {
+
+      # Pinned to the workspace's rust-version (Cargo.toml).
+      toolchainFor = pkgs: pkgs.rust-bin.stable."1.89.0".default.override {
         extensions = [ "rust-src" "clippy" "rustfmt" ];
       };
+
+      # librocksdb-sys compiles RocksDB from C++ and runs bindgen, which loads
+      # libclang at build time.
+      libclangPath = pkgs: "${pkgs.llvmPackages.libclang.lib}/lib";
     in
     {
-      packages = forAll (pkgs:
+      packages = forAllSystems (pkgs:
         let
+          toolchain = toolchainFor pkgs;
           rustPlatform = pkgs.makeRustPlatform {
-            cargo = toolchain pkgs;
-            rustc = toolchain pkgs;
+            cargo = toolchain;
+            rustc = toolchain;
           };
         in
         {
@@ -38,31 +49,40 @@
             version = "0.1.0";
             src = self;
             cargoLock.lockFile = ./Cargo.lock;
-            # librocksdb-sys compiles RocksDB from source and runs bindgen.
-            nativeBuildInputs = [ pkgs.clang rustPlatform.bindgenHook ];
-            LIBCLANG_PATH = "${pkgs.llvmPackages.libclang.lib}/lib";
+
+            nativeBuildInputs = [
+              pkgs.clang
+              pkgs.pkg-config
+              rustPlatform.bindgenHook
+            ];
+            LIBCLANG_PATH = libclangPath pkgs;
+
             cargoBuildFlags = [ "--workspace" "--bins" ];
-            # The integration tests start daemons on loopback ports; run them
-            # with `bash scripts/test.sh` instead of inside the Nix sandbox.
+            # The test suite starts real daemons on loopback ports; run it
+            # with `bash scripts/test.sh`, not inside the Nix sandbox.
             doCheck = false;
+
             meta = {
-              description = "FlareDB daemons (rdb-pd, rdb-server) and rdb-cli";
+              description = "FlareDB daemons (rdb-pd, rdb-server) and command line (rdb-cli)";
               license = pkgs.lib.licenses.asl20;
               mainProgram = "rdb-cli";
+              platforms = pkgs.lib.platforms.linux;
             };
           };
         });
 
-      devShells = forAll (pkgs: {
+      devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = [
-            (toolchain pkgs)
+            (toolchainFor pkgs) # rustc, cargo, clippy, rustfmt, rust-src
             pkgs.clang
             pkgs.llvmPackages.libclang
             pkgs.pkg-config
           ];
-          LIBCLANG_PATH = "${pkgs.llvmPackages.libclang.lib}/lib";
+          LIBCLANG_PATH = libclangPath pkgs;
         };
       });
+
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
     };
 }

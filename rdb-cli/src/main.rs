@@ -36,7 +36,8 @@ struct Cli {
     /// Keys and values on the command line are hex, and are printed as hex.
     #[arg(long, global = true)]
     hex: bool,
-    /// Give up on an unreachable PD or store after this many seconds.
+    /// Time budget in seconds for retrying an unreachable PD or store or a
+    /// stale route (retries also stop after 10 attempts, often sooner).
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
     #[command(subcommand)]
