@@ -30,6 +30,10 @@ pub enum PdError {
     /// A store that PD had to call failed or refused.
     #[error("{0}")]
     StoreFailed(String),
+    /// A split was applied but moving its new half to another store failed;
+    /// the split stands (retrying the same split would be refused).
+    #[error("{0}")]
+    MoveFailed(String),
     /// The operation cannot run in the cluster's current state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -49,6 +53,7 @@ impl From<PdError> for Status {
             PdError::AlreadyBootstrapped => Code::AlreadyExists,
             PdError::NotFound(_) => Code::NotFound,
             PdError::StoreFailed(_) => Code::Unavailable,
+            PdError::MoveFailed(_) => Code::Aborted,
         };
         if code == Code::Internal {
             // Storage details stay in the log, not in answers to clients.

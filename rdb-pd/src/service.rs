@@ -146,7 +146,7 @@ impl PdService {
                 })
                 .await
                 .map_err(|s| {
-                    PdError::StoreFailed(format!(
+                    PdError::MoveFailed(format!(
                         "region {} was split but moving region {} to store {} failed: {}",
                         region.id,
                         right.id,
@@ -156,7 +156,7 @@ impl PdService {
                 })?
                 .into_inner();
             if let Some(e) = moved.region_error {
-                return Err(PdError::FailedPrecondition(format!(
+                return Err(PdError::MoveFailed(format!(
                     "region {} was split but store {} refused to move region {}: {}",
                     region.id, source.id, right.id, e.message
                 )));

@@ -48,6 +48,13 @@ impl RegionEpoch {
     pub fn is_newer_than(&self, other: &RegionEpoch) -> bool {
         (self.version, self.conf_ver) > (other.version, other.conf_ver)
     }
+
+    /// Whether `self` has seen every change `other` has: neither its version
+    /// nor its conf_ver is lower. A region that went through `other` and
+    /// then split or moved again is at least `other`.
+    pub fn is_at_least(&self, other: &RegionEpoch) -> bool {
+        self.version >= other.version && self.conf_ver >= other.conf_ver
+    }
 }
 
 impl RegionError {
@@ -113,5 +120,13 @@ mod tests {
         assert!(a.is_newer_than(&b));
         assert!(!b.is_newer_than(&a));
         assert!(!a.is_newer_than(&a));
+        // Newer by the order, but it has not seen b's membership changes.
+        assert!(!a.is_at_least(&b) && !b.is_at_least(&a));
+        assert!(a.is_at_least(&a));
+        let later = RegionEpoch {
+            version: 3,
+            conf_ver: 5,
+        };
+        assert!(later.is_at_least(&a) && later.is_at_least(&b));
     }
 }

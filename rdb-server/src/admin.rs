@@ -1,19 +1,18 @@
 //! The `flaredb.v1.StoreAdmin` gRPC service: splits and moves ordered by PD.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdb_proto::v1::store_admin_client::StoreAdminClient;
 use rdb_proto::v1::store_admin_server::StoreAdmin;
 use rdb_proto::v1::*;
 use rdb_storage::{ScanOptions, WriteOp};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ServerError;
+use crate::moves::{connect_store, failpoint, put_move_op};
 use crate::node::Node;
-use crate::regions::{key_not_in_region, put_region_op, region_meta_key, RegionCheck, RegionMap};
+use crate::regions::{key_not_in_region, put_region_op, RegionCheck, RegionMap};
 
 /// Keys per message when moving a region.
 const MOVE_CHUNK: usize = 1024;
@@ -47,6 +46,19 @@ fn check(
     }
 }
 
+/// A fresh, non-zero id for one attempt to move `region_id`.
+fn new_move_id(region_id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(region_id);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().max(1)
+}
+
 fn moved_region(r: &Region, target: u64) -> Region {
     let e = r.epoch_or_default();
     Region {
@@ -60,25 +72,23 @@ fn moved_region(r: &Region, target: u64) -> Region {
 }
 
 impl AdminService {
-    /// Streams the region's data to the target store; returns the number of keys.
-    async fn send_region(&self, region: &Region, target: &Store) -> Result<u64, Status> {
-        let ch = Channel::from_shared(format!("http://{}", target.address))
-            .map_err(|e| Status::invalid_argument(format!("bad target address: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot reach store {} at {}: {e}",
-                    target.id, target.address
-                ))
-            })?;
+    /// Streams the region's data to the target store. Returns how many keys
+    /// were read here (0 if reading failed) and whether the target confirmed
+    /// it imported exactly those and serves the region.
+    async fn send_region(&self, region: &Region, rec: &MoveRecord) -> (u64, Result<(), Status>) {
+        let Some(target) = rec.target.as_ref() else {
+            return (0, Err(Status::internal("move record without a target")));
+        };
+        let ch = match connect_store(&target.address, None).await {
+            Ok(ch) => ch,
+            Err(s) => return (0, Err(s)),
+        };
         let mut client = StoreAdminClient::new(ch)
             .max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE)
             .max_encoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let engine = self.node.engine.clone();
-        let moved = moved_region(region, target.id);
+        let (moved, move_id) = (rec.region.clone(), rec.move_id);
         let (start, end) = (region.start_key.clone(), region.end_key.clone());
         // Reads run on a blocking thread and feed the stream chunk by chunk.
         let reader = tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
@@ -94,9 +104,9 @@ impl AdminService {
                         ..Default::default()
                     },
                 )?;
-                let done = chunk.len() < MOVE_CHUNK;
-                if let Some(last) = chunk.last() {
-                    cursor = last.key.clone();
+                let last = chunk.len() < MOVE_CHUNK;
+                if let Some(k) = chunk.last() {
+                    cursor = k.key.clone();
                     cursor.push(0);
                 }
                 total += chunk.len() as u64;
@@ -109,8 +119,11 @@ impl AdminService {
                     })
                     .collect();
                 let msg = ImportRegionRequest {
-                    region: first.then(|| moved.clone()),
+                    region: if first { moved.clone() } else { None },
                     pairs,
+                    move_id: if first { move_id } else { 0 },
+                    last,
+                    total_keys: if last { total } else { 0 },
                 };
                 first = false;
                 if tx.blocking_send(msg).is_err() {
@@ -118,24 +131,89 @@ impl AdminService {
                         "the target store closed the import stream".into(),
                     ));
                 }
-                if done {
+                if last {
                     return Ok(total);
                 }
             }
         });
         let imported = client.import_region(ReceiverStream::new(rx)).await;
-        let sent = reader
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(Status::from);
-        let imported = imported?.into_inner().imported_keys;
-        let sent = sent?;
-        if imported != sent {
-            return Err(Status::internal(format!(
-                "sent {sent} keys but the target imported {imported}"
-            )));
+        let sent = match reader.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return (0, Err(Status::from(e))),
+            Err(e) => return (0, Err(Status::internal(e.to_string()))),
+        };
+        let result = match imported {
+            Ok(r) if r.get_ref().imported_keys == sent => Ok(()),
+            Ok(r) => Err(Status::internal(format!(
+                "sent {sent} keys but the target imported {}",
+                r.get_ref().imported_keys
+            ))),
+            Err(s) => Err(s),
+        };
+        (sent, result)
+    }
+
+    /// Moves a paused region to `target` (see [`crate::moves`]).
+    async fn run_move(
+        &self,
+        region: Region,
+        target: Store,
+    ) -> Result<TransferRegionResponse, Status> {
+        let rec = MoveRecord {
+            region: Some(moved_region(&region, target.id)),
+            target: Some(target.clone()),
+            move_id: new_move_id(region.id),
+        };
+        let recorded = self.node.engine.write(vec![put_move_op(&rec)]).await;
+        if let Err(e) = recorded {
+            if let Some(st) = self.node.regions.write().await.get_mut(region.id) {
+                st.moving = false;
+            }
+            return Err(Status::from(ServerError::from(e)));
         }
-        Ok(sent)
+        tracing::info!(
+            region_id = region.id,
+            target = target.id,
+            move_id = rec.move_id,
+            "moving region"
+        );
+        let (moved_keys, sent) = self.send_region(&region, &rec).await;
+        if let Err(s) = sent {
+            // The target may or may not serve the region now: settle first.
+            tracing::warn!(region_id = region.id, error = %s.message(), "moving region failed; settling");
+            match self.node.settle_move(&rec).await {
+                Ok(true) => {
+                    tracing::info!(region_id = region.id, "the target serves the region: moved");
+                }
+                Ok(false) => return Err(s),
+                Err(e) => {
+                    self.node.settle_in_background(rec);
+                    return Err(Status::unavailable(format!(
+                        "moving region {} to store {} failed ({}) and whether the target \
+                         serves it is not known yet ({}); the region stays paused until \
+                         store {} settles it",
+                        region.id,
+                        target.id,
+                        s.message(),
+                        e.message(),
+                        self.node.store_id
+                    )));
+                }
+            }
+        } else {
+            self.node.finish_move(&rec).await;
+        }
+        tracing::info!(
+            region_id = region.id,
+            target = target.id,
+            moved_keys,
+            "region moved"
+        );
+        Ok(TransferRegionResponse {
+            region_error: None,
+            region: rec.region,
+            moved_keys,
+        })
     }
 }
 
@@ -235,45 +313,13 @@ impl StoreAdmin for AdminService {
             }
             region
         };
-        tracing::info!(region_id = region.id, target = target.id, "moving region");
-        let sent = self.send_region(&region, &target).await;
-        let mut map = self.node.regions.write().await;
-        let moved_keys = match sent {
-            Ok(n) => n,
-            Err(s) => {
-                if let Some(st) = map.get_mut(region.id) {
-                    st.moving = false;
-                }
-                tracing::warn!(region_id = region.id, error = %s.message(), "moving region failed");
-                return Err(s);
-            }
-        };
-        // The target has the data and the region durably; remove ours.
-        self.node
-            .engine
-            .write(vec![
-                WriteOp::DeleteMeta {
-                    key: region_meta_key(region.id),
-                },
-                WriteOp::DeleteRange {
-                    start: region.start_key.clone(),
-                    end: region.end_key.clone(),
-                },
-            ])
+        // The move runs in a task of its own: if PD's call is dropped, the
+        // move still ends in a settled state instead of a region paused forever.
+        let this = self.clone();
+        tokio::spawn(async move { this.run_move(region, target).await })
             .await
-            .map_err(|e| Status::from(ServerError::from(e)))?;
-        map.remove(region.id);
-        tracing::info!(
-            region_id = region.id,
-            target = target.id,
-            moved_keys,
-            "region moved"
-        );
-        Ok(Response::new(TransferRegionResponse {
-            region_error: None,
-            region: Some(moved_region(&region, target.id)),
-            moved_keys,
-        }))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
     }
 
     async fn import_region(
@@ -289,22 +335,35 @@ impl StoreAdmin for AdminService {
             .region
             .clone()
             .ok_or_else(|| Status::invalid_argument("the first import message needs the region"))?;
+        let move_id = first.move_id;
+        if move_id == 0 {
+            return Err(Status::invalid_argument(
+                "the first import message needs a move id",
+            ));
+        }
         if region.store_id != self.node.store_id {
             return Err(Status::invalid_argument(format!(
                 "region {} is addressed to store {}, this is store {}",
                 region.id, region.store_id, self.node.store_id
             )));
         }
-        let overlap = |map: &RegionMap| -> Result<(), Status> {
-            match map.overlaps(&region.start_key, &region.end_key) {
+        let r = region.clone();
+        let check = move |map: &RegionMap| -> Result<(), Status> {
+            if map.is_called_off(move_id) {
+                return Err(Status::aborted(format!(
+                    "move {move_id} of region {} was called off by its source",
+                    r.id
+                )));
+            }
+            match map.overlaps(&r.start_key, &r.end_key) {
                 Some(id) => Err(Status::failed_precondition(format!(
                     "region {} overlaps region {id} already served here",
-                    region.id
+                    r.id
                 ))),
                 None => Ok(()),
             }
         };
-        overlap(&*self.node.regions.read().await)?;
+        check(&*self.node.regions.read().await)?;
         let engine = &self.node.engine;
         // Clear leftovers of an earlier, interrupted import of this range.
         engine
@@ -315,8 +374,14 @@ impl StoreAdmin for AdminService {
             .await
             .map_err(|e| Status::from(ServerError::from(e)))?;
         let mut imported = 0u64;
+        let mut total = None;
         let mut msg = Some(first);
         while let Some(m) = msg {
+            if total.is_some() {
+                return Err(Status::invalid_argument(
+                    "import message after the one marked last",
+                ));
+            }
             for p in &m.pairs {
                 if !region.contains(&p.key) {
                     return Err(Status::invalid_argument(format!(
@@ -327,6 +392,9 @@ impl StoreAdmin for AdminService {
                 }
             }
             imported += m.pairs.len() as u64;
+            if m.last {
+                total = Some(m.total_keys);
+            }
             let ops: Vec<_> = m
                 .pairs
                 .into_iter()
@@ -344,16 +412,74 @@ impl StoreAdmin for AdminService {
             }
             msg = stream.message().await?;
         }
-        let mut map = self.node.regions.write().await;
-        overlap(&map)?;
-        engine
-            .write(vec![put_region_op(&region)])
-            .await
-            .map_err(|e| Status::from(ServerError::from(e)))?;
-        map.insert(region.clone());
-        tracing::info!(region_id = region.id, imported, "imported region");
+        match total {
+            None => {
+                return Err(Status::aborted(format!(
+                    "the import stream of region {} ended before its last message; not served",
+                    region.id
+                )))
+            }
+            Some(t) if t != imported => {
+                return Err(Status::data_loss(format!(
+                    "received {imported} keys of region {}, the source sent {t}; not served",
+                    region.id
+                )))
+            }
+            Some(_) => {}
+        }
+        // Start serving in a task of its own, so that a dropped connection
+        // cannot cancel it half-way. It holds the region map's lock from the
+        // check to the insert, as SettleImport does: an import is either
+        // served or called off, never both.
+        let node = self.node.clone();
+        let served = region.clone();
+        tokio::spawn(async move {
+            let mut map = node.regions.write().await;
+            check(&map)?;
+            node.engine
+                .write(vec![put_region_op(&served)])
+                .await
+                .map_err(|e| Status::from(ServerError::from(e)))?;
+            map.insert(served);
+            Ok::<(), Status>(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(region_id = region.id, imported, move_id, "imported region");
+        if failpoint("import-crash-after-serving") {
+            tracing::error!("failpoint import-crash-after-serving: aborting");
+            std::process::abort();
+        }
+        if failpoint("import-answer-lost") {
+            return Err(Status::unavailable("failpoint import-answer-lost"));
+        }
         Ok(Response::new(ImportRegionResponse {
             imported_keys: imported,
         }))
+    }
+
+    async fn settle_import(
+        &self,
+        request: Request<SettleImportRequest>,
+    ) -> Result<Response<SettleImportResponse>, Status> {
+        let req = request.into_inner();
+        if req.move_id == 0 {
+            return Err(Status::invalid_argument("settling needs a move id"));
+        }
+        let epoch = req.epoch.unwrap_or_default();
+        let mut map = self.node.regions.write().await;
+        let serving = map
+            .get(req.region_id)
+            .is_some_and(|st| st.region.epoch_or_default().is_at_least(&epoch));
+        if !serving {
+            map.call_off(req.move_id);
+        }
+        tracing::info!(
+            region_id = req.region_id,
+            move_id = req.move_id,
+            serving,
+            "settled an import"
+        );
+        Ok(Response::new(SettleImportResponse { serving }))
     }
 }

@@ -4,11 +4,13 @@
 //! - [`regions`]: the served regions and the routing checks of every request.
 //! - [`kv`]: the `flaredb.v1.Kv` service.
 //! - [`admin`]: the `flaredb.v1.StoreAdmin` service (splits and moves ordered by PD).
+//! - [`moves`]: how a region moves between stores without ever being served twice.
 //! - [`run`]: the daemon (used by the `rdb-server` binary).
 
 pub mod admin;
 pub mod error;
 pub mod kv;
+pub mod moves;
 pub mod node;
 pub mod regions;
 
@@ -121,6 +123,7 @@ pub async fn run(
         )
         .await?,
     );
+    node.resume_moves();
     let hb = tokio::spawn(
         node.clone()
             .heartbeat_loop(Duration::from_millis(cfg.heartbeat_ms.max(10))),

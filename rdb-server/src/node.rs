@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{Result, ServerError};
+use crate::moves::{load_moves, move_meta_key};
 use crate::regions::{load_regions, put_region_op, region_meta_key, RegionMap};
 
 /// A running store.
@@ -25,7 +26,9 @@ pub struct Node {
     pub cluster_id: u64,
     /// The address clients and other stores reach this store on.
     pub address: String,
-    pd: PdClient<Channel>,
+    pub(crate) pd: PdClient<Channel>,
+    /// Moves a previous run left unsettled (see [`crate::moves`]).
+    pending_moves: std::sync::Mutex<Vec<MoveRecord>>,
 }
 
 /// Connects to PD lazily; calls fail until PD answers.
@@ -115,8 +118,10 @@ impl Node {
             cluster_id,
             address,
             pd,
+            pending_moves: std::sync::Mutex::new(Vec::new()),
         };
         node.drop_stale_regions().await?;
+        node.pause_unsettled_moves().await?;
         Ok(node)
     }
 
@@ -178,6 +183,46 @@ impl Node {
                     .await?;
                 Err(ServerError::remote("bootstrapping the cluster", &s))
             }
+        }
+    }
+
+    /// Pauses the regions whose move a previous run left unsettled; they are
+    /// settled by [`Node::resume_moves`] once the store serves.
+    async fn pause_unsettled_moves(&self) -> Result<()> {
+        let mut pending = Vec::new();
+        for rec in load_moves(&self.engine)? {
+            let id = rec.region.as_ref().map_or(0, |r| r.id);
+            let mut map = self.regions.write().await;
+            match map.get_mut(id) {
+                Some(st) => {
+                    st.moving = true;
+                    pending.push(rec);
+                }
+                None => {
+                    // The region is gone already (dropped as stale): nothing to settle.
+                    drop(map);
+                    self.engine
+                        .write(vec![WriteOp::DeleteMeta {
+                            key: move_meta_key(id),
+                        }])
+                        .await?;
+                }
+            }
+        }
+        *self.pending_moves.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+        Ok(())
+    }
+
+    /// Starts settling the moves a previous run left unsettled.
+    pub fn resume_moves(self: &std::sync::Arc<Self>) {
+        let pending =
+            std::mem::take(&mut *self.pending_moves.lock().unwrap_or_else(|p| p.into_inner()));
+        for rec in pending {
+            tracing::warn!(
+                region_id = rec.region.as_ref().map_or(0, |r| r.id),
+                "a region move was interrupted; the region stays paused until it is settled"
+            );
+            self.settle_in_background(rec);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The regions this store serves, and the checks every request goes through.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message;
 use rdb_proto::region::display_key;
@@ -31,12 +31,21 @@ pub fn put_region_op(r: &Region) -> WriteOp {
 
 /// Loads the region records of a store's engine.
 pub fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
+    load_records(engine, REGION_PREFIX, "region")
+}
+
+/// Decodes every meta record under `prefix` as an `M`.
+pub fn load_records<M: Message + Default>(
+    engine: &Engine,
+    prefix: &[u8],
+    what: &str,
+) -> Result<Vec<M>> {
     engine
-        .scan_meta(REGION_PREFIX)?
+        .scan_meta(prefix)?
         .into_iter()
         .map(|(_, v)| {
-            Region::decode(v.as_slice())
-                .map_err(|e| ServerError::Internal(format!("corrupted region record: {e}")))
+            M::decode(v.as_slice())
+                .map_err(|e| ServerError::Internal(format!("corrupted {what} record: {e}")))
         })
         .collect()
 }
@@ -56,6 +65,8 @@ pub struct RegionState {
 pub struct RegionMap {
     by_id: HashMap<u64, RegionState>,
     by_start: BTreeMap<Vec<u8>, u64>,
+    /// Move ids whose import was called off by SettleImport: never served.
+    called_off: HashSet<u64>,
 }
 
 impl RegionMap {
@@ -88,6 +99,17 @@ impl RegionMap {
             self.by_start.remove(&old.region.start_key);
         }
         Some(old.region)
+    }
+
+    /// Records that the import of move `move_id` was called off: it must
+    /// never start serving.
+    pub fn call_off(&mut self, move_id: u64) {
+        self.called_off.insert(move_id);
+    }
+
+    /// Whether the import of move `move_id` was called off.
+    pub fn is_called_off(&self, move_id: u64) -> bool {
+        self.called_off.contains(&move_id)
     }
 
     /// A region by id.

@@ -51,6 +51,9 @@ pub struct Daemon {
     /// The id from its ready line (cluster id for PD, store id for a server).
     pub id: u64,
     extra: Vec<String>,
+    /// Extra environment variables, also used by [`Daemon::restart`]
+    /// (clear them to restart without, say, a failpoint).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -60,7 +63,18 @@ impl Daemon {
 
     /// Starts a daemon and waits for its ready line. `listen` may use port 0.
     pub fn start(kind: Kind, dir: &Path, listen: &str, extra: &[String]) -> Daemon {
-        match Self::try_start(kind, dir, listen, extra) {
+        Self::start_env(kind, dir, listen, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(
+        kind: Kind,
+        dir: &Path,
+        listen: &str,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Daemon {
+        match Self::try_start_env(kind, dir, listen, extra, env) {
             Ok(d) => d,
             Err(e) => {
                 let log = std::fs::read_to_string(Self::log_path(dir)).unwrap_or_default();
@@ -75,6 +89,17 @@ impl Daemon {
         dir: &Path,
         listen: &str,
         extra: &[String],
+    ) -> Result<Daemon, String> {
+        Self::try_start_env(kind, dir, listen, extra, &[])
+    }
+
+    /// [`Daemon::try_start`] with extra environment variables.
+    pub fn try_start_env(
+        kind: Kind,
+        dir: &Path,
+        listen: &str,
+        extra: &[String],
+        env: &[(String, String)],
     ) -> Result<Daemon, String> {
         let (bin, prefix) = match kind {
             Kind::Pd => ("rdb-pd", "rdb-pd listening on "),
@@ -91,6 +116,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -128,6 +154,7 @@ impl Daemon {
                             dir: dir.to_path_buf(),
                             id,
                             extra: extra.to_vec(),
+                            env: env.to_vec(),
                         });
                     }
                 }
@@ -182,7 +209,13 @@ impl Daemon {
         // The port was just released; retry briefly in case it is still held.
         let mut last = String::new();
         for _ in 0..50 {
-            match Self::try_start(self.kind, &self.dir, &self.addr.clone(), &self.extra) {
+            match Self::try_start_env(
+                self.kind,
+                &self.dir,
+                &self.addr.clone(),
+                &self.extra,
+                &self.env,
+            ) {
                 Ok(d) => {
                     *self = d;
                     return;
@@ -239,6 +272,11 @@ impl TestCluster {
 
     /// Starts one more store.
     pub fn add_store(&mut self) -> &Daemon {
+        self.add_store_with_env(&[])
+    }
+
+    /// Starts one more store with extra environment variables.
+    pub fn add_store_with_env(&mut self, env: &[(String, String)]) -> &Daemon {
         let i = self.stores.len() + 1;
         let dir = self.root.path().join(format!("store{i}"));
         let extra = vec![
@@ -247,7 +285,7 @@ impl TestCluster {
             "--heartbeat-ms".into(),
             "200".into(),
         ];
-        let d = Daemon::start(Kind::Server, &dir, "127.0.0.1:0", &extra);
+        let d = Daemon::start_env(Kind::Server, &dir, "127.0.0.1:0", &extra, env);
         self.stores.push(d);
         self.stores.last().expect("just pushed")
     }
