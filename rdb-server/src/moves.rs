@@ -36,7 +36,7 @@ use tonic::Status;
 
 use crate::error::Result;
 use crate::node::Node;
-use crate::regions::{load_records, region_meta_key};
+use crate::regions::load_records;
 
 const MOVE_PREFIX: &[u8] = b"move/";
 
@@ -53,7 +53,7 @@ pub fn move_meta_key(region_id: u64) -> Vec<u8> {
 /// The write that persists a move record.
 pub fn put_move_op(rec: &MoveRecord) -> WriteOp {
     WriteOp::PutMeta {
-        key: move_meta_key(region_id(rec)),
+        key: move_meta_key(move_region_id(rec)),
         value: rec.encode_to_vec(),
     }
 }
@@ -63,7 +63,8 @@ pub fn load_moves(engine: &Engine) -> Result<Vec<MoveRecord>> {
     load_records(engine, MOVE_PREFIX, "move")
 }
 
-fn region_id(rec: &MoveRecord) -> u64 {
+/// The id of the region a move record is about.
+pub fn move_region_id(rec: &MoveRecord) -> u64 {
     rec.region.as_ref().map_or(0, |r| r.id)
 }
 
@@ -149,33 +150,16 @@ impl Node {
         let Some(region) = rec.region.as_ref() else {
             return;
         };
-        // Not served here from now on, whatever happens to the delete below.
-        self.regions.write().await.remove(region.id);
-        let deleted = self
-            .engine
-            .write(vec![
-                WriteOp::DeleteMeta {
-                    key: region_meta_key(region.id),
-                },
-                WriteOp::DeleteMeta {
-                    key: move_meta_key(region.id),
-                },
-                WriteOp::DeleteRange {
-                    start: region.start_key.clone(),
-                    end: region.end_key.clone(),
-                },
-            ])
-            .await;
-        if let Err(e) = deleted {
-            // The move record stays: the next start settles the move again
-            // and retries the delete.
+        if let Err(e) = self.drop_local_region(region).await {
+            // No longer served here; the move record stays, so the next
+            // start settles the move again and retries the delete.
             tracing::error!(region_id = region.id, error = %e, "moved region not deleted here; not served");
         }
     }
 
     /// The move did not happen: serve the region here again.
     pub async fn cancel_move(&self, rec: &MoveRecord) {
-        let id = region_id(rec);
+        let id = move_region_id(rec);
         if let Err(e) = self
             .engine
             .write(vec![WriteOp::DeleteMeta {
@@ -196,7 +180,7 @@ impl Node {
     pub fn settle_in_background(self: &Arc<Self>, rec: MoveRecord) {
         let node = self.clone();
         tokio::spawn(async move {
-            let id = region_id(&rec);
+            let id = move_region_id(&rec);
             let mut attempts = 0u64;
             loop {
                 tokio::time::sleep(SETTLE_RETRY).await;

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{Result, ServerError};
-use crate::moves::{load_moves, move_meta_key};
+use crate::moves::{load_moves, move_meta_key, move_region_id};
 use crate::regions::{load_regions, put_region_op, region_meta_key, RegionMap};
 
 /// A running store.
@@ -191,7 +191,7 @@ impl Node {
     async fn pause_unsettled_moves(&self) -> Result<()> {
         let mut pending = Vec::new();
         for rec in load_moves(&self.engine)? {
-            let id = rec.region.as_ref().map_or(0, |r| r.id);
+            let id = move_region_id(&rec);
             let mut map = self.regions.write().await;
             match map.get_mut(id) {
                 Some(st) => {
@@ -219,7 +219,7 @@ impl Node {
             std::mem::take(&mut *self.pending_moves.lock().unwrap_or_else(|p| p.into_inner()));
         for rec in pending {
             tracing::warn!(
-                region_id = rec.region.as_ref().map_or(0, |r| r.id),
+                region_id = move_region_id(&rec),
                 "a region move was interrupted; the region stays paused until it is settled"
             );
             self.settle_in_background(rec);
@@ -251,20 +251,30 @@ impl Node {
                     now_on = known.store_id,
                     "dropping a region that moved away"
                 );
-                self.engine
-                    .write(vec![
-                        WriteOp::DeleteMeta {
-                            key: region_meta_key(r.id),
-                        },
-                        WriteOp::DeleteRange {
-                            start: r.start_key.clone(),
-                            end: r.end_key.clone(),
-                        },
-                    ])
-                    .await?;
-                self.regions.write().await.remove(r.id);
+                self.drop_local_region(&r).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Stops serving a region that now lives on another store and deletes
+    /// it here: its record, its data and any move record, in one batch.
+    pub(crate) async fn drop_local_region(&self, r: &Region) -> Result<()> {
+        self.regions.write().await.remove(r.id);
+        self.engine
+            .write(vec![
+                WriteOp::DeleteMeta {
+                    key: region_meta_key(r.id),
+                },
+                WriteOp::DeleteMeta {
+                    key: move_meta_key(r.id),
+                },
+                WriteOp::DeleteRange {
+                    start: r.start_key.clone(),
+                    end: r.end_key.clone(),
+                },
+            ])
+            .await?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use flaredb_tests::{eventually, TestCluster};
+use rdb_client::Client;
 use rdb_proto::v1::kv_client::KvClient;
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::*;
@@ -20,8 +21,16 @@ fn letters() -> Vec<Vec<u8>> {
     (b'a'..=b'z').map(|c| vec![c]).collect()
 }
 
-fn failpoint(name: &str) -> Vec<(String, String)> {
-    vec![("FLAREDB_FAILPOINTS".into(), name.into())]
+/// PD, a source store holding the letters a..z, and a target store started
+/// with the failpoint `name`.
+async fn cluster_with_target_failpoint(name: &str) -> (TestCluster, Client) {
+    let mut cluster = TestCluster::start(1);
+    cluster.add_store_with_env(&[("FLAREDB_FAILPOINTS".into(), name.into())]);
+    let c = cluster.client().await;
+    c.batch_put(letters().into_iter().map(|l| (l.clone(), l)).collect())
+        .await
+        .unwrap();
+    (cluster, c)
 }
 
 async fn kv(addr: &str) -> KvClient<Channel> {
@@ -64,13 +73,8 @@ fn before_move(moved: &Region, source: u64) -> Region {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_import_answer_is_settled_and_never_served_twice() {
-    let mut cluster = TestCluster::start(1);
-    cluster.add_store_with_env(&failpoint("import-answer-lost"));
+    let (cluster, c) = cluster_with_target_failpoint("import-answer-lost").await;
     let (source, target) = (cluster.stores[0].id, cluster.stores[1].id);
-    let c = cluster.client().await;
-    c.batch_put(letters().into_iter().map(|l| (l.clone(), l)).collect())
-        .await
-        .unwrap();
 
     // The target serves the region but its answer is lost: the source asks
     // it (SettleImport), learns the move happened, and completes it.
@@ -103,13 +107,8 @@ async fn a_lost_import_answer_is_settled_and_never_served_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_target_crash_after_import_pauses_the_region_until_settled() {
-    let mut cluster = TestCluster::start(1);
-    cluster.add_store_with_env(&failpoint("import-crash-after-serving"));
+    let (mut cluster, c) = cluster_with_target_failpoint("import-crash-after-serving").await;
     let (source, target) = (cluster.stores[0].id, cluster.stores[1].id);
-    let c = cluster.client().await;
-    c.batch_put(letters().into_iter().map(|l| (l.clone(), l)).collect())
-        .await
-        .unwrap();
 
     // The target commits the region and dies before answering: the source
     // cannot learn the outcome, so the split's move fails and the region
