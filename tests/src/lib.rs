@@ -3,10 +3,8 @@
 //! (kill -9) when dropped. Daemon logs go to `<data dir>.log`, printed when a
 //! daemon fails to start.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rdb_client::{Client, ClientConfig};
@@ -125,54 +123,24 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {bin}: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        let mut parts = rest.split_whitespace();
-                        let addr = parts.next().unwrap_or_default().to_string();
-                        let id = parts
-                            .next()
-                            .and_then(|p| p.split_once('='))
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or_default();
-                        return Ok(Daemon {
-                            kind,
-                            child: Some(child),
-                            addr,
-                            dir: dir.to_path_buf(),
-                            id,
-                            extra: extra.to_vec(),
-                            env: env.to_vec(),
-                        });
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = child.wait().map_err(|e| e.to_string())?;
-                    return Err(format!("{bin} exited with {status} before it was ready"));
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("{bin} exited with {status} before it was ready"));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{bin} not ready after {READY_TIMEOUT:?}"));
-            }
-        }
+        let rest = rdb_bench::local::wait_ready(&mut child, prefix, READY_TIMEOUT)
+            .map_err(|e| format!("{bin} {e}"))?;
+        let mut parts = rest.split_whitespace();
+        let addr = parts.next().unwrap_or_default().to_string();
+        let id = parts
+            .next()
+            .and_then(|p| p.split_once('='))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_default();
+        Ok(Daemon {
+            kind,
+            child: Some(child),
+            addr,
+            dir: dir.to_path_buf(),
+            id,
+            extra: extra.to_vec(),
+            env: env.to_vec(),
+        })
     }
 
     /// Kills the process with SIGKILL (no chance to flush anything).
@@ -326,4 +294,91 @@ where
         tokio::time::sleep(every).await;
     }
     None
+}
+
+/// A free loopback port (bound, read, released: another process could take
+/// it in between, which on a test machine is rare enough).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+/// A single-node etcd (Debian's `etcd-server`, installed by
+/// scripts/setup-deps.sh) on free loopback ports in a temporary directory,
+/// killed when dropped. Used to test rdb-bench's etcd adapter.
+pub struct Etcd {
+    child: Child,
+    /// Client endpoint, HOST:PORT.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it has elected itself and answers `/health`.
+    pub fn start() -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("flaredb-etcd-")
+            .tempdir()
+            .expect("temp dir");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (install Debian's etcd-server: scripts/setup-deps.sh does)");
+        let mut etcd = Etcd {
+            child,
+            addr: format!("127.0.0.1:{client}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !etcd.healthy() {
+            if let Ok(Some(st)) = etcd.child.try_wait() {
+                let log = std::fs::read_to_string(etcd._dir.path().join("etcd.log"));
+                panic!("etcd exited with {st}: {}", log.unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not listening after {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}
+
+impl Etcd {
+    /// Whether etcd's `/health` endpoint says it can serve (leader elected).
+    fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

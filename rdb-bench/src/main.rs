@@ -1,0 +1,508 @@
+//! `rdb-bench`: measures FlareDB (through rdb-client, the real routing path)
+//! or etcd (through etcd-client) with the same workers, and reports
+//! throughput and HDR latency percentiles.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use rdb_bench::local;
+use rdb_bench::report::{group, Report, RunInfo, Stats};
+use rdb_bench::target::{BenchError, CasOutcome, System, Target};
+use rdb_bench::workload::{KeyDistribution, KeyPicker, KeySpace, Mix, Op, OpPicker, Workload};
+
+/// Keys per preload batch (etcd's default --max-txn-ops is 128).
+const PRELOAD_BATCH: usize = 128;
+/// Preload batches in flight.
+const PRELOAD_PARALLEL: usize = 8;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rdb-bench",
+    version,
+    about = "Benchmark FlareDB (or etcd, with the same client code): throughput and latency percentiles",
+    long_about = "Runs a workload with a fixed number of requests in flight and reports operations \
+per second, errors, and latency p50/p90/p99/p99.9/max from an HDR histogram.\n\n\
+FlareDB is driven through rdb-client (region routing, retries, TSO batching). With --pd it uses \
+that cluster; with neither --pd nor --etcd it starts a local one (rdb-pd + one rdb-server, \
+fsynced writes, found next to this executable or in --bin-dir) in a temporary directory and \
+removes it afterwards. With --etcd it measures etcd through the etcd-client crate: get and put \
+are etcd Range and Put (linearizable reads), cas is a get then a Txn comparing the key's version.\n\n\
+Workloads: put, get, cas (read a key, then CAS on the version read; counts swaps and conflicts), \
+scan (up to --scan-limit keys from a random key), mixed (--mix ratios), tso (one timestamp per \
+operation; FlareDB only). get, cas, scan and mixed write every key first (--no-preload skips).\n\n\
+A progress line is printed on stderr when it is a terminal. --json prints the report as one JSON \
+object on stdout.\n\nExit status: 0 run complete without errors, 1 could not run (connection, \
+preload, local cluster), 2 bad options, 3 run complete but some operations failed (see errors)."
+)]
+struct Args {
+    /// The workload.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// FlareDB PD endpoints, HOST:PORT[,HOST:PORT...]. Without --pd and --etcd a local cluster is started.
+    #[arg(long, value_delimiter = ',', conflicts_with = "etcd")]
+    pd: Vec<String>,
+    /// Measure etcd instead: its client endpoints, HOST:PORT[,...].
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Requests in flight (one worker task each).
+    #[arg(short, long, default_value_t = 64)]
+    concurrency: usize,
+    /// Independent client connections; workers are spread over them.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Number of distinct keys.
+    #[arg(short, long, default_value_t = 10_000)]
+    keys: u64,
+    /// How keys are chosen.
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
+    distribution: KeyDistribution,
+    /// Exponent of the zipfian distribution (higher = hotter head).
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
+    /// Key size in bytes (`bench/` + zero-padded index).
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Seconds to measure (after warm-up). Ignored with --ops.
+    #[arg(short, long, default_value_t = 10.0)]
+    duration: f64,
+    /// Measure this many operations instead of a duration.
+    #[arg(short = 'n', long)]
+    ops: Option<u64>,
+    /// Seconds to run before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Do not write the keys before a get/cas/scan/mixed run.
+    #[arg(long)]
+    no_preload: bool,
+    /// Most keys per scan.
+    #[arg(long, default_value_t = 10)]
+    scan_limit: usize,
+    /// Ratios of the mixed workload: OP=WEIGHT,... with OP in get, put, cas, scan.
+    #[arg(long, default_value_t = Mix::default())]
+    mix: Mix,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where rdb-pd and rdb-server are, for the local cluster (default: next to rdb-bench).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// State shared by the workers and the clock.
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    /// Operations left to measure (`--ops`); `u64::MAX` when running by time.
+    budget: AtomicU64,
+    /// Operations finished (all phases), for the progress line.
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Plan {
+    keyspace: KeySpace,
+    keys: KeyPicker,
+    ops: OpPicker,
+    value_size: usize,
+    scan_limit: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rdb-bench: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            if report.errors > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(BenchError::Usage(m)) => {
+            eprintln!("rdb-bench: {m}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("rdb-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<(), BenchError> {
+    let usage = |m: String| Err(BenchError::Usage(m));
+    if args.concurrency == 0 {
+        return usage("--concurrency must be at least 1".into());
+    }
+    if args.connections == 0 || args.connections > args.concurrency {
+        return usage(format!(
+            "--connections must be between 1 and --concurrency ({}), got {}",
+            args.concurrency, args.connections
+        ));
+    }
+    if !(args.duration > 0.0 && args.duration.is_finite()) && args.ops.is_none() {
+        return usage(format!(
+            "--duration must be above 0 seconds, got {}",
+            args.duration
+        ));
+    }
+    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+        return usage(format!(
+            "--warmup must be 0 or more seconds, got {}",
+            args.warmup
+        ));
+    }
+    if args.ops == Some(0) {
+        return usage("--ops must be at least 1".into());
+    }
+    if args.scan_limit == 0 {
+        return usage("--scan-limit must be at least 1".into());
+    }
+    if !(args.zipf_exponent > 0.0 && args.zipf_exponent.is_finite()) {
+        return usage(format!(
+            "--zipf-exponent must be above 0, got {}",
+            args.zipf_exponent
+        ));
+    }
+    if args.workload == Workload::Tso && !args.etcd.is_empty() {
+        return usage("the tso workload is FlareDB only (etcd has no timestamp oracle)".into());
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<Report, BenchError> {
+    validate(&args)?;
+    let keyspace = KeySpace::new(args.keys, args.key_size).map_err(BenchError::Usage)?;
+    let plan = Arc::new(Plan {
+        keys: KeyPicker::new(args.distribution, args.keys, args.zipf_exponent)
+            .map_err(BenchError::Usage)?,
+        keyspace,
+        ops: OpPicker::new(args.workload, &args.mix),
+        value_size: args.value_size,
+        scan_limit: args.scan_limit,
+    });
+    let tty = std::io::stderr().is_terminal();
+
+    // The system under test.
+    let (system, mut endpoints) = if args.etcd.is_empty() {
+        (System::Flaredb, args.pd.clone())
+    } else {
+        (System::Etcd, args.etcd.clone())
+    };
+    let local = if system == System::Flaredb && endpoints.is_empty() {
+        if tty {
+            eprint!("starting a local cluster...\r");
+        }
+        let cluster = local::LocalCluster::start(args.bin_dir.as_deref())?;
+        endpoints = vec![cluster.pd.clone()];
+        Some(cluster)
+    } else {
+        None
+    };
+    let mut targets = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        targets.push(Target::connect(system, &endpoints).await?);
+    }
+
+    let preloaded = args.workload.wants_preload() && !args.no_preload;
+    if preloaded {
+        preload(&targets, &plan, tty).await?;
+    }
+
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        budget: AtomicU64::new(args.ops.unwrap_or(u64::MAX)),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for w in 0..args.concurrency {
+        let target = targets[w % targets.len()].clone();
+        let rng = SmallRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64));
+        workers.push(tokio::spawn(worker(
+            target,
+            plan.clone(),
+            shared.clone(),
+            rng,
+        )));
+    }
+
+    // Warm-up, then the measured phase.
+    let label = format!("{} {}", args.workload, system_label(system));
+    tick(
+        &shared,
+        Duration::from_secs_f64(args.warmup),
+        tty,
+        &format!("{label} warm-up"),
+        None,
+    )
+    .await;
+    let done_before = shared.done.load(Ordering::Relaxed);
+    shared.measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let elapsed = match args.ops {
+        None => {
+            tick(
+                &shared,
+                Duration::from_secs_f64(args.duration),
+                tty,
+                &label,
+                Some(done_before),
+            )
+            .await;
+            shared.stop.store(true, Ordering::SeqCst);
+            started.elapsed()
+        }
+        Some(_) => {
+            // Until the workers have used up the budget.
+            while workers.iter().any(|w| !w.is_finished()) {
+                tick(
+                    &shared,
+                    Duration::from_millis(200),
+                    tty,
+                    &label,
+                    Some(done_before),
+                )
+                .await;
+            }
+            started.elapsed()
+        }
+    };
+    let mut stats = Stats::default();
+    for w in workers {
+        match w.await {
+            Ok(s) => stats.merge(s),
+            Err(e) => stats.error(format!("worker failed: {e}")),
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let report = Report::new(
+        RunInfo {
+            system,
+            endpoints,
+            local_cluster: local.is_some(),
+            workload: args.workload,
+            mix: (args.workload == Workload::Mixed).then(|| args.mix.to_string()),
+            concurrency: args.concurrency,
+            connections: args.connections,
+            keys: args.keys,
+            distribution: args.distribution,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            scan_limit: args.scan_limit,
+            warmup_secs: args.warmup,
+            preloaded,
+        },
+        &stats,
+        elapsed,
+    );
+    drop(targets);
+    drop(local);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return Err(BenchError::Usage(format!("report: {e}"))),
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    let _ = std::io::stdout().flush();
+    Ok(report)
+}
+
+fn system_label(s: System) -> &'static str {
+    match s {
+        System::Flaredb => "FlareDB",
+        System::Etcd => "etcd",
+    }
+}
+
+/// Waits `total`, printing a progress line every second on a terminal.
+/// `measured_from` is the done-count when measuring began (None in warm-up).
+async fn tick(
+    shared: &Shared,
+    total: Duration,
+    tty: bool,
+    label: &str,
+    measured_from: Option<u64>,
+) {
+    let start = Instant::now();
+    let mut last = (start, shared.done.load(Ordering::Relaxed));
+    while start.elapsed() < total {
+        let step = Duration::from_secs(1).min(total.saturating_sub(start.elapsed()));
+        tokio::time::sleep(step).await;
+        if !tty {
+            continue;
+        }
+        let now = (Instant::now(), shared.done.load(Ordering::Relaxed));
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+        let so_far = measured_from
+            .map(|from| format!(", {} ops measured", group(now.1 - from)))
+            .unwrap_or_default();
+        eprint!(
+            "\r\x1b[2K{label}: {:.0} s, {} ops/s{so_far}, {} errors",
+            start.elapsed().as_secs_f64(),
+            group(rate as u64),
+            shared.errors.load(Ordering::Relaxed)
+        );
+        last = now;
+    }
+}
+
+/// Writes every key once (before get/cas/scan/mixed).
+async fn preload(targets: &[Target], plan: &Arc<Plan>, tty: bool) -> Result<(), BenchError> {
+    let count = plan.keyspace.count();
+    let next = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..PRELOAD_PARALLEL {
+        let mut target = targets[t % targets.len()].clone();
+        let (plan, next, written) = (plan.clone(), next.clone(), written.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(t as u64);
+            loop {
+                let first = next.fetch_add(PRELOAD_BATCH as u64, Ordering::Relaxed);
+                if first >= count {
+                    return Ok::<(), BenchError>(());
+                }
+                let last = (first + PRELOAD_BATCH as u64).min(count);
+                let pairs = (first..last)
+                    .map(|i| (plan.keyspace.key(i), value(&mut rng, plan.value_size)))
+                    .collect();
+                target.put_many(pairs).await?;
+                written.fetch_add(last - first, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut joined = futures::future::join_all(tasks);
+    loop {
+        tokio::select! {
+            results = &mut joined => {
+                for r in results {
+                    r.map_err(|e| BenchError::Local(format!("preload task failed: {e}")))??;
+                }
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if tty {
+                    eprint!("\r\x1b[2Kpreloading: {}/{} keys, {:.0} s",
+                        group(written.load(Ordering::Relaxed)), group(count),
+                        started.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn value(rng: &mut SmallRng, size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// One request in flight: runs operations until stopped or out of budget.
+async fn worker(
+    mut target: Target,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    mut rng: SmallRng,
+) -> Stats {
+    let mut stats = Stats::default();
+    let mut val = value(&mut rng, plan.value_size);
+    let scan_end = plan.keyspace.end();
+    let mut n: u64 = 0;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        if measuring {
+            // Claim one operation of the budget.
+            let claimed = shared
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1));
+            if claimed.is_err() {
+                break;
+            }
+        }
+        let op = plan.ops.pick(&mut rng);
+        let key = plan.keyspace.key(plan.keys.pick(&mut rng));
+        // A different value each write (the first 8 bytes count up).
+        n += 1;
+        let stamp = n.to_le_bytes();
+        let len = stamp.len().min(val.len());
+        val[..len].copy_from_slice(&stamp[..len]);
+        let started = Instant::now();
+        let result = match op {
+            Op::Put => target.put(key, val.clone()).await.map(|_| None),
+            Op::Get => target.get(key).await.map(|_| None),
+            Op::Cas => target.read_then_cas(key, val.clone()).await.map(Some),
+            Op::Scan => target
+                .scan(key, scan_end.clone(), plan.scan_limit)
+                .await
+                .map(|rows| {
+                    if measuring {
+                        stats.scanned_rows += rows as u64;
+                    }
+                    None
+                }),
+            Op::Tso => target.tso().await.map(|_| None),
+        };
+        let latency = started.elapsed();
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        // Operations that end after the clock stopped are not counted.
+        if !measuring || shared.stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        match result {
+            Ok(outcome) => {
+                stats.record(op, latency);
+                match outcome {
+                    Some(CasOutcome::Swapped) => stats.cas_swapped += 1,
+                    Some(CasOutcome::Conflict) => stats.cas_conflicts += 1,
+                    None => {}
+                }
+            }
+            Err(e) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(e.to_string());
+            }
+        }
+    }
+    stats
+}

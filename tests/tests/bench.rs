@@ -1,0 +1,168 @@
+//! rdb-bench smoke test: every workload for a fraction of a second against a
+//! real cluster (and against a real etcd through the etcd adapter); the
+//! report must be well-formed and error-free. Speed is not asserted here
+//! (see docs/benchmarks.md).
+
+use std::process::{Command, Output};
+
+use flaredb_tests::{binary, Etcd, TestCluster};
+use serde_json::Value;
+
+const WORKLOADS: [&str; 6] = ["put", "get", "cas", "scan", "mixed", "tso"];
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(binary("rdb-bench"))
+        .args(args)
+        .output()
+        .expect("run rdb-bench")
+}
+
+/// Runs one short workload with `--json` and checks the report.
+fn smoke(target: &[&str], workload: &str, system: &str) -> Value {
+    let mut args = vec![
+        workload,
+        "--json",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--concurrency",
+        "4",
+        "--connections",
+        "2",
+        "--keys",
+        "200",
+        "--value-size",
+        "100",
+        "--mix",
+        "get=50,put=20,cas=20,scan=10",
+    ];
+    args.extend_from_slice(target);
+    let out = bench(&args);
+    assert!(
+        out.status.success(),
+        "{system} {workload}: status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{system} {workload}: report is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let ctx = format!("{system} {workload}: {r:#}");
+    assert_eq!(r["system"], system, "{ctx}");
+    assert_eq!(r["workload"], workload, "{ctx}");
+    assert_eq!(r["errors"], 0, "{ctx}");
+    assert_eq!(
+        r["error_messages"].as_array().map(Vec::len),
+        Some(0),
+        "{ctx}"
+    );
+    assert_eq!(r["concurrency"], 4, "{ctx}");
+    let ops = r["ops"].as_u64().expect("ops");
+    assert!(ops > 0, "{ctx}");
+    let elapsed = r["elapsed_secs"].as_f64().expect("elapsed_secs");
+    assert!((0.29..5.0).contains(&elapsed), "{ctx}");
+    let rate = r["ops_per_sec"].as_f64().expect("ops_per_sec");
+    assert!(
+        (rate - ops as f64 / elapsed).abs() <= 1.0 + rate * 0.01,
+        "{ctx}"
+    );
+    let lat = &r["latency_us"];
+    let p = |k: &str| lat[k].as_u64().unwrap_or_else(|| panic!("{k}: {ctx}"));
+    assert!(
+        1 <= p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("p999"),
+        "{ctx}"
+    );
+    // The histogram keeps 3 significant digits: p99.9 may round just above max.
+    assert!(p("p999") as f64 <= p("max") as f64 * 1.001 + 1.0, "{ctx}");
+    let by_op = r["by_op"].as_object().expect("by_op");
+    let per_op_total: u64 = by_op.values().map(|o| o["ops"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(per_op_total, ops, "{ctx}");
+    let cas = r["cas_swapped"].as_u64().unwrap_or(0) + r["cas_conflicts"].as_u64().unwrap_or(0);
+    match workload {
+        "mixed" => {
+            for op in ["get", "put", "cas", "scan"] {
+                assert!(by_op.contains_key(op), "{op} missing: {ctx}");
+            }
+            assert_eq!(cas, by_op["cas"]["ops"].as_u64().unwrap_or(0), "{ctx}");
+        }
+        w => {
+            assert_eq!(by_op.keys().collect::<Vec<_>>(), vec![w], "{ctx}");
+            if w == "cas" {
+                assert_eq!(cas, ops, "{ctx}");
+                assert!(r["cas_swapped"].as_u64().unwrap_or(0) > 0, "{ctx}");
+            }
+            if w == "scan" {
+                // Every start key is a preloaded key, so each scan finds at least it.
+                assert!(r["scanned_rows"].as_u64().unwrap_or(0) >= ops, "{ctx}");
+            }
+        }
+    }
+    r
+}
+
+#[test]
+fn every_workload_against_a_cluster() {
+    let cluster = TestCluster::start(1);
+    for w in WORKLOADS {
+        let r = smoke(&["--pd", &cluster.pd.addr], w, "flaredb");
+        assert_eq!(r["local_cluster"], false);
+    }
+    // The keys the benchmark wrote are really there.
+    let out = cluster.cli(&["--json", "scan", "bench/", "bench0", "--limit", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("scan JSON");
+    let n = rows
+        .as_array()
+        .or_else(|| rows["pairs"].as_array())
+        .map(Vec::len);
+    assert_eq!(n, Some(200), "{rows}");
+}
+
+#[test]
+fn starts_its_own_cluster_without_pd() {
+    let r = smoke(&[], "put", "flaredb");
+    assert_eq!(r["local_cluster"], true);
+    let r = smoke(&["--distribution", "zipfian"], "get", "flaredb");
+    assert_eq!(r["distribution"], "zipfian");
+}
+
+#[test]
+fn every_workload_against_etcd() {
+    let etcd = Etcd::start();
+    for w in WORKLOADS.iter().filter(|w| **w != "tso") {
+        smoke(&["--etcd", &etcd.addr], w, "etcd");
+    }
+    // tso is FlareDB only: a usage error (exit 2), not a run.
+    let out = bench(&["tso", "--etcd", &etcd.addr, "--duration", "0.1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FlareDB only"));
+}
+
+#[test]
+fn bad_options_are_refused_with_the_reason() {
+    for (args, needle) in [
+        (vec!["put", "--concurrency", "0"], "--concurrency"),
+        (vec!["put", "--key-size", "4"], "--key-size 4 is too small"),
+        (vec!["mixed", "--mix", "get=1,del=2"], "del"),
+        (
+            vec!["put", "--connections", "9", "--concurrency", "8"],
+            "--connections",
+        ),
+        (vec!["put", "--duration", "0"], "--duration"),
+        (vec!["nosuch"], "nosuch"),
+    ] {
+        let out = bench(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A PD that is not there: could not run (exit 1), with a message.
+    let out = bench(&["put", "--pd", "127.0.0.1:1", "--duration", "0.1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!out.stderr.is_empty());
+}
