@@ -113,10 +113,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown)
         .await?;
     engine.flush()?;
     tracing::info!("rdb-pd stopped");

@@ -12,6 +12,7 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
 
 pub mod limits;
+pub mod net;
 pub mod region;
 
 /// Generated code for package `flaredb.v1`.
