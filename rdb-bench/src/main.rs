@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rdb_client::ClientConfig;
 
 use rdb_bench::local;
 use rdb_bench::report::{group, Report, RunInfo, Stats};
@@ -97,6 +98,17 @@ struct Args {
     /// Where rdb-pd and rdb-server are, for the local cluster (default: next to rdb-bench).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// FlareDB: send every get and put as its own RPC instead of coalescing
+    /// concurrent ones into batch RPCs (rdb-client's `coalesce` setting).
+    #[arg(long)]
+    no_coalesce: bool,
+    /// FlareDB: most coalesced RPC rounds in flight per store.
+    #[arg(long, default_value_t = ClientConfig::default().max_coalesced_in_flight)]
+    coalesce_in_flight: usize,
+    /// Runtime threads of the benchmark client (default: one per core; 1 runs
+    /// a single-threaded runtime: every worker and the client on one thread).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -130,10 +142,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match args.threads {
+        // One thread: a current-thread runtime (no cross-thread wake-ups).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rdb-bench: cannot start the runtime: {e}");
@@ -185,6 +204,12 @@ fn validate(args: &Args) -> Result<(), BenchError> {
     if args.ops == Some(0) {
         return usage("--ops must be at least 1".into());
     }
+    if args.threads == Some(0) {
+        return usage("--threads must be at least 1".into());
+    }
+    if args.coalesce_in_flight == 0 {
+        return usage("--coalesce-in-flight must be at least 1".into());
+    }
     if args.scan_limit == 0 {
         return usage("--scan-limit must be at least 1".into());
     }
@@ -230,8 +255,13 @@ async fn run(args: Args) -> Result<Report, BenchError> {
         None
     };
     let mut targets = Vec::with_capacity(args.connections);
+    let flare = ClientConfig {
+        coalesce: !args.no_coalesce,
+        max_coalesced_in_flight: args.coalesce_in_flight,
+        ..ClientConfig::default()
+    };
     for _ in 0..args.connections {
-        targets.push(Target::connect(system, &endpoints).await?);
+        targets.push(Target::connect(system, &endpoints, &flare).await?);
     }
 
     let preloaded = args.workload.wants_preload() && !args.no_preload;
@@ -255,6 +285,7 @@ async fn run(args: Args) -> Result<Report, BenchError> {
             plan.clone(),
             shared.clone(),
             rng,
+            args.ops.is_some(),
         )));
     }
 
@@ -435,23 +466,30 @@ fn value(rng: &mut SmallRng, size: usize) -> Vec<u8> {
     v
 }
 
+/// Operations a worker counts locally before adding them to the shared
+/// progress counter (one contended atomic add per op would cost more than a
+/// TSO call).
+const PROGRESS_EVERY: u64 = 64;
+
 /// One request in flight: runs operations until stopped or out of budget.
 async fn worker(
     mut target: Target,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     mut rng: SmallRng,
+    budgeted: bool,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut val = value(&mut rng, plan.value_size);
     let scan_end = plan.keyspace.end();
     let mut n: u64 = 0;
+    let mut unreported: u64 = 0;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
         let measuring = shared.measuring.load(Ordering::Relaxed);
-        if measuring {
+        if measuring && budgeted {
             // Claim one operation of the budget.
             let claimed = shared
                 .budget
@@ -461,12 +499,18 @@ async fn worker(
             }
         }
         let op = plan.ops.pick(&mut rng);
-        let key = plan.keyspace.key(plan.keys.pick(&mut rng));
-        // A different value each write (the first 8 bytes count up).
-        n += 1;
-        let stamp = n.to_le_bytes();
-        let len = stamp.len().min(val.len());
-        val[..len].copy_from_slice(&stamp[..len]);
+        let key = if op == Op::Tso {
+            Vec::new()
+        } else {
+            plan.keyspace.key(plan.keys.pick(&mut rng))
+        };
+        if matches!(op, Op::Put | Op::Cas) {
+            // A different value each write (the first 8 bytes count up).
+            n += 1;
+            let stamp = n.to_le_bytes();
+            let len = stamp.len().min(val.len());
+            val[..len].copy_from_slice(&stamp[..len]);
+        }
         let started = Instant::now();
         let result = match op {
             Op::Put => target.put(key, val.clone()).await.map(|_| None),
@@ -484,7 +528,11 @@ async fn worker(
             Op::Tso => target.tso().await.map(|_| None),
         };
         let latency = started.elapsed();
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        unreported += 1;
+        if unreported == PROGRESS_EVERY {
+            shared.done.fetch_add(unreported, Ordering::Relaxed);
+            unreported = 0;
+        }
         // Operations that end after the clock stopped are not counted.
         if !measuring || shared.stop.load(Ordering::Relaxed) {
             continue;
@@ -504,5 +552,6 @@ async fn worker(
             }
         }
     }
+    shared.done.fetch_add(unreported, Ordering::Relaxed);
     stats
 }

@@ -47,12 +47,17 @@ pub enum Target {
 }
 
 impl Target {
-    /// Opens one connection (FlareDB: one client with its own channels).
-    pub async fn connect(system: System, endpoints: &[String]) -> Result<Target, BenchError> {
+    /// Opens one connection (FlareDB: one client with its own channels,
+    /// configured by `flare`).
+    pub async fn connect(
+        system: System,
+        endpoints: &[String],
+        flare: &ClientConfig,
+    ) -> Result<Target, BenchError> {
         Ok(match system {
-            System::Flaredb => Target::Flare(
-                Client::connect_with(endpoints.to_vec(), ClientConfig::default()).await?,
-            ),
+            System::Flaredb => {
+                Target::Flare(Client::connect_with(endpoints.to_vec(), flare.clone()).await?)
+            }
             System::Etcd => Target::Etcd(Box::new(
                 etcd_client::Client::connect(endpoints, None)
                     .await?

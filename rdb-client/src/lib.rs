@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod cache;
 mod error;
 mod pd;
@@ -72,6 +73,15 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Timeout of one RPC.
     pub rpc_timeout: Duration,
+    /// Send concurrent single-key `get` and `put` calls to the same store as
+    /// one `BatchGet` / `BatchPut` per region (default `true`). Each call
+    /// keeps its own result, error and retries; only the RPCs are shared.
+    pub coalesce: bool,
+    /// Most calls in one coalesced RPC (default 256).
+    pub max_coalesced: usize,
+    /// Most coalesced RPC rounds in flight per store (default 8); calls made
+    /// while they are all out wait and leave together in the next one.
+    pub max_coalesced_in_flight: usize,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +93,9 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(30),
+            coalesce: true,
+            max_coalesced: 256,
+            max_coalesced_in_flight: 8,
         }
     }
 }
@@ -133,6 +146,7 @@ struct Inner {
     pd: Arc<pd::PdConn>,
     cache: RwLock<RegionCache>,
     stores: Mutex<HashMap<String, KvClient<Channel>>>,
+    batchers: Mutex<HashMap<String, Arc<batch::StoreBatcher>>>,
     tso: tso::TsoBatcher,
     config: ClientConfig,
 }
@@ -145,7 +159,7 @@ pub struct Client {
 }
 
 /// What one attempt against a region produced.
-enum Attempt<T> {
+pub(crate) enum Attempt<T> {
     Done(T),
     Region(RegionError),
 }
@@ -211,6 +225,14 @@ fn ctx(route: &RegionRoute) -> Option<Context> {
     })
 }
 
+fn leader_address(route: &RegionRoute) -> String {
+    route
+        .leader
+        .as_ref()
+        .map(|s| s.address.clone())
+        .unwrap_or_default()
+}
+
 fn region_of(route: &RegionRoute) -> Region {
     route.region.clone().unwrap_or_default()
 }
@@ -241,6 +263,7 @@ impl Client {
                 pd,
                 cache: RwLock::default(),
                 stores: Mutex::default(),
+                batchers: Mutex::default(),
                 config,
             }),
         };
@@ -289,9 +312,34 @@ impl Client {
         Ok(c)
     }
 
+    /// The request coalescer of the store at `address` (using `kv`, its client).
+    fn batcher(&self, address: &str, kv: KvClient<Channel>) -> Arc<batch::StoreBatcher> {
+        let mut batchers = self
+            .inner
+            .batchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        batchers
+            .entry(address.to_string())
+            .or_insert_with(|| {
+                let cfg = &self.inner.config;
+                Arc::new(batch::StoreBatcher::new(
+                    kv,
+                    cfg.max_coalesced,
+                    cfg.max_coalesced_in_flight,
+                ))
+            })
+            .clone()
+    }
+
     fn forget_store(&self, address: &str) {
         self.inner
             .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
+        self.inner
+            .batchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(address);
@@ -456,9 +504,34 @@ impl Client {
         Ok(t)
     }
 
+    /// Runs an idempotent single-key call through the coalescer of the
+    /// store serving `key`, with the usual routing retries.
+    async fn coalesced<T, F, Fut>(&self, key: &[u8], f: F) -> Result<T>
+    where
+        F: Fn(Arc<batch::StoreBatcher>, Option<Context>) -> Fut,
+        Fut: Future<Output = std::result::Result<Attempt<T>, Status>>,
+    {
+        let (_, t) = self
+            .on_region(
+                true,
+                || self.locate(key),
+                |c, route| f(self.batcher(&leader_address(&route), c), ctx(&route)),
+            )
+            .await?;
+        Ok(t)
+    }
+
     /// Reads a key; `None` if it does not exist.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Value>> {
         invalid(check_key(&key))?;
+        if self.inner.config.coalesce {
+            return self
+                .coalesced(&key, |b, context| {
+                    let key = key.clone();
+                    async move { b.get(context, key).await }
+                })
+                .await;
+        }
         self.on_key(&key, true, |mut c, context| {
             let req = GetRequest {
                 context,
@@ -482,6 +555,14 @@ impl Client {
     pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64> {
         invalid(check_key(&key))?;
         invalid(check_value(&value))?;
+        if self.inner.config.coalesce {
+            return self
+                .coalesced(&key, |b, context| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { b.put(context, key, value).await }
+                })
+                .await;
+        }
         self.on_key(&key, true, |mut c, context| {
             let req = PutRequest {
                 context,

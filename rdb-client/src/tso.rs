@@ -1,6 +1,7 @@
 //! TSO batching: calls from many tasks are gathered and sent as one request
 //! on one long-lived stream to PD.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use rdb_proto::limits::MAX_TSO_COUNT;
@@ -15,7 +16,9 @@ use crate::pd::PdConn;
 type Waiter = (u32, oneshot::Sender<Result<u64>>);
 
 pub(crate) struct TsoBatcher {
-    tx: mpsc::Sender<Waiter>,
+    /// Unbounded: each waiting caller has at most one entry, so the queue is
+    /// bounded by the callers themselves (and sending costs no semaphore).
+    tx: mpsc::UnboundedSender<Waiter>,
 }
 
 struct Stream {
@@ -25,7 +28,7 @@ struct Stream {
 
 impl TsoBatcher {
     pub fn new(pd: Arc<PdConn>) -> TsoBatcher {
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pd, rx));
         TsoBatcher { tx }
     }
@@ -38,7 +41,7 @@ impl TsoBatcher {
             )));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send((count, reply)).await.map_err(|_| Error::Rpc {
+        self.tx.send((count, reply)).map_err(|_| Error::Rpc {
             code: tonic::Code::Cancelled,
             message: "TSO task stopped".into(),
         })?;
@@ -61,88 +64,178 @@ async fn open(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
     })
 }
 
-async fn exchange(stream: &mut Stream, count: u32) -> std::result::Result<u64, tonic::Status> {
-    stream
-        .requests
-        .send(TsoRequest { count })
-        .await
-        .map_err(|_| tonic::Status::unavailable("TSO stream closed"))?;
-    match stream.responses.message().await? {
-        Some(r) if r.count == count => Ok(r.first_timestamp),
-        Some(r) => Err(tonic::Status::internal(format!(
-            "asked PD for {count} timestamps, got {}",
-            r.count
-        ))),
-        None => Err(tonic::Status::unavailable("TSO stream closed by PD")),
+/// One request sent on the stream and not answered yet.
+struct Batch {
+    count: u32,
+    waiters: Vec<Waiter>,
+    /// Already re-sent once after a broken stream.
+    resent: bool,
+}
+
+/// Most TSO requests in flight on the stream. Callers that arrive while
+/// a request is out go in the next one at once instead of waiting for the
+/// answer, so a caller waits about one round trip, not up to two.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The error callers get for a failed request.
+fn caller_error(pd: &PdConn, status: &tonic::Status) -> Error {
+    if is_transport(status) {
+        Error::PdUnavailable {
+            endpoints: pd.endpoints(),
+            message: status.message().to_string(),
+        }
+    } else {
+        Error::from_status(status)
     }
 }
 
-async fn run(pd: Arc<PdConn>, mut rx: mpsc::Receiver<Waiter>) {
-    let mut stream: Option<Stream> = None;
-    let mut carry: Option<Waiter> = None;
-    loop {
-        let first = match carry.take() {
-            Some(w) => w,
-            None => match rx.recv().await {
-                Some(w) => w,
-                None => return,
-            },
-        };
-        let mut total = first.0;
-        let mut batch = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            if total + w.0 > MAX_TSO_COUNT {
-                carry = Some(w);
-                break;
-            }
-            total += w.0;
-            batch.push(w);
+fn fail(batch: Batch, err: &Error) {
+    for (_, reply) in batch.waiters {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+/// Opens a stream, trying the next PD endpoint once if the first fails.
+async fn open_with_failover(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
+    match open(pd).await {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            pd.fail_over();
+            open(pd).await
         }
-        // Two tries: a broken stream (PD restarted) is reopened once.
-        let mut result = Err(tonic::Status::unavailable("no attempt"));
-        for _ in 0..2 {
-            if stream.is_none() {
-                match open(&pd).await {
-                    Ok(s) => stream = Some(s),
-                    Err(s) => {
-                        result = Err(s);
-                        pd.fail_over();
-                        continue;
-                    }
+    }
+}
+
+/// Sends `batch` on the stream (opening one if needed) and queues it for its
+/// answer; fails its callers if no stream can be had.
+async fn send(
+    pd: &PdConn,
+    stream: &mut Option<Stream>,
+    in_flight: &mut VecDeque<Batch>,
+    batch: Batch,
+) {
+    if stream.is_none() {
+        match open_with_failover(pd).await {
+            Ok(s) => *stream = Some(s),
+            Err(status) => return fail(batch, &caller_error(pd, &status)),
+        }
+    }
+    let sent = match stream.as_ref() {
+        Some(s) => s
+            .requests
+            .send(TsoRequest { count: batch.count })
+            .await
+            .is_ok(),
+        None => false,
+    };
+    if sent {
+        in_flight.push_back(batch);
+    } else {
+        // The stream's sending side is gone: the stream is broken.
+        in_flight.push_back(batch);
+        let status = tonic::Status::unavailable("TSO stream closed");
+        Box::pin(broken(pd, stream, in_flight, status)).await;
+    }
+}
+
+/// The stream failed with `status`: re-sends each unanswered request once
+/// on a new stream (when the failure was the transport's: PD restarted or
+/// failed over; timestamps PD may have reserved for the lost answers are
+/// skipped, never repeated) and fails the rest.
+async fn broken(
+    pd: &PdConn,
+    stream: &mut Option<Stream>,
+    in_flight: &mut VecDeque<Batch>,
+    status: tonic::Status,
+) {
+    *stream = None;
+    let pending: Vec<Batch> = in_flight.drain(..).collect();
+    let err = caller_error(pd, &status);
+    for mut batch in pending {
+        if batch.resent || !is_transport(&status) {
+            fail(batch, &err);
+        } else {
+            batch.resent = true;
+            send(pd, stream, in_flight, batch).await;
+        }
+    }
+}
+
+/// Answers the oldest request in flight.
+fn answer(
+    in_flight: &mut VecDeque<Batch>,
+    response: TsoResponse,
+) -> std::result::Result<(), tonic::Status> {
+    let Some(batch) = in_flight.pop_front() else {
+        return Err(tonic::Status::internal("TSO answer without a request"));
+    };
+    if response.count != batch.count {
+        let status = tonic::Status::internal(format!(
+            "asked PD for {} timestamps, got {}",
+            batch.count, response.count
+        ));
+        fail(batch, &Error::from_status(&status));
+        return Err(status);
+    }
+    let mut next = response.first_timestamp;
+    for (count, reply) in batch.waiters {
+        let _ = reply.send(Ok(next));
+        next += u64::from(count);
+    }
+    Ok(())
+}
+
+async fn run(pd: Arc<PdConn>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+    let mut stream: Option<Stream> = None;
+    let mut in_flight: VecDeque<Batch> = VecDeque::new();
+    let mut carry: Option<Waiter> = None;
+    let mut closed = false;
+    loop {
+        if closed && in_flight.is_empty() {
+            return;
+        }
+        let can_send = !closed && in_flight.len() < MAX_IN_FLIGHT;
+        let waiting_for_answer = !in_flight.is_empty();
+        tokio::select! {
+            biased;
+            // Answers first: they free callers and slots.
+            answer_or_err = async {
+                match stream.as_mut() {
+                    Some(s) => s.responses.message().await,
+                    None => std::future::pending().await,
+                }
+            }, if waiting_for_answer => {
+                let result = match answer_or_err {
+                    Ok(Some(r)) => answer(&mut in_flight, r),
+                    Ok(None) => Err(tonic::Status::unavailable("TSO stream closed by PD")),
+                    Err(status) => Err(status),
+                };
+                if let Err(status) = result {
+                    broken(&pd, &mut stream, &mut in_flight, status).await;
                 }
             }
-            let Some(s) = stream.as_mut() else { continue };
-            result = exchange(s, total).await;
-            match &result {
-                Ok(_) => break,
-                Err(status) => {
-                    stream = None;
-                    if !is_transport(status) {
+            first = async {
+                match carry.take() {
+                    Some(w) => Some(w),
+                    None => rx.recv().await,
+                }
+            }, if can_send => {
+                let Some(first) = first else {
+                    closed = true;
+                    continue;
+                };
+                let mut count = first.0;
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    if count + w.0 > MAX_TSO_COUNT {
+                        carry = Some(w);
                         break;
                     }
+                    count += w.0;
+                    waiters.push(w);
                 }
-            }
-        }
-        match result {
-            Ok(first_ts) => {
-                let mut next = first_ts;
-                for (count, reply) in batch {
-                    let _ = reply.send(Ok(next));
-                    next += u64::from(count);
-                }
-            }
-            Err(status) => {
-                let err = if is_transport(&status) {
-                    Error::PdUnavailable {
-                        endpoints: pd.endpoints(),
-                        message: status.message().to_string(),
-                    }
-                } else {
-                    Error::from_status(&status)
-                };
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                let batch = Batch { count, waiters, resent: false };
+                send(&pd, &mut stream, &mut in_flight, batch).await;
             }
         }
     }

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cfg = rdb_pd::PdConfig::parse();
     rdb_storage::daemon::init_tracing();

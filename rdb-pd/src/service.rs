@@ -9,7 +9,6 @@ use rdb_proto::v1::pd_server::Pd;
 use rdb_proto::v1::store_admin_client::StoreAdminClient;
 use rdb_proto::v1::*;
 use tokio::sync::Mutex;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -189,23 +188,30 @@ impl PdService {
 
 #[tonic::async_trait]
 impl Pd for PdService {
-    type TsoStream = ReceiverStream<Result<TsoResponse, Status>>;
+    type TsoStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<TsoResponse, Status>> + Send>>;
 
+    /// Answers each request of the stream in order, in the stream's own task
+    /// (no hand-off to another task per request). The stream ends after the
+    /// first error.
     async fn tso(
         &self,
         request: Request<Streaming<TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let inbound = request.into_inner();
         let tso = self.tso.clone();
-        tokio::spawn(async move {
-            loop {
+        let answers = futures::stream::unfold(
+            (inbound, tso, false),
+            |(mut inbound, tso, failed)| async move {
+                if failed {
+                    return None;
+                }
                 let req = match inbound.message().await {
                     Ok(Some(r)) => r,
-                    Ok(None) => break,
+                    Ok(None) => return None,
                     Err(s) => {
                         tracing::debug!(status = %s, "TSO stream ended");
-                        break;
+                        return None;
                     }
                 };
                 let reply = tso
@@ -217,12 +223,10 @@ impl Pd for PdService {
                     })
                     .map_err(Status::from);
                 let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+                Some((reply, (inbound, tso, failed)))
+            },
+        );
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn is_bootstrapped(

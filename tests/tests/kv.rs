@@ -299,3 +299,73 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
         .region_error
         .is_none());
 }
+
+/// Concurrent single-key puts and gets from many tasks are coalesced into
+/// batch RPCs per store and region: every call still gets its own answer
+/// (its version, the value of its key), across two regions on two stores,
+/// with the same key written by several tasks at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_puts_and_gets_answer_each_call() {
+    let cluster = TestCluster::start(2);
+    let client = cluster.client().await;
+    client.split(k("m"), false).await.expect("split at m");
+    let regions = client.regions().await.unwrap();
+    assert_eq!(regions.len(), 2);
+    let plain = rdb_client::Client::connect_with(
+        [cluster.pd.addr.clone()],
+        rdb_client::ClientConfig {
+            coalesce: false,
+            ..TestCluster::client_config()
+        },
+    )
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64u32 {
+        let c = if t % 4 == 0 {
+            plain.clone()
+        } else {
+            client.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..50u32 {
+                // 40 distinct keys on both sides of "m": many tasks share keys.
+                let key = format!("{}{:02}", if i % 2 == 0 { "a" } else { "x" }, (t + i) % 20);
+                let value = format!("{t}/{i}");
+                let version = c.put(k(&key), k(&value)).await.unwrap();
+                let got = c.get(k(&key)).await.unwrap().expect("just written");
+                // Ours, or a later write of the same key by another task.
+                assert!(
+                    got.version >= version,
+                    "{key}: read {got:?} after writing v{version}"
+                );
+                if got.version == version {
+                    assert_eq!(got.value, k(&value));
+                }
+                mine.push((key, version, value));
+            }
+            mine
+        }));
+    }
+    let mut last: std::collections::HashMap<String, (u64, String)> = Default::default();
+    let mut versions = std::collections::HashSet::new();
+    for t in tasks {
+        for (key, version, value) in t.await.unwrap() {
+            assert!(
+                versions.insert((key.clone(), version)),
+                "{key} v{version} twice"
+            );
+            let e = last.entry(key).or_insert((0, String::new()));
+            if version > e.0 {
+                *e = (version, value);
+            }
+        }
+    }
+    assert_eq!(last.len(), 40);
+    // The stored value of each key is its highest-versioned write.
+    for (key, (version, value)) in last {
+        let got = plain.get(k(&key)).await.unwrap().unwrap();
+        assert_eq!((got.version, got.value), (version, k(&value)), "{key}");
+    }
+}

@@ -1,0 +1,266 @@
+//! Request coalescing: single-key `get` and `put` calls made at the same
+//! time by many tasks are sent to their store as one `BatchGet` / `BatchPut`
+//! per region instead of one RPC each (as TiKV's clients do with batch
+//! commands). Each call still gets its own answer: its value or version, or
+//! the region error or transport status the batch got, which the caller's
+//! normal routing retry handles exactly as for a single-key RPC.
+//!
+//! One task per store drains what has queued up while the previous batches
+//! were in flight, so a lone caller is sent at once (no added wait) and
+//! batches grow with the load. At most `max_in_flight` batches per store are
+//! outstanding; the rest queue behind them and go out together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rdb_proto::v1::kv_client::KvClient;
+use rdb_proto::v1::{BatchGetRequest, BatchPutRequest, Context, KvPair, RegionError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::{Attempt, Value};
+
+/// What one coalesced call gets back.
+pub(crate) type Reply<T> = Result<Attempt<T>, Status>;
+
+enum Call {
+    Get {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Reply<Option<Value>>>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Reply<u64>>,
+    },
+}
+
+impl Call {
+    /// Bytes this call adds to a batch message.
+    fn size(&self) -> usize {
+        match self {
+            Call::Get { key, .. } => key.len(),
+            Call::Put { key, value, .. } => key.len() + value.len(),
+        }
+    }
+}
+
+/// Most key and value bytes drained into one round of batches (well under
+/// the gRPC message limit; one call alone may be up to a key and a value).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+struct Item {
+    context: Option<Context>,
+    call: Call,
+}
+
+/// (is put, region id, epoch version, epoch conf_ver): calls that can share one RPC.
+type GroupKey = (bool, u64, u64, u64);
+
+fn group_key(item: &Item) -> GroupKey {
+    let (id, version, conf_ver) = item
+        .context
+        .as_ref()
+        .map(|c| {
+            let e = c.region_epoch.unwrap_or_default();
+            (c.region_id, e.version, e.conf_ver)
+        })
+        .unwrap_or_default();
+    (matches!(item.call, Call::Put { .. }), id, version, conf_ver)
+}
+
+/// Coalesces the calls to one store.
+pub(crate) struct StoreBatcher {
+    tx: mpsc::Sender<Item>,
+}
+
+/// The error a caller sees when the batch task is gone (the client was dropped).
+fn stopped() -> Status {
+    Status::cancelled("request batcher stopped")
+}
+
+impl StoreBatcher {
+    pub fn new(kv: KvClient<Channel>, max_batch: usize, max_in_flight: usize) -> StoreBatcher {
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        tokio::spawn(run(
+            kv,
+            rx,
+            max_batch.max(1),
+            Arc::new(Semaphore::new(max_in_flight.max(1))),
+        ));
+        StoreBatcher { tx }
+    }
+
+    pub async fn get(&self, context: Option<Context>, key: Vec<u8>) -> Reply<Option<Value>> {
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Get { key, reply };
+        self.tx
+            .send(Item { context, call })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn put(&self, context: Option<Context>, key: Vec<u8>, value: Vec<u8>) -> Reply<u64> {
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Put { key, value, reply };
+        self.tx
+            .send(Item { context, call })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(
+    kv: KvClient<Channel>,
+    mut rx: mpsc::Receiver<Item>,
+    max_batch: usize,
+    slots: Arc<Semaphore>,
+) {
+    let mut carry: Option<Item> = None;
+    loop {
+        // Wait for a free slot first: calls arriving meanwhile queue up and
+        // leave together.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut bytes = first.call.size();
+        let mut items = vec![first];
+        while items.len() < max_batch {
+            match rx.try_recv() {
+                Ok(item) if bytes + item.call.size() > MAX_BATCH_BYTES => {
+                    carry = Some(item);
+                    break;
+                }
+                Ok(item) => {
+                    bytes += item.call.size();
+                    items.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut groups: HashMap<GroupKey, Vec<Item>> = HashMap::new();
+        for item in items {
+            groups.entry(group_key(&item)).or_default().push(item);
+        }
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            let sends = groups
+                .into_values()
+                .map(|group| send_group(kv.clone(), group));
+            futures::future::join_all(sends).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one region's calls of one kind as one RPC and answers each caller.
+async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>) {
+    let context = group.first().and_then(|i| i.context);
+    let is_put = group
+        .first()
+        .is_some_and(|i| matches!(i.call, Call::Put { .. }));
+    if is_put {
+        let mut pairs = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for item in group {
+            if let Call::Put { key, value, reply } = item.call {
+                pairs.push(KvPair {
+                    key,
+                    value,
+                    version: 0,
+                });
+                replies.push(reply);
+            }
+        }
+        let result = kv
+            .batch_put(BatchPutRequest { context, pairs })
+            .await
+            .map(|r| r.into_inner());
+        match result {
+            Ok(r) => match r.region_error {
+                Some(e) => answer_region_error(replies, e),
+                None if r.versions.len() == replies.len() => {
+                    for (reply, v) in replies.into_iter().zip(r.versions) {
+                        let _ = reply.send(Ok(Attempt::Done(v)));
+                    }
+                }
+                None => {
+                    let status = Status::internal(format!(
+                        "store answered {} versions for {} puts",
+                        r.versions.len(),
+                        replies.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                }
+            },
+            Err(status) => {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    } else {
+        let mut keys = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for item in group {
+            if let Call::Get { key, reply } = item.call {
+                keys.push(key.clone());
+                replies.push((key, reply));
+            }
+        }
+        let result = kv
+            .batch_get(BatchGetRequest { context, keys })
+            .await
+            .map(|r| r.into_inner());
+        match result {
+            Ok(r) => match r.region_error {
+                Some(e) => answer_region_error(replies.into_iter().map(|(_, r)| r), e),
+                None => {
+                    // Only found keys come back; a key asked twice is answered twice.
+                    let found: HashMap<Vec<u8>, Value> = r
+                        .pairs
+                        .into_iter()
+                        .map(|p| {
+                            (
+                                p.key,
+                                Value {
+                                    value: p.value,
+                                    version: p.version,
+                                },
+                            )
+                        })
+                        .collect();
+                    for (key, reply) in replies {
+                        let _ = reply.send(Ok(Attempt::Done(found.get(&key).cloned())));
+                    }
+                }
+            },
+            Err(status) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn answer_region_error<T>(
+    replies: impl IntoIterator<Item = oneshot::Sender<Reply<T>>>,
+    e: RegionError,
+) {
+    for reply in replies {
+        let _ = reply.send(Ok(Attempt::Region(e.clone())));
+    }
+}
