@@ -79,7 +79,7 @@ pub struct ClientConfig {
     pub coalesce: bool,
     /// Most calls in one coalesced RPC (default 256).
     pub max_coalesced: usize,
-    /// Most coalesced RPC rounds in flight per store (default 8); calls made
+    /// Most coalesced RPC rounds in flight per store (default 4); calls made
     /// while they are all out wait and leave together in the next one.
     pub max_coalesced_in_flight: usize,
 }
@@ -95,7 +95,7 @@ impl Default for ClientConfig {
             rpc_timeout: Duration::from_secs(30),
             coalesce: true,
             max_coalesced: 256,
-            max_coalesced_in_flight: 8,
+            max_coalesced_in_flight: 4,
         }
     }
 }
