@@ -109,6 +109,12 @@ struct Args {
     /// a single-threaded runtime: every worker and the client on one thread).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the workers on N single-threaded runtimes, one OS thread each
+    /// (thread-per-core), each with its own client connections; workers and
+    /// --connections are spread over them (--connections must be at least N).
+    /// 0: all workers on one multi-threaded runtime.
+    #[arg(long, default_value_t = 0)]
+    per_core_runtimes: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -207,6 +213,12 @@ fn validate(args: &Args) -> Result<(), BenchError> {
     if args.threads == Some(0) {
         return usage("--threads must be at least 1".into());
     }
+    if args.per_core_runtimes > 0 && args.connections < args.per_core_runtimes {
+        return usage(format!(
+            "--connections ({}) must be at least --per-core-runtimes ({})",
+            args.connections, args.per_core_runtimes
+        ));
+    }
     if args.coalesce_in_flight == 0 {
         return usage("--coalesce-in-flight must be at least 1".into());
     }
@@ -276,17 +288,71 @@ async fn run(args: Args) -> Result<Report, BenchError> {
         done: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for w in 0..args.concurrency {
-        let target = targets[w % targets.len()].clone();
-        let rng = SmallRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64));
-        workers.push(tokio::spawn(worker(
-            target,
-            plan.clone(),
-            shared.clone(),
-            rng,
-            args.ops.is_some(),
-        )));
+    let seed = args.seed;
+    let rng_of = move |w: usize| {
+        SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(w as u64))
+    };
+    let budgeted = args.ops.is_some();
+    let mut workers: Vec<tokio::task::JoinHandle<Result<Vec<WorkerEnd>, BenchError>>> = Vec::new();
+    if args.per_core_runtimes == 0 {
+        let tasks = spawn_workers(
+            0..args.concurrency,
+            &targets,
+            &plan,
+            &shared,
+            rng_of,
+            budgeted,
+        );
+        workers.push(tokio::spawn(join_workers(tasks)));
+    } else {
+        // Thread-per-core: each runtime opens its own connections and runs
+        // its share of the workers; all of them start before the warm-up.
+        let n = args.per_core_runtimes;
+        let mut readies = Vec::with_capacity(n);
+        for r in 0..n {
+            let (ready, ready_rx) = tokio::sync::oneshot::channel();
+            readies.push(ready_rx);
+            let (plan, shared, endpoints, flare) = (
+                plan.clone(),
+                shared.clone(),
+                endpoints.clone(),
+                flare.clone(),
+            );
+            let (connections, concurrency) = (args.connections, args.concurrency);
+            let thread = std::thread::Builder::new()
+                .name(format!("rdb-bench-{r}"))
+                .spawn(move || -> Result<Vec<WorkerEnd>, BenchError> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| BenchError::Local(format!("runtime: {e}")))?;
+                    rt.block_on(async move {
+                        let mut targets = Vec::new();
+                        for _ in (r..connections).step_by(n) {
+                            targets.push(Target::connect(system, &endpoints, &flare).await?);
+                        }
+                        let ids = (r..concurrency).step_by(n);
+                        let tasks = spawn_workers(ids, &targets, &plan, &shared, rng_of, budgeted);
+                        let _ = ready.send(());
+                        join_workers(tasks).await
+                    })
+                })
+                .map_err(|e| BenchError::Local(format!("thread: {e}")))?;
+            workers.push(tokio::task::spawn_blocking(move || {
+                thread
+                    .join()
+                    .map_err(|_| BenchError::Local("a benchmark thread panicked".into()))?
+            }));
+        }
+        for (r, ready) in readies.into_iter().enumerate() {
+            if ready.await.is_err() {
+                // The thread ended before its workers started: its error says why.
+                return match workers.swap_remove(r).await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(BenchError::Local("a benchmark thread stopped".into())),
+                };
+            }
+        }
     }
 
     // Warm-up, then the measured phase.
@@ -316,11 +382,12 @@ async fn run(args: Args) -> Result<Report, BenchError> {
             started.elapsed()
         }
         Some(_) => {
-            // Until the workers have used up the budget.
+            // Until the workers have used up the budget (the measured time
+            // is taken from the workers' own end times below).
             while workers.iter().any(|w| !w.is_finished()) {
                 tick(
                     &shared,
-                    Duration::from_millis(200),
+                    Duration::from_millis(50),
                     tty,
                     &label,
                     Some(done_before),
@@ -331,12 +398,25 @@ async fn run(args: Args) -> Result<Report, BenchError> {
         }
     };
     let mut stats = Stats::default();
+    let mut last_end = started;
     for w in workers {
         match w.await {
-            Ok(s) => stats.merge(s),
-            Err(e) => stats.error(format!("worker failed: {e}")),
+            Ok(Ok(ends)) => {
+                for (s, ended) in ends {
+                    stats.merge(s);
+                    last_end = last_end.max(ended);
+                }
+            }
+            Ok(Err(e)) => stats.error(format!("workers failed: {e}")),
+            Err(e) => stats.error(format!("workers failed: {e}")),
         }
     }
+    // With --ops the run ends when the last worker's last operation did.
+    let elapsed = if args.ops.is_some() {
+        last_end.duration_since(started)
+    } else {
+        elapsed
+    };
     if tty {
         eprint!("\r\x1b[2K");
     }
@@ -349,6 +429,7 @@ async fn run(args: Args) -> Result<Report, BenchError> {
             mix: (args.workload == Workload::Mixed).then(|| args.mix.to_string()),
             concurrency: args.concurrency,
             connections: args.connections,
+            per_core_runtimes: args.per_core_runtimes,
             keys: args.keys,
             distribution: args.distribution,
             key_size: args.key_size,
@@ -466,19 +547,60 @@ fn value(rng: &mut SmallRng, size: usize) -> Vec<u8> {
     v
 }
 
+/// What a worker measured, and when it stopped.
+type WorkerEnd = (Stats, Instant);
+
+/// Starts workers `ids` on the current runtime, spread over `targets`.
+fn spawn_workers(
+    ids: impl Iterator<Item = usize>,
+    targets: &[Target],
+    plan: &Arc<Plan>,
+    shared: &Arc<Shared>,
+    rng_of: impl Fn(usize) -> SmallRng,
+    budgeted: bool,
+) -> Vec<tokio::task::JoinHandle<WorkerEnd>> {
+    ids.enumerate()
+        .map(|(i, w)| {
+            let target = targets[i % targets.len()].clone();
+            tokio::spawn(worker(
+                target,
+                plan.clone(),
+                shared.clone(),
+                rng_of(w),
+                budgeted,
+            ))
+        })
+        .collect()
+}
+
+/// Waits for worker tasks.
+async fn join_workers(
+    tasks: Vec<tokio::task::JoinHandle<WorkerEnd>>,
+) -> Result<Vec<WorkerEnd>, BenchError> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(
+            t.await
+                .map_err(|e| BenchError::Local(format!("worker failed: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Operations a worker counts locally before adding them to the shared
 /// progress counter (one contended atomic add per op would cost more than a
 /// TSO call).
 const PROGRESS_EVERY: u64 = 64;
 
-/// One request in flight: runs operations until stopped or out of budget.
+/// One request in flight: runs operations until stopped or out of budget;
+/// returns what it measured and when it stopped.
 async fn worker(
     mut target: Target,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     mut rng: SmallRng,
     budgeted: bool,
-) -> Stats {
+) -> (Stats, Instant) {
     let mut stats = Stats::default();
     let mut val = value(&mut rng, plan.value_size);
     let scan_end = plan.keyspace.end();
@@ -553,5 +675,5 @@ async fn worker(
         }
     }
     shared.done.fetch_add(unreported, Ordering::Relaxed);
-    stats
+    (stats, Instant::now())
 }

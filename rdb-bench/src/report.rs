@@ -122,6 +122,8 @@ pub struct RunInfo {
     pub mix: Option<String>,
     pub concurrency: usize,
     pub connections: usize,
+    /// Single-threaded runtimes the workers ran on (0: one multi-threaded runtime).
+    pub per_core_runtimes: usize,
     pub keys: u64,
     pub distribution: crate::workload::KeyDistribution,
     pub key_size: usize,
@@ -205,13 +207,18 @@ impl Report {
     pub fn text(&self) -> String {
         let i = &self.info;
         let mut out = format!(
-            "{} {} on {}{}: {} in flight over {} connection(s), {} {} keys of {} bytes, values of {} bytes{}\n",
+            "{} {} on {}{}: {} in flight over {} connection(s){}, {} {} keys of {} bytes, values of {} bytes{}\n",
             i.system_name(),
             i.workload,
             i.endpoints.join(","),
             if i.local_cluster { " (local cluster)" } else { "" },
             i.concurrency,
             i.connections,
+            if i.per_core_runtimes > 0 {
+                format!(" on {} single-threaded runtimes", i.per_core_runtimes)
+            } else {
+                String::new()
+            },
             i.keys,
             match i.distribution {
                 crate::workload::KeyDistribution::Uniform => "uniform",

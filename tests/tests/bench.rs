@@ -112,6 +112,37 @@ fn every_workload_against_a_cluster() {
         let r = smoke(&["--pd", &cluster.pd.addr], w, "flaredb");
         assert_eq!(r["local_cluster"], false);
     }
+    // Thread-per-core: two single-threaded runtimes, a client each.
+    for w in ["tso", "mixed"] {
+        let r = smoke(
+            &["--pd", &cluster.pd.addr, "--per-core-runtimes", "2"],
+            w,
+            "flaredb",
+        );
+        assert_eq!(r["per_core_runtimes"], 2);
+    }
+    // --ops measures exactly that many operations.
+    let out = bench(&[
+        "get",
+        "--json",
+        "--ops",
+        "500",
+        "--warmup",
+        "0",
+        "--concurrency",
+        "8",
+        "--keys",
+        "200",
+        "--pd",
+        &cluster.pd.addr,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        (r["ops"].as_u64(), r["errors"].as_u64()),
+        (Some(500), Some(0)),
+        "{r}"
+    );
     // The keys the benchmark wrote are really there.
     let out = cluster.cli(&["--json", "scan", "bench/", "bench0", "--limit", "1000"]);
     assert!(out.status.success(), "{out:?}");
@@ -154,6 +185,10 @@ fn bad_options_are_refused_with_the_reason() {
             "--connections",
         ),
         (vec!["put", "--duration", "0"], "--duration"),
+        (
+            vec!["tso", "--per-core-runtimes", "3"],
+            "--per-core-runtimes",
+        ),
         (vec!["nosuch"], "nosuch"),
     ] {
         let out = bench(&args);
