@@ -65,6 +65,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 /// Runs PD until `shutdown` resolves.
@@ -107,7 +110,19 @@ pub async fn run(
         "rdb-pd listening on {addr} cluster_id={}",
         cluster.cluster_id()
     ));
+    let (health, health_service) = rdb_proto::net::health();
+    let (reflection_v1, reflection_v1alpha) =
+        rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
+    health.set_serving::<PdServer<service::PdService>>().await;
+    let shutdown = rdb_proto::net::not_serving_after(
+        shutdown,
+        health,
+        vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME],
+    );
     tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             PdServer::new(svc)
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)

@@ -83,6 +83,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 /// Runs the store until `shutdown` resolves.
@@ -141,7 +144,25 @@ pub async fn run(
         "rdb-server listening on {local} store_id={}",
         node.store_id
     ));
+    let (health, health_service) = rdb_proto::net::health();
+    let (reflection_v1, reflection_v1alpha) =
+        rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
+    health.set_serving::<KvServer<kv::KvService>>().await;
+    health
+        .set_serving::<StoreAdminServer<admin::AdminService>>()
+        .await;
+    let shutdown = rdb_proto::net::not_serving_after(
+        shutdown,
+        health,
+        vec![
+            <KvServer<kv::KvService> as tonic::server::NamedService>::NAME,
+            <StoreAdminServer<admin::AdminService> as tonic::server::NamedService>::NAME,
+        ],
+    );
     let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             KvServer::new(kv::KvService::new(node.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)

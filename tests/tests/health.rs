@@ -1,0 +1,95 @@
+//! The standard gRPC health service and server reflection on every daemon,
+//! as generic tools (grpc_health_probe, grpcurl) use them.
+
+use flaredb_tests::TestCluster;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn status(h: &mut HealthClient<Channel>, service: &str) -> Result<i32, tonic::Code> {
+    h.check(HealthCheckRequest {
+        service: service.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner().status)
+    .map_err(|s| s.code())
+}
+
+async fn reflect(ch: Channel, request: MessageRequest) -> MessageResponse {
+    let mut client = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("reflection answer")
+        .and_then(|a| a.message_response)
+        .expect("a response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_on_every_daemon() {
+    let cluster = TestCluster::start(1);
+    let daemons = [
+        (cluster.pd.addr.clone(), vec!["flaredb.v1.Pd"]),
+        (
+            cluster.stores[0].addr.clone(),
+            vec!["flaredb.v1.Kv", "flaredb.v1.StoreAdmin"],
+        ),
+    ];
+    for (addr, services) in daemons {
+        let ch = channel(&addr).await;
+        let mut health = HealthClient::new(ch.clone());
+        for s in std::iter::once("").chain(services.iter().copied()) {
+            assert_eq!(
+                status(&mut health, s).await,
+                Ok(ServingStatus::Serving as i32),
+                "{addr}: health of {s:?}"
+            );
+        }
+        assert_eq!(
+            status(&mut health, "nosuch.v1.Service").await,
+            Err(tonic::Code::NotFound),
+            "{addr}: unknown service"
+        );
+
+        let MessageResponse::ListServicesResponse(list) =
+            reflect(ch.clone(), MessageRequest::ListServices(String::new())).await
+        else {
+            panic!("{addr}: not a service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for s in services.iter().chain(&["grpc.health.v1.Health"]) {
+            assert!(names.iter().any(|n| n == s), "{addr}: {s} not in {names:?}");
+        }
+        let MessageResponse::FileDescriptorResponse(files) = reflect(
+            ch.clone(),
+            MessageRequest::FileContainingSymbol(services[0].to_string()),
+        )
+        .await
+        else {
+            panic!("{addr}: no descriptor for {}", services[0]);
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+}
