@@ -43,6 +43,10 @@ pub struct PdConfig {
     /// A store that has not sent a heartbeat for this many seconds is shown as down.
     #[arg(long, env = "FLAREDB_PD_STORE_DOWN_AFTER_SECS", default_value_t = 10)]
     pub store_down_after_secs: u64,
+    /// On SIGTERM/SIGINT: seconds to let open requests and streams (clients'
+    /// TSO streams) finish after new ones are refused, before stopping anyway.
+    #[arg(long, env = "FLAREDB_PD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 }
 
 /// Errors that stop the daemon, with a message for the operator.
@@ -114,12 +118,13 @@ pub async fn run(
     let (reflection_v1, reflection_v1alpha) =
         rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
     health.set_serving::<PdServer<service::PdService>>().await;
-    let shutdown = rdb_proto::net::not_serving_after(
+    let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
         shutdown,
         health,
         vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME],
+        std::time::Duration::from_secs(cfg.shutdown_grace_secs),
     );
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -128,8 +133,10 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
+    if let Some(served) = rdb_proto::net::serve_until(serve, deadline).await {
+        served?;
+    }
     engine.flush()?;
     tracing::info!("rdb-pd stopped");
     Ok(())

@@ -1,5 +1,8 @@
 //! Transport settings and standard services shared by the daemons' gRPC servers.
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -53,21 +56,56 @@ pub fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// `shutdown`, followed by marking every service in `services` and the
-/// overall status `NOT_SERVING` (so probes and load balancers stop sending
-/// work while the daemon finishes what it has).
-pub async fn not_serving_after(
-    shutdown: impl std::future::Future<Output = ()>,
+/// Graceful shutdown with a deadline. `server` is the future to hand to
+/// tonic's `serve_with_incoming_shutdown`: it resolves when `shutdown` does,
+/// after marking the overall status and every service in `services`
+/// `NOT_SERVING` (so probes and load balancers stop sending work). tonic
+/// then stops accepting and waits for open requests and streams; `deadline`
+/// resolves `grace` after shutdown began, for the daemon to stop waiting for
+/// streams that do not end by themselves (a client's TSO stream, a health
+/// watch).
+pub fn graceful_shutdown(
+    shutdown: impl Future<Output = ()>,
     health: HealthReporter,
     services: Vec<&'static str>,
-) {
-    shutdown.await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    for s in services {
+    grace: Duration,
+) -> (impl Future<Output = ()>, impl Future<Output = ()>) {
+    let (began, mut began_rx) = tokio::sync::watch::channel(false);
+    let server = async move {
+        shutdown.await;
         health
-            .set_service_status(s, ServingStatus::NotServing)
+            .set_service_status("", ServingStatus::NotServing)
             .await;
+        for s in services {
+            health
+                .set_service_status(s, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = began.send(true);
+    };
+    let deadline = async move {
+        if began_rx.wait_for(|b| *b).await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            // The server future was dropped without shutting down: never fire.
+            std::future::pending::<()>().await;
+        }
+    };
+    (server, deadline)
+}
+
+/// Runs `serve` until it ends, or until `deadline` (from [`graceful_shutdown`])
+/// fires: then `serve` is dropped, which closes every connection still open,
+/// and the result is `None`.
+pub async fn serve_until<T>(
+    serve: impl Future<Output = T>,
+    deadline: impl Future<Output = ()>,
+) -> Option<T> {
+    tokio::select! {
+        r = serve => Some(r),
+        _ = deadline => {
+            tracing::warn!("requests or streams still open when the shutdown grace period ended; closing them");
+            None
+        }
     }
 }

@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// power loss can lose the last acknowledged writes (a process crash cannot).
     #[arg(long, env = "FLAREDB_SERVER_NO_SYNC")]
     pub no_sync: bool,
+    /// On SIGTERM/SIGINT: seconds to let open requests and streams finish
+    /// after new ones are refused, before stopping anyway.
+    #[arg(long, env = "FLAREDB_SERVER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 }
 
 /// Errors that stop the daemon, with a message for the operator.
@@ -151,13 +155,14 @@ pub async fn run(
     health
         .set_serving::<StoreAdminServer<admin::AdminService>>()
         .await;
-    let shutdown = rdb_proto::net::not_serving_after(
+    let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
         shutdown,
         health,
         vec![
             <KvServer<kv::KvService> as tonic::server::NamedService>::NAME,
             <StoreAdminServer<admin::AdminService> as tonic::server::NamedService>::NAME,
         ],
+        Duration::from_secs(cfg.shutdown_grace_secs),
     );
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -173,10 +178,12 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
+    let served = rdb_proto::net::serve_until(served, deadline).await;
     hb.abort();
-    served?;
+    if let Some(served) = served {
+        served?;
+    }
     engine.flush()?;
     tracing::info!("rdb-server stopped");
     Ok(())
