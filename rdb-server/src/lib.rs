@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// after new ones are refused, before stopping anyway.
     #[arg(long, env = "FLAREDB_SERVER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Log line format on stderr (RUST_LOG sets what is logged).
+    #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum, default_value_t = rdb_storage::daemon::LogFormat::Text)]
+    pub log_format: rdb_storage::daemon::LogFormat,
 }
 
 /// Errors that stop the daemon, with a message for the operator.

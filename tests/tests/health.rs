@@ -93,3 +93,32 @@ async fn health_and_reflection_on_every_daemon() {
         assert!(!files.file_descriptor_proto.is_empty());
     }
 }
+
+/// `--log-format json`: every log line on stderr is one JSON object with a
+/// timestamp, a level and the message (here: PD's and a store's start-up).
+#[test]
+fn json_log_lines() {
+    use flaredb_tests::{Daemon, Kind};
+    let root = tempfile::tempdir().unwrap();
+    let json = ["--log-format".to_string(), "json".to_string()];
+    let pd = Daemon::start(Kind::Pd, &root.path().join("pd"), "127.0.0.1:0", &json);
+    let mut extra = vec!["--pd".to_string(), pd.addr.clone()];
+    extra.extend(json.iter().cloned());
+    let store = Daemon::start(Kind::Server, &root.path().join("s1"), "127.0.0.1:0", &extra);
+    for dir in [&pd.dir, &store.dir] {
+        let log = std::fs::read_to_string(dir.with_extension("log")).expect("daemon log");
+        let mut lines = 0;
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(v["timestamp"].is_string(), "{line}");
+            assert!(v["level"].is_string(), "{line}");
+            assert!(v["fields"]["message"].is_string(), "{line}");
+            lines += 1;
+        }
+        assert!(lines >= 1, "no log lines in {}", dir.display());
+    }
+    assert!(std::fs::read_to_string(pd.dir.with_extension("log"))
+        .unwrap()
+        .contains("\"rdb-pd serving\""));
+}
