@@ -111,6 +111,7 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
+    rdb_proto::net::warn_if_exposed("rdb-pd", addr);
     let svc = service::PdService::new(tso, cluster.clone());
     tracing::info!(%addr, cluster_id = cluster.cluster_id(), data_dir = %dir.path().display(), "rdb-pd serving");
     rdb_storage::daemon::print_ready(&format!(

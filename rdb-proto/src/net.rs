@@ -109,3 +109,41 @@ pub async fn serve_until<T>(
         }
     }
 }
+
+/// Whether a daemon listening on `addr` can be reached from other hosts
+/// (anything but a loopback address; `0.0.0.0` and `::` listen everywhere).
+pub fn reachable_from_other_hosts(addr: std::net::SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+/// Logs a warning when `daemon` listens where other hosts can reach it: its
+/// traffic is not encrypted or authenticated (TLS is not implemented yet).
+pub fn warn_if_exposed(daemon: &str, addr: std::net::SocketAddr) {
+    if reachable_from_other_hosts(addr) {
+        tracing::warn!(
+            %addr,
+            "{daemon} listens on a non-loopback address without TLS: anyone who can reach it \
+             can read and write; bind 127.0.0.1 or put it on a trusted network"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_not_exposed() {
+        for a in ["127.0.0.1:2379", "127.9.9.9:1", "[::1]:2379"] {
+            assert!(!reachable_from_other_hosts(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "0.0.0.0:2379",
+            "[::]:2379",
+            "10.1.2.3:20160",
+            "[2001:db8::1]:1",
+        ] {
+            assert!(reachable_from_other_hosts(a.parse().unwrap()), "{a}");
+        }
+    }
+}

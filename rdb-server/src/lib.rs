@@ -119,6 +119,7 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
+    rdb_proto::net::warn_if_exposed("rdb-server", local);
     let address = cfg
         .advertise_addr
         .clone()
