@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs FlareDB on this host as systemd services and starts them.
+#
+#   sudo bash deploy/install.sh --host ADDR --pd PD_ADDR:2379 [--with-pd] [--bin-dir DIR]
+#
+# --host     this host's address as the other hosts reach it
+# --pd       the PD's client address (HOST:2379)
+# --with-pd  also run rdb-pd on this host (on --host:2379)
+# --bin-dir  where rdb-pd and rdb-server are (default: target/release)
+#
+# Creates the system user `flaredb`, copies the binaries to /usr/local/bin,
+# the units to /etc/systemd/system, writes /etc/default/flaredb-{pd,server},
+# and runs `systemctl enable --now`. Data lives in /var/lib/flaredb. Run it
+# again to update binaries or settings (the services are restarted).
+#
+# There is no TLS yet: the daemons listen on --host unencrypted and log a
+# warning saying so. Use it only on a network you trust.
+set -euo pipefail
+
+say() { printf 'install: %s\n' "$*" >&2; }
+HOST="" PD="" WITH_PD=0 BIN_DIR="target/release"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --host) HOST="$2"; shift 2 ;;
+    --pd) PD="$2"; shift 2 ;;
+    --with-pd) WITH_PD=1; shift ;;
+    --bin-dir) BIN_DIR="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) say "unknown option $1 (see --help)"; exit 2 ;;
+  esac
+done
+[ -n "$HOST" ] || { say "--host is required"; exit 2; }
+[ -n "$PD" ] || { say "--pd is required"; exit 2; }
+[ "$(id -u)" -eq 0 ] || { say "run as root (sudo)"; exit 2; }
+for b in rdb-pd rdb-server; do
+  [ -x "$BIN_DIR/$b" ] || { say "$BIN_DIR/$b not found: cargo build --release --workspace --bins, or --bin-dir"; exit 1; }
+done
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+id -u flaredb >/dev/null 2>&1 || useradd --system --home-dir /var/lib/flaredb --shell /usr/sbin/nologin flaredb
+install -m 0755 "$BIN_DIR/rdb-pd" "$BIN_DIR/rdb-server" /usr/local/bin/
+install -m 0644 "$HERE/systemd/rdb-pd.service" "$HERE/systemd/rdb-server.service" /etc/systemd/system/
+
+units=()
+if [ "$WITH_PD" -eq 1 ]; then
+  printf 'FLAREDB_PD_LISTEN=%s:2379\n' "$HOST" > /etc/default/flaredb-pd
+  units+=(rdb-pd)
+fi
+cat > /etc/default/flaredb-server <<CONF
+FLAREDB_SERVER_LISTEN=$HOST:20160
+FLAREDB_SERVER_ADVERTISE=$HOST:20160
+FLAREDB_PD=$PD
+CONF
+units+=(rdb-server)
+
+systemctl daemon-reload
+systemctl enable "${units[@]}"
+systemctl restart "${units[@]}"
+say "started ${units[*]} on $HOST (PD $PD); status: systemctl status ${units[*]}; logs: journalctl -u rdb-server"
