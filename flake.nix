@@ -1,10 +1,11 @@
 {
-  description = "FlareDB: a gRPC-first distributed key-value store (rdb-pd, rdb-server, rdb-cli)";
+  description = "FlareDB: a gRPC-first distributed key-value store (rdb-pd, rdb-server, rdb-cli, rdb-bench)";
 
   # Not evaluated in this project's CI (no network for Nix inputs there); kept
   # correct by reading. `nix flake update` re-pins flake.lock.
   #
-  #   nix develop   # shell with the Rust toolchain, clang, libclang, pkg-config
+  #   nix develop   # shell with the Rust toolchain, clang, libclang, pkg-config,
+  #                 # protoc (etcd-client's build) and etcd (rdb-bench's smoke test)
   #   nix build     # builds the workspace binaries into ./result/bin
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
@@ -53,9 +54,12 @@
             nativeBuildInputs = [
               pkgs.clang
               pkgs.pkg-config
+              pkgs.protobuf
               rustPlatform.bindgenHook
             ];
             LIBCLANG_PATH = libclangPath pkgs;
+            # etcd-client (rdb-bench's etcd adapter) compiles etcd's protos with protoc.
+            PROTOC = "${pkgs.protobuf}/bin/protoc";
 
             cargoBuildFlags = [ "--workspace" "--bins" ];
             # The test suite starts real daemons on loopback ports; run it
@@ -63,7 +67,7 @@
             doCheck = false;
 
             meta = {
-              description = "FlareDB daemons (rdb-pd, rdb-server) and command line (rdb-cli)";
+              description = "FlareDB daemons (rdb-pd, rdb-server), command line (rdb-cli) and benchmark tool (rdb-bench)";
               license = pkgs.lib.licenses.asl20;
               mainProgram = "rdb-cli";
               platforms = pkgs.lib.platforms.linux;
@@ -78,8 +82,11 @@
             pkgs.clang
             pkgs.llvmPackages.libclang
             pkgs.pkg-config
+            pkgs.protobuf
+            pkgs.etcd
           ];
           LIBCLANG_PATH = libclangPath pkgs;
+          PROTOC = "${pkgs.protobuf}/bin/protoc";
         };
       });
 
