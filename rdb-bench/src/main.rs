@@ -356,7 +356,7 @@ async fn run(args: Args) -> Result<Report, BenchError> {
     }
 
     // Warm-up, then the measured phase.
-    let label = format!("{} {}", args.workload, system_label(system));
+    let label = format!("{} {}", args.workload, system.label());
     tick(
         &shared,
         Duration::from_secs_f64(args.warmup),
@@ -453,13 +453,6 @@ async fn run(args: Args) -> Result<Report, BenchError> {
     }
     let _ = std::io::stdout().flush();
     Ok(report)
-}
-
-fn system_label(s: System) -> &'static str {
-    match s {
-        System::Flaredb => "FlareDB",
-        System::Etcd => "etcd",
-    }
 }
 
 /// Waits `total`, printing a progress line every second on a terminal.

@@ -208,7 +208,7 @@ impl Report {
         let i = &self.info;
         let mut out = format!(
             "{} {} on {}{}: {} in flight over {} connection(s){}, {} {} keys of {} bytes, values of {} bytes{}\n",
-            i.system_name(),
+            i.system.label(),
             i.workload,
             i.endpoints.join(","),
             if i.local_cluster { " (local cluster)" } else { "" },
@@ -270,15 +270,6 @@ impl Report {
             out += &format!("  error: {m}\n");
         }
         out
-    }
-}
-
-impl RunInfo {
-    fn system_name(&self) -> &'static str {
-        match self.system {
-            crate::target::System::Flaredb => "FlareDB",
-            crate::target::System::Etcd => "etcd",
-        }
     }
 }
 

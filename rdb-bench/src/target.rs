@@ -31,6 +31,16 @@ pub enum System {
     Etcd,
 }
 
+impl System {
+    /// The system's name in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Flaredb => "FlareDB",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
 /// Result of one read-then-CAS attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasOutcome {

@@ -228,22 +228,15 @@ async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>) {
             Ok(r) => match r.region_error {
                 Some(e) => answer_region_error(replies.into_iter().map(|(_, r)| r), e),
                 None => {
-                    // Only found keys come back; a key asked twice is answered twice.
-                    let found: HashMap<Vec<u8>, Value> = r
-                        .pairs
-                        .into_iter()
-                        .map(|p| {
-                            (
-                                p.key,
-                                Value {
-                                    value: p.value,
-                                    version: p.version,
-                                },
-                            )
-                        })
-                        .collect();
+                    // Found keys come back in request order, missing ones left
+                    // out (a key asked twice is answered twice): walk both.
+                    let mut pairs = r.pairs.into_iter().peekable();
                     for (key, reply) in replies {
-                        let _ = reply.send(Ok(Attempt::Done(found.get(&key).cloned())));
+                        let value = pairs.next_if(|p| p.key == key).map(|p| Value {
+                            value: p.value,
+                            version: p.version,
+                        });
+                        let _ = reply.send(Ok(Attempt::Done(value)));
                     }
                 }
             },

@@ -444,11 +444,7 @@ impl Client {
         let mut retry = Retry::new(cfg);
         loop {
             let route = pick().await?;
-            let address = route
-                .leader
-                .as_ref()
-                .map(|s| s.address.clone())
-                .unwrap_or_default();
+            let address = leader_address(&route);
             let region_id = route.region.as_ref().map(|r| r.id).unwrap_or_default();
             let mut hint = None;
             match f(self.kv(&address)?, route.clone()).await {
@@ -675,11 +671,7 @@ impl Client {
                     .push((i, item));
             }
             let calls = groups.into_values().map(|(route, group)| {
-                let address = route
-                    .leader
-                    .as_ref()
-                    .map(|s| s.address.clone())
-                    .unwrap_or_default();
+                let address = leader_address(&route);
                 let items: Vec<I> = group.iter().map(|(_, it)| it.clone()).collect();
                 let fut = self.kv(&address).map(|c| f(c, ctx(&route), items));
                 async move {

@@ -121,13 +121,13 @@ pub async fn run(
     let (health, health_service) = rdb_proto::net::health();
     let (reflection_v1, reflection_v1alpha) =
         rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
-    health.set_serving::<PdServer<service::PdService>>().await;
     let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
         shutdown,
         health,
         vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME],
         std::time::Duration::from_secs(cfg.shutdown_grace_secs),
-    );
+    )
+    .await;
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -20,9 +20,9 @@ pub use tonic_health::server::HealthReporter;
 pub use tonic_health::ServingStatus;
 
 /// The standard gRPC health service (`grpc.health.v1.Health`) and its
-/// reporter. The overall status (service `""`) starts as `SERVING`; each
-/// daemon marks its own services with [`HealthReporter::set_serving`] once
-/// they can answer, and everything `NOT_SERVING` when it starts to shut down.
+/// reporter. The overall status (service `""`) starts as `SERVING`;
+/// [`graceful_shutdown`] marks the daemon's own services `SERVING` and, when
+/// shutdown begins, everything `NOT_SERVING`.
 pub fn health() -> (
     HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -56,7 +56,8 @@ pub fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// Graceful shutdown with a deadline. `server` is the future to hand to
+/// Marks the services in `services` `SERVING`, and prepares graceful
+/// shutdown with a deadline. `server` is the future to hand to
 /// tonic's `serve_with_incoming_shutdown`: it resolves when `shutdown` does,
 /// after marking the overall status and every service in `services`
 /// `NOT_SERVING` (so probes and load balancers stop sending work). tonic
@@ -64,12 +65,15 @@ pub fn reflection() -> Result<
 /// resolves `grace` after shutdown began, for the daemon to stop waiting for
 /// streams that do not end by themselves (a client's TSO stream, a health
 /// watch).
-pub fn graceful_shutdown(
+pub async fn graceful_shutdown(
     shutdown: impl Future<Output = ()>,
     health: HealthReporter,
     services: Vec<&'static str>,
     grace: Duration,
 ) -> (impl Future<Output = ()>, impl Future<Output = ()>) {
+    for s in &services {
+        health.set_service_status(*s, ServingStatus::Serving).await;
+    }
     let (began, mut began_rx) = tokio::sync::watch::channel(false);
     let server = async move {
         shutdown.await;

@@ -155,10 +155,6 @@ pub async fn run(
     let (health, health_service) = rdb_proto::net::health();
     let (reflection_v1, reflection_v1alpha) =
         rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
-    health.set_serving::<KvServer<kv::KvService>>().await;
-    health
-        .set_serving::<StoreAdminServer<admin::AdminService>>()
-        .await;
     let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
         shutdown,
         health,
@@ -167,7 +163,8 @@ pub async fn run(
             <StoreAdminServer<admin::AdminService> as tonic::server::NamedService>::NAME,
         ],
         Duration::from_secs(cfg.shutdown_grace_secs),
-    );
+    )
+    .await;
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
