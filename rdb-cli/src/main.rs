@@ -40,6 +40,30 @@ struct Cli {
     /// stale route (retries also stop after 10 attempts, often sooner).
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
+    /// PEM CA certificate that signs the cluster's certificates: connect
+    /// over TLS (to PD and stores) and verify them with it.
+    #[arg(long, env = "FLAREDB_CA", global = true, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for clusters that require one (mutual TLS); needs --key and --ca.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        env = "FLAREDB_CERT",
+        global = true,
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "FLAREDB_KEY",
+        global = true,
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -231,9 +255,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let tls = match (&cli.ca, &cli.tls_cert) {
+        (Some(ca), _) => Some(
+            rdb_client::ClientTls::from_pem_files(
+                ca,
+                cli.tls_cert.as_deref(),
+                cli.tls_key.as_deref(),
+            )
+            .map_err(|e| Failure(2, format!("TLS: {e}")))?,
+        ),
+        (None, Some(_)) => {
+            return Err(Failure(
+                2,
+                "--cert needs --ca (the CA that signs the servers' certificates)".into(),
+            ))
+        }
+        (None, None) => None,
+    };
     let config = ClientConfig {
         retry_deadline: Duration::from_secs(cli.timeout),
         connect_timeout: Duration::from_secs(cli.timeout.clamp(1, 3)),
+        tls,
         ..Default::default()
     };
     let client = Client::connect_with(endpoints, config)

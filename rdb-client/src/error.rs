@@ -56,6 +56,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The server refused the request as a whole before doing anything
+    /// (`INVALID_ARGUMENT`, or `RESOURCE_EXHAUSTED` for an over-size
+    /// message): nothing in it was applied.
+    pub(crate) fn refused_whole_request(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidArgument(_)
+                | Error::Rpc {
+                    code: Code::ResourceExhausted,
+                    ..
+                }
+        )
+    }
+
     pub(crate) fn from_status(s: &Status) -> Error {
         match s.code() {
             Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
@@ -82,11 +96,47 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Whether a status says the server could not be reached (worth a retry elsewhere or later).
+/// A status's message with the chain of errors under it (a transport
+/// failure's real cause: refused connection, unknown certificate issuer,
+/// handshake failure), and a hint when TLS is the likely cause.
+pub(crate) fn describe(s: &Status, tls: bool) -> String {
+    let mut out = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    let lower = out.to_ascii_lowercase();
+    if !tls
+        && (lower.contains("connection reset")
+            || lower.contains("broken pipe")
+            || lower.contains("frame with invalid size")
+            || lower.contains("connection closed")
+            || lower.contains("protocol error"))
+    {
+        out.push_str(
+            " (if the cluster uses TLS, give the CA certificate: --ca / ClientConfig::tls)",
+        );
+    }
+    if tls && lower.contains("certificate") {
+        out.push_str(" (TLS: check the CA, and the client certificate if the server requires one)");
+    }
+    out
+}
+
 pub(crate) fn is_transport(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+        // A status built here from a failed HTTP/2 connection (it carries
+        // the error as its source; a server's INTERNAL answer does not):
+        // e.g. a plaintext client talking to a TLS server.
+        Code::Internal => std::error::Error::source(s).is_some(),
+        _ => false,
+    }
 }
 
 /// Whether the request surely never reached the server (connection refused or not established).

@@ -52,6 +52,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 pub use error::{Error, Result};
+pub use rdb_proto::tls::{ClientTls, TlsError};
 pub use rdb_proto::v1::{KvPair, Region, RegionRoute, Store, StoreState};
 
 use cache::RegionCache;
@@ -82,6 +83,26 @@ pub struct ClientConfig {
     /// Most coalesced RPC rounds in flight per store (default 4); calls made
     /// while they are all out wait and leave together in the next one.
     pub max_coalesced_in_flight: usize,
+    /// TLS for every connection (PD and stores): the CA that signs the
+    /// cluster's certificates and, when the servers require one, this
+    /// client's certificate. `None` (the default): plaintext.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::path::Path;
+    /// use rdb_client::{Client, ClientConfig, ClientTls};
+    ///
+    /// let tls = ClientTls::from_pem_files(
+    ///     Path::new("ca.pem"),
+    ///     Some(Path::new("client.pem")),
+    ///     Some(Path::new("client.key")),
+    /// )?;
+    /// let config = ClientConfig { tls: Some(tls), ..Default::default() };
+    /// let client = Client::connect_with(["pd.example:2379"], config).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -96,6 +117,7 @@ impl Default for ClientConfig {
             coalesce: true,
             max_coalesced: 256,
             max_coalesced_in_flight: 4,
+            tls: None,
         }
     }
 }
@@ -252,11 +274,7 @@ impl Client {
         config: ClientConfig,
     ) -> Result<Client> {
         let endpoints: Vec<String> = pd_endpoints.into_iter().map(Into::into).collect();
-        let pd = Arc::new(pd::PdConn::new(
-            endpoints,
-            config.connect_timeout,
-            config.rpc_timeout,
-        )?);
+        let pd = Arc::new(pd::PdConn::new(endpoints, &config)?);
         let client = Client {
             inner: Arc::new(Inner {
                 tso: tso::TsoBatcher::new(pd.clone()),
@@ -285,7 +303,7 @@ impl Client {
             match f(self.inner.pd.client()?).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if is_transport(&s) => {
-                    retry.last = s.message().to_string();
+                    retry.last = error::describe(&s, cfg.tls.is_some());
                     self.inner.pd.fail_over();
                     if !retry.next(cfg, None).await {
                         return Err(Error::PdUnavailable {
@@ -305,7 +323,7 @@ impl Client {
             return Ok(c.clone());
         }
         let cfg = &self.inner.config;
-        let c = KvClient::new(pd::channel(address, cfg.connect_timeout, cfg.rpc_timeout)?)
+        let c = KvClient::new(pd::channel(address, cfg)?)
             .max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE)
             .max_encoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE);
         stores.insert(address.to_string(), c.clone());
@@ -521,12 +539,18 @@ impl Client {
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Value>> {
         invalid(check_key(&key))?;
         if self.inner.config.coalesce {
-            return self
+            match self
                 .coalesced(&key, |b, context| {
                     let key = key.clone();
                     async move { b.get(context, key).await }
                 })
-                .await;
+                .await
+            {
+                // The shared batch was refused as a whole (another call's
+                // key over the store's cap): ask alone for this call's own answer.
+                Err(e) if e.refused_whole_request() => {}
+                r => return r,
+            }
         }
         self.on_key(&key, true, |mut c, context| {
             let req = GetRequest {
@@ -552,12 +576,19 @@ impl Client {
         invalid(check_key(&key))?;
         invalid(check_value(&value))?;
         if self.inner.config.coalesce {
-            return self
+            match self
                 .coalesced(&key, |b, context| {
                     let (key, value) = (key.clone(), value.clone());
                     async move { b.put(context, key, value).await }
                 })
-                .await;
+                .await
+            {
+                // The shared batch was refused before anything was written
+                // (a call in it over the store's caps): send this call alone
+                // for its own answer.
+                Err(e) if e.refused_whole_request() => {}
+                r => return r,
+            }
         }
         self.on_key(&key, true, |mut c, context| {
             let req = PutRequest {
@@ -701,7 +732,10 @@ impl Client {
                     }
                     Err(s) if is_transport(&s) => {
                         self.forget_store(&address);
-                        retry.last = format!("store {address}: {}", s.message());
+                        retry.last = format!(
+                            "store {address}: {}",
+                            error::describe(&s, cfg.tls.is_some())
+                        );
                         pending.extend(group);
                     }
                     Err(s) => return Err(Error::from_status(&s)),
@@ -869,7 +903,7 @@ impl Client {
         let (mut lo, mut hi) = (start.clone(), end.clone());
         while out.len() < limit {
             let chunk = (limit - out.len()).min(MAX_SCAN_LIMIT as usize) as u32;
-            let (route, pairs) = self
+            let (route, (pairs, has_more)) = self
                 .on_region(
                     true,
                     || async {
@@ -901,12 +935,14 @@ impl Client {
                         };
                         async move {
                             let r = c.scan(req).await?.into_inner();
-                            Ok(attempt(r.region_error, || r.pairs))
+                            Ok(attempt(r.region_error, || (r.pairs, r.has_more)))
                         }
                     },
                 )
                 .await?;
-            let full = pairs.len() as u32 == chunk;
+            // A store with a smaller max-scan-limit answers a full page of
+            // fewer pairs than asked, with has_more.
+            let full = has_more || pairs.len() as u32 == chunk;
             let last_key = pairs.last().map(|p| p.key.clone());
             out.extend(pairs);
             let r = region_of(&route);

@@ -7,31 +7,20 @@ use rdb_proto::v1::pd_client::PdClient;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
+use crate::ClientConfig;
 
 pub(crate) struct PdConn {
     endpoints: Vec<String>,
     current: Mutex<(usize, Option<PdClient<Channel>>)>,
-    connect_timeout: Duration,
-    rpc_timeout: Duration,
+    config: ClientConfig,
 }
 
-pub(crate) fn uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
-pub(crate) fn channel(
-    addr: &str,
-    connect_timeout: Duration,
-    rpc_timeout: Duration,
-) -> Result<Channel> {
-    Ok(Channel::from_shared(uri(addr))
-        .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(connect_timeout)
-        .timeout(rpc_timeout)
+/// A lazily connecting channel to `addr` with the timeouts and TLS of `cfg`.
+pub(crate) fn channel(addr: &str, cfg: &ClientConfig) -> Result<Channel> {
+    Ok(rdb_proto::tls::endpoint(addr, cfg.tls.as_ref())
+        .map_err(Error::InvalidArgument)?
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.rpc_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -39,22 +28,17 @@ pub(crate) fn channel(
 }
 
 impl PdConn {
-    pub fn new(
-        endpoints: Vec<String>,
-        connect_timeout: Duration,
-        rpc_timeout: Duration,
-    ) -> Result<PdConn> {
+    pub fn new(endpoints: Vec<String>, config: &ClientConfig) -> Result<PdConn> {
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no PD endpoints given".into()));
         }
         for e in &endpoints {
-            channel(e, connect_timeout, rpc_timeout)?;
+            channel(e, config)?;
         }
         Ok(PdConn {
             endpoints,
             current: Mutex::new((0, None)),
-            connect_timeout,
-            rpc_timeout,
+            config: config.clone(),
         })
     }
 
@@ -68,11 +52,7 @@ impl PdConn {
         if let Some(c) = &cur.1 {
             return Ok(c.clone());
         }
-        let ch = channel(
-            &self.endpoints[cur.0],
-            self.connect_timeout,
-            self.rpc_timeout,
-        )?;
+        let ch = channel(&self.endpoints[cur.0], &self.config)?;
         let c =
             PdClient::new(ch).max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE);
         cur.1 = Some(c.clone());

@@ -284,6 +284,11 @@ impl Cluster {
         Ok(self.view_store(&st, s))
     }
 
+    /// How many regions PD knows.
+    pub async fn region_count(&self) -> usize {
+        self.state.lock().await.regions.len()
+    }
+
     /// All stores, ordered by id.
     pub async fn all_stores(&self) -> Vec<Store> {
         let st = self.state.lock().await;

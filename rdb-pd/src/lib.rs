@@ -3,54 +3,26 @@
 //! - [`tso`]: timestamps that never repeat or go back, also across restarts.
 //! - [`cluster`]: stores, regions, the id allocator, bootstrap, heartbeats.
 //! - [`service`]: the `flaredb.v1.Pd` gRPC service, including split orchestration.
+//! - [`config`]: the settings (config file, environment, flags).
+//! - [`metrics`]: PD's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-pd` binary).
 
 pub mod cluster;
+pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod service;
 pub mod tso;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE;
 use rdb_proto::v1::pd_server::PdServer;
 use rdb_storage::{DataDir, Engine, EngineOptions, Identity};
 
+pub use config::{PdArgs, PdSettings};
 pub use error::PdError;
-
-/// `rdb-pd` command line.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "rdb-pd",
-    version,
-    about = "FlareDB Placement Driver: timestamp oracle and cluster metadata",
-    long_about = "FlareDB Placement Driver: hands out timestamps (TSO) that never go backwards, \
-allocates ids, and owns the cluster metadata (stores, regions). Stores (rdb-server) register \
-with it; clients ask it where keys live.\n\nPrints `rdb-pd listening on ADDR cluster_id=N` on \
-stdout when ready. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. \
-Stops cleanly on SIGINT or SIGTERM."
-)]
-pub struct PdConfig {
-    /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, env = "FLAREDB_PD_LISTEN", default_value = "127.0.0.1:2379")]
-    pub listen: SocketAddr,
-    /// Directory for PD's metadata (created if missing; held exclusively while running).
-    #[arg(long, env = "FLAREDB_PD_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// A store that has not sent a heartbeat for this many seconds is shown as down.
-    #[arg(long, env = "FLAREDB_PD_STORE_DOWN_AFTER_SECS", default_value_t = 10)]
-    pub store_down_after_secs: u64,
-    /// On SIGTERM/SIGINT: seconds to let open requests and streams (clients'
-    /// TSO streams) finish after new ones are refused, before stopping anyway.
-    #[arg(long, env = "FLAREDB_PD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
-    /// Log line format on stderr (RUST_LOG sets what is logged).
-    #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum, default_value_t = rdb_storage::daemon::LogFormat::Text)]
-    pub log_format: rdb_storage::daemon::LogFormat,
-}
 
 /// Errors that stop the daemon, with a message for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +47,33 @@ pub enum RunError {
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS files are missing, unreadable or incomplete.
+    #[error(transparent)]
+    Tls(#[from] rdb_proto::tls::TlsError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] rdb_daemon::metrics::MetricsError),
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] rdb_daemon::config::ConfigError),
+    /// The status endpoint cannot listen.
+    #[error("cannot serve status-addr {addr}: {source}")]
+    Status {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Runs PD until `shutdown` resolves.
 pub async fn run(
-    cfg: PdConfig,
+    cfg: PdSettings,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    cfg.validate()?;
+    let tls = cfg.security.load()?;
+    let status_addr = cfg.status_socket()?;
     let dir = DataDir::open(&cfg.data_dir)?;
     let identity = dir.check_role("pd")?;
     let engine = Engine::open(dir.path().join("db"), EngineOptions::default())?;
@@ -111,10 +103,20 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
-    rdb_proto::net::warn_if_exposed("rdb-pd", addr);
-    let svc = service::PdService::new(tso, cluster.clone());
-    tracing::info!(%addr, cluster_id = cluster.cluster_id(), data_dir = %dir.path().display(), "rdb-pd serving");
-    rdb_storage::daemon::print_ready(&format!(
+    rdb_proto::net::warn_if_exposed("rdb-pd", addr, tls.is_some());
+    let svc = service::PdService::new(tso, cluster.clone(), tls.as_ref().map(|t| t.client.clone()));
+    let metrics = rdb_daemon::metrics::Metrics::new()?;
+    let refresh = metrics::register(&metrics, cluster.clone())?;
+    let status = match status_addr {
+        Some(addr) => Some(
+            rdb_daemon::status::start("rdb-pd", addr, metrics.clone(), refresh)
+                .await
+                .map_err(|source| RunError::Status { addr, source })?,
+        ),
+        None => None,
+    };
+    tracing::info!(%addr, cluster_id = cluster.cluster_id(), data_dir = %dir.path().display(), tls = tls.is_some(), "rdb-pd serving");
+    rdb_daemon::process::print_ready(&format!(
         "rdb-pd listening on {addr} cluster_id={}",
         cluster.cluster_id()
     ));
@@ -128,17 +130,25 @@ pub async fn run(
         std::time::Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(cfg.limits.max_concurrent_streams));
+    if let Some(t) = &tls {
+        builder = builder.tls_config(t.server_config())?;
+    }
+    let serve = builder
+        .layer(metrics.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             PdServer::new(svc)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
+                .max_decoding_message_size(cfg.limits.max_message_size)
+                .max_encoding_message_size(cfg.limits.max_message_size),
         )
         .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
-    if let Some(served) = rdb_proto::net::serve_until(serve, deadline).await {
+    let served = rdb_proto::net::serve_until(serve, deadline).await;
+    drop(status);
+    if let Some(served) = served {
         served?;
     }
     engine.flush()?;

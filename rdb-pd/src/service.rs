@@ -27,16 +27,23 @@ pub struct PdService {
     /// Serializes admin operations (splits and moves).
     admin_lock: Arc<Mutex<()>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How PD connects to stores over TLS (`None`: plaintext).
+    tls: Option<rdb_proto::tls::ClientTls>,
 }
 
 impl PdService {
-    /// A service over an opened TSO and cluster.
-    pub fn new(tso: Arc<Tso>, cluster: Arc<Cluster>) -> Self {
+    /// A service over an opened TSO and cluster; `tls` is how PD calls stores.
+    pub fn new(
+        tso: Arc<Tso>,
+        cluster: Arc<Cluster>,
+        tls: Option<rdb_proto::tls::ClientTls>,
+    ) -> Self {
         PdService {
             tso,
             cluster,
             admin_lock: Arc::default(),
             channels: Arc::default(),
+            tls,
         }
     }
 
@@ -45,10 +52,8 @@ impl PdService {
         let ch = match chans.get(&store.address) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = Channel::from_shared(format!("http://{}", store.address))
-                    .map_err(|e| {
-                        PdError::StoreFailed(format!("bad address of store {}: {e}", store.id))
-                    })?
+                let ch = rdb_proto::tls::endpoint(&store.address, self.tls.as_ref())
+                    .map_err(|e| PdError::StoreFailed(format!("store {}: {e}", store.id)))?
                     .connect_timeout(Duration::from_secs(3))
                     .timeout(STORE_CALL_TIMEOUT)
                     .connect_lazy();
@@ -217,9 +222,13 @@ impl Pd for PdService {
                 let reply = tso
                     .allocate(req.count)
                     .await
-                    .map(|first_timestamp| TsoResponse {
-                        first_timestamp,
-                        count: req.count,
+                    .map(|first_timestamp| {
+                        crate::metrics::TSO_REQUESTS.inc();
+                        crate::metrics::TSO_TIMESTAMPS.inc_by(u64::from(req.count));
+                        TsoResponse {
+                            first_timestamp,
+                            count: req.count,
+                        }
                     })
                     .map_err(Status::from);
                 let failed = reply.is_err();
@@ -293,8 +302,13 @@ impl Pd for PdService {
         request: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        self.cluster.check_cluster(req.cluster_id)?;
-        self.cluster.heartbeat(req.store_id, req.regions).await?;
+        let result = match self.cluster.check_cluster(req.cluster_id) {
+            Ok(()) => self.cluster.heartbeat(req.store_id, req.regions).await,
+            Err(e) => Err(e),
+        };
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
+        result?;
         Ok(Response::new(StoreHeartbeatResponse {}))
     }
 

@@ -7,13 +7,16 @@
 //!   service of rdb-pd), `admin.proto` (the `StoreAdmin` service that PD and
 //!   stores use to split and move regions).
 //! - [`v1`]: the generated Rust types, clients (`*_client`) and servers (`*_server`).
-//! - [`limits`]: the size limits every FlareDB endpoint enforces.
+//! - [`limits`]: the API size limits, and the caps a store can lower them to.
+//! - [`net`]: transport settings and the standard services (health, reflection, shutdown).
+//! - [`tls`]: TLS and mutual TLS settings for servers and clients.
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
 
 pub mod limits;
 pub mod net;
 pub mod region;
+pub mod tls;
 
 /// Generated code for package `flaredb.v1`.
 #[allow(clippy::all, missing_docs)]

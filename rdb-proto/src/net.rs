@@ -120,14 +120,14 @@ pub fn reachable_from_other_hosts(addr: std::net::SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
 
-/// Logs a warning when `daemon` listens where other hosts can reach it: its
-/// traffic is not encrypted or authenticated (TLS is not implemented yet).
-pub fn warn_if_exposed(daemon: &str, addr: std::net::SocketAddr) {
-    if reachable_from_other_hosts(addr) {
+/// Logs a warning when `daemon` listens without TLS where other hosts can
+/// reach it: its traffic is neither encrypted nor authenticated.
+pub fn warn_if_exposed(daemon: &str, addr: std::net::SocketAddr, tls: bool) {
+    if reachable_from_other_hosts(addr) && !tls {
         tracing::warn!(
             %addr,
             "{daemon} listens on a non-loopback address without TLS: anyone who can reach it \
-             can read and write; bind 127.0.0.1 or put it on a trusted network"
+             can read and write; configure [security] (TLS, mutual TLS) or bind 127.0.0.1"
         );
     }
 }

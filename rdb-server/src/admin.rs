@@ -79,7 +79,7 @@ impl AdminService {
         let Some(target) = rec.target.as_ref() else {
             return (0, Err(Status::internal("move record without a target")));
         };
-        let ch = match connect_store(&target.address, None).await {
+        let ch = match connect_store(&target.address, None, self.node.tls.as_ref()).await {
             Ok(ch) => ch,
             Err(s) => return (0, Err(s)),
         };

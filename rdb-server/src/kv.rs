@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use rdb_proto::limits::{check_batch_len, check_key, check_range, check_value, MAX_SCAN_LIMIT};
+use rdb_proto::limits::{Limits, MAX_SCAN_LIMIT};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;
@@ -23,18 +23,27 @@ use crate::regions::{check_keys, clamp_range, RegionCheck, RegionMap};
 #[derive(Clone)]
 pub struct KvService {
     node: Arc<Node>,
+    /// The caps requests are checked against.
+    limits: Arc<Limits>,
 }
 
 impl KvService {
-    /// A service over a started node.
-    pub fn new(node: Arc<Node>) -> Self {
-        KvService { node }
+    /// A service over a started node, enforcing `limits`.
+    pub fn new(node: Arc<Node>, limits: Limits) -> Self {
+        KvService {
+            node,
+            limits: Arc::new(limits),
+        }
     }
 
     async fn enter(
         &self,
         ctx: Option<&Context>,
     ) -> Result<(RwLockReadGuard<'_, RegionMap>, Region), Reject> {
+        if let Some(c) = ctx {
+            // The request's span (see rdb_daemon::metrics) carries its region.
+            tracing::Span::current().record("region_id", c.region_id);
+        }
         let guard = self.node.regions.read().await;
         let region = match guard.check_context(ctx) {
             Ok(r) => r.clone(),
@@ -107,6 +116,7 @@ macro_rules! with_region_error {
     ($($t:ty),*) => {$(
         impl WithRegionError for $t {
             fn default_with_error(e: RegionError) -> Self {
+                crate::metrics::count_region_error(&e);
                 Self { region_error: Some(e), ..Default::default() }
             }
         }
@@ -133,7 +143,7 @@ fn unexpected(r: impl std::fmt::Debug) -> Status {
 impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_key(&req.key))?;
+        invalid(self.limits.check_key(&req.key))?;
         let (_guard, region) = enter!(self, req, GetResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
         let key = req.key;
@@ -154,9 +164,9 @@ impl Kv for KvService {
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_batch_len(req.keys.len()))?;
+        invalid(self.limits.check_batch_len(req.keys.len()))?;
         for k in &req.keys {
-            invalid(check_key(k))?;
+            invalid(self.limits.check_key(k))?;
         }
         let (_guard, region) = enter!(self, req, BatchGetResponse);
         in_region!(
@@ -188,8 +198,8 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_key(&req.key))?;
-        invalid(check_value(&req.value))?;
+        invalid(self.limits.check_key(&req.key))?;
+        invalid(self.limits.check_value(&req.value))?;
         let (_guard, region) = enter!(self, req, PutResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), PutResponse);
         match self
@@ -213,10 +223,10 @@ impl Kv for KvService {
         request: Request<BatchPutRequest>,
     ) -> Result<Response<BatchPutResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_batch_len(req.pairs.len()))?;
+        invalid(self.limits.check_batch_len(req.pairs.len()))?;
         for p in &req.pairs {
-            invalid(check_key(&p.key))?;
-            invalid(check_value(&p.value))?;
+            invalid(self.limits.check_key(&p.key))?;
+            invalid(self.limits.check_value(&p.value))?;
         }
         let (_guard, region) = enter!(self, req, BatchPutResponse);
         in_region!(
@@ -251,7 +261,7 @@ impl Kv for KvService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_key(&req.key))?;
+        invalid(self.limits.check_key(&req.key))?;
         let (_guard, region) = enter!(self, req, DeleteResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), DeleteResponse);
         match self
@@ -272,9 +282,9 @@ impl Kv for KvService {
         request: Request<BatchDeleteRequest>,
     ) -> Result<Response<BatchDeleteResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_batch_len(req.keys.len()))?;
+        invalid(self.limits.check_batch_len(req.keys.len()))?;
         for k in &req.keys {
-            invalid(check_key(k))?;
+            invalid(self.limits.check_key(k))?;
         }
         let (_guard, region) = enter!(self, req, BatchDeleteResponse);
         in_region!(
@@ -300,24 +310,26 @@ impl Kv for KvService {
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_range(&req.start_key, &req.end_key))?;
+        invalid(self.limits.check_range(&req.start_key, &req.end_key))?;
         if req.limit > MAX_SCAN_LIMIT {
             return Err(Status::invalid_argument(format!(
-                "scan limit {} is over the maximum of {MAX_SCAN_LIMIT}",
+                "scan limit {} is over the API maximum of {MAX_SCAN_LIMIT}",
                 req.limit
             )));
         }
+        // One answer holds at most max-scan-limit pairs; has_more tells the
+        // caller to continue after the last one.
+        let page = match req.limit {
+            0 => self.limits.max_scan_limit,
+            n => n.min(self.limits.max_scan_limit),
+        } as usize;
         let (_guard, region) = enter!(self, req, ScanResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             ScanResponse
         );
         let opts = ScanOptions {
-            limit: if req.limit == 0 {
-                MAX_SCAN_LIMIT as usize
-            } else {
-                req.limit as usize
-            },
+            limit: page,
             reverse: req.reverse,
             keys_only: req.keys_only,
         };
@@ -333,8 +345,10 @@ impl Kv for KvService {
                     .collect())
             })
             .await?;
+        let pairs: Vec<KvPair> = pairs;
         Ok(Response::new(ScanResponse {
             region_error: None,
+            has_more: pairs.len() == page,
             pairs,
         }))
     }
@@ -344,7 +358,7 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_range(&req.start_key, &req.end_key))?;
+        invalid(self.limits.check_range(&req.start_key, &req.end_key))?;
         let (_guard, region) = enter!(self, req, DeleteRangeResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
@@ -368,13 +382,13 @@ impl Kv for KvService {
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let req = request.into_inner();
-        invalid(check_key(&req.key))?;
-        invalid(check_value(&req.new_value))?;
+        invalid(self.limits.check_key(&req.key))?;
+        invalid(self.limits.check_value(&req.new_value))?;
         let expected = match req.expected.as_ref().and_then(|c| c.condition.as_ref()) {
             Some(Condition::Absent(_)) => Expected::Absent,
             Some(Condition::Version(v)) => Expected::Version(*v),
             Some(Condition::Value(v)) => {
-                invalid(check_value(v))?;
+                invalid(self.limits.check_value(v))?;
                 Expected::Value(v.clone())
             }
             None => {

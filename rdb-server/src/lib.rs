@@ -1,21 +1,24 @@
 //! FlareDB store daemon: serves key ranges (regions) over gRPC.
 //!
+//! - [`config`]: the settings (config file, environment, flags).
 //! - [`node`]: registration with PD, bootstrap, heartbeats.
 //! - [`regions`]: the served regions and the routing checks of every request.
 //! - [`kv`]: the `flaredb.v1.Kv` service.
 //! - [`admin`]: the `flaredb.v1.StoreAdmin` service (splits and moves ordered by PD).
 //! - [`moves`]: how a region moves between stores without ever being served twice.
+//! - [`metrics`]: the store's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-server` binary).
 
 pub mod admin;
+pub mod config;
 pub mod error;
 pub mod kv;
+pub mod metrics;
 pub mod moves;
 pub mod node;
 pub mod regions;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,51 +27,8 @@ use rdb_proto::v1::kv_server::KvServer;
 use rdb_proto::v1::store_admin_server::StoreAdminServer;
 use rdb_storage::{DataDir, Engine, EngineOptions};
 
+pub use config::{ServerArgs, ServerSettings};
 pub use error::ServerError;
-
-/// `rdb-server` command line.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "rdb-server",
-    version,
-    about = "FlareDB store: serves the key ranges (regions) PD assigns to it",
-    long_about = "FlareDB store daemon. Registers with the Placement Driver (--pd), serves the \
-regions PD assigns to it over gRPC (flaredb.v1.Kv), and heartbeats. The first store of a new \
-cluster creates the first region, covering the whole key space. Writes are fsynced before they \
-are acknowledged unless --no-sync is given.\n\nPrints `rdb-server listening on ADDR store_id=N` \
-on stdout when ready. Logs go to stderr; set RUST_LOG for more. Stops cleanly on SIGINT or SIGTERM."
-)]
-pub struct ServerConfig {
-    /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, env = "FLAREDB_SERVER_LISTEN", default_value = "127.0.0.1:20160")]
-    pub listen: SocketAddr,
-    /// Address other nodes and clients use to reach this store (default: the listen address).
-    #[arg(long, env = "FLAREDB_SERVER_ADVERTISE")]
-    pub advertise_addr: Option<String>,
-    /// PD address, HOST:PORT.
-    #[arg(long, env = "FLAREDB_PD", default_value = "127.0.0.1:2379")]
-    pub pd: String,
-    /// Directory for the store's data (created if missing; held exclusively while running).
-    #[arg(long, env = "FLAREDB_SERVER_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Milliseconds between heartbeats to PD.
-    #[arg(long, env = "FLAREDB_SERVER_HEARTBEAT_MS", default_value_t = 1000)]
-    pub heartbeat_ms: u64,
-    /// Seconds to keep retrying PD at start before giving up.
-    #[arg(long, env = "FLAREDB_SERVER_PD_WAIT_SECS", default_value_t = 60)]
-    pub pd_wait_secs: u64,
-    /// Acknowledge writes before the WAL is fsynced: faster, but an OS crash or
-    /// power loss can lose the last acknowledged writes (a process crash cannot).
-    #[arg(long, env = "FLAREDB_SERVER_NO_SYNC")]
-    pub no_sync: bool,
-    /// On SIGTERM/SIGINT: seconds to let open requests and streams finish
-    /// after new ones are refused, before stopping anyway.
-    #[arg(long, env = "FLAREDB_SERVER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
-    /// Log line format on stderr (RUST_LOG sets what is logged).
-    #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum, default_value_t = rdb_storage::daemon::LogFormat::Text)]
-    pub log_format: rdb_storage::daemon::LogFormat,
-}
 
 /// Errors that stop the daemon, with a message for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -93,19 +53,39 @@ pub enum RunError {
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS files are missing, unreadable or incomplete.
+    #[error(transparent)]
+    Tls(#[from] rdb_proto::tls::TlsError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] rdb_daemon::metrics::MetricsError),
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] rdb_daemon::config::ConfigError),
+    /// The status endpoint cannot listen.
+    #[error("cannot serve status-addr {addr}: {source}")]
+    Status {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the store until `shutdown` resolves.
 pub async fn run(
-    cfg: ServerConfig,
+    cfg: ServerSettings,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    cfg.validate()?;
+    let tls = cfg.security.load()?;
+    let status_addr = cfg.status_socket()?;
     let dir = DataDir::open(&cfg.data_dir)?;
     dir.check_role("server")?;
     let engine = Engine::open(
         dir.path().join("db"),
         EngineOptions {
-            sync: !cfg.no_sync,
+            sync: cfg.sync,
             ..Default::default()
         },
     )?;
@@ -119,11 +99,12 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
-    rdb_proto::net::warn_if_exposed("rdb-server", local);
-    let address = cfg
-        .advertise_addr
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    rdb_proto::net::warn_if_exposed("rdb-server", local, tls.is_some());
+    let address = if cfg.advertise_addr.is_empty() {
+        local.to_string()
+    } else {
+        cfg.advertise_addr.clone()
+    };
     let node = Arc::new(
         node::Node::start(
             &dir,
@@ -131,24 +112,36 @@ pub async fn run(
             &cfg.pd,
             address,
             Duration::from_secs(cfg.pd_wait_secs),
+            tls.as_ref().map(|t| t.client.clone()),
         )
         .await?,
     );
     node.resume_moves();
     let hb = tokio::spawn(
         node.clone()
-            .heartbeat_loop(Duration::from_millis(cfg.heartbeat_ms.max(10))),
+            .heartbeat_loop(Duration::from_millis(cfg.heartbeat_ms)),
     );
+    let metrics = rdb_daemon::metrics::Metrics::new()?;
+    let refresh = metrics::register(&metrics, node.clone())?;
     tracing::info!(
         addr = %local,
         store_id = node.store_id,
         cluster_id = node.cluster_id,
         regions = node.regions.read().await.regions().len(),
         data_dir = %dir.path().display(),
-        sync = !cfg.no_sync,
+        sync = cfg.sync,
+        tls = tls.is_some(),
         "rdb-server serving"
     );
-    rdb_storage::daemon::print_ready(&format!(
+    let status = match status_addr {
+        Some(addr) => Some(
+            rdb_daemon::status::start("rdb-server", addr, metrics.clone(), refresh)
+                .await
+                .map_err(|source| RunError::Status { addr, source })?,
+        ),
+        None => None,
+    };
+    rdb_daemon::process::print_ready(&format!(
         "rdb-server listening on {local} store_id={}",
         node.store_id
     ));
@@ -165,14 +158,21 @@ pub async fn run(
         Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;
-    let served = tonic::transport::Server::builder()
+    let limits = cfg.limits.clone();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams));
+    if let Some(t) = &tls {
+        builder = builder.tls_config(t.server_config())?;
+    }
+    let served = builder
+        .layer(metrics.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            KvServer::new(kv::KvService::new(node.clone()))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
+            KvServer::new(kv::KvService::new(node.clone(), limits.clone()))
+                .max_decoding_message_size(limits.max_message_size)
+                .max_encoding_message_size(limits.max_message_size),
         )
         .add_service(
             StoreAdminServer::new(admin::AdminService::new(node.clone()))
@@ -182,6 +182,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
     let served = rdb_proto::net::serve_until(served, deadline).await;
     hb.abort();
+    drop(status);
     if let Some(served) = served {
         served?;
     }

@@ -68,13 +68,15 @@ pub fn move_region_id(rec: &MoveRecord) -> u64 {
     rec.region.as_ref().map_or(0, |r| r.id)
 }
 
-/// A channel to another store; `timeout` bounds each call on it.
+/// A channel to another store (over TLS with `tls`); `timeout` bounds each
+/// call on it.
 pub async fn connect_store(
     address: &str,
     timeout: Option<Duration>,
+    tls: Option<&rdb_proto::tls::ClientTls>,
 ) -> std::result::Result<Channel, Status> {
-    let mut ep = Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::invalid_argument(format!("bad store address {address:?}: {e}")))?
+    let mut ep = rdb_proto::tls::endpoint(address, tls)
+        .map_err(|e| Status::invalid_argument(format!("store address: {e}")))?
         .connect_timeout(Duration::from_secs(3));
     if let Some(t) = timeout {
         ep = ep.timeout(t);
@@ -86,7 +88,11 @@ pub async fn connect_store(
 
 /// Whether the move happened: asks the target (which calls the import off
 /// if it does not serve the region), then PD. `Err` when either cannot say.
-async fn settle(rec: &MoveRecord, pd: &mut PdClient<Channel>) -> std::result::Result<bool, Status> {
+async fn settle(
+    rec: &MoveRecord,
+    pd: &mut PdClient<Channel>,
+    tls: Option<&rdb_proto::tls::ClientTls>,
+) -> std::result::Result<bool, Status> {
     let (Some(region), Some(target)) = (rec.region.as_ref(), rec.target.as_ref()) else {
         return Err(Status::internal("move record without region or target"));
     };
@@ -104,7 +110,7 @@ async fn settle(rec: &MoveRecord, pd: &mut PdClient<Channel>) -> std::result::Re
         Err(_) => target.address.clone(),
     };
     let mut admin =
-        StoreAdminClient::new(connect_store(&address, Some(Duration::from_secs(10))).await?);
+        StoreAdminClient::new(connect_store(&address, Some(Duration::from_secs(10)), tls).await?);
     let serving = admin
         .settle_import(SettleImportRequest {
             region_id: region.id,
@@ -136,7 +142,7 @@ impl Node {
     /// `Ok(false)`: it did not and is served here again; `Err`: the outcome
     /// is still unknown and the region stays paused.
     pub async fn settle_move(&self, rec: &MoveRecord) -> std::result::Result<bool, Status> {
-        let moved = settle(rec, &mut self.pd.clone()).await?;
+        let moved = settle(rec, &mut self.pd.clone(), self.tls.as_ref()).await?;
         if moved {
             self.finish_move(rec).await;
         } else {

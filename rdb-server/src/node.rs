@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::*;
 use rdb_storage::{DataDir, Engine, Identity, WriteOp};
@@ -27,19 +28,16 @@ pub struct Node {
     /// The address clients and other stores reach this store on.
     pub address: String,
     pub(crate) pd: PdClient<Channel>,
+    /// How this store connects to PD and other stores over TLS (`None`: plaintext).
+    pub tls: Option<ClientTls>,
     /// Moves a previous run left unsettled (see [`crate::moves`]).
     pending_moves: std::sync::Mutex<Vec<MoveRecord>>,
 }
 
-/// Connects to PD lazily; calls fail until PD answers.
-pub fn pd_client(pd: &str) -> Result<PdClient<Channel>> {
-    let uri = if pd.contains("://") {
-        pd.to_string()
-    } else {
-        format!("http://{pd}")
-    };
-    let ch = Channel::from_shared(uri)
-        .map_err(|e| ServerError::InvalidArgument(format!("bad PD address {pd:?}: {e}")))?
+/// Connects to PD lazily (over TLS with `tls`); calls fail until PD answers.
+pub fn pd_client(pd: &str, tls: Option<&ClientTls>) -> Result<PdClient<Channel>> {
+    let ch = rdb_proto::tls::endpoint(pd, tls)
+        .map_err(|e| ServerError::InvalidArgument(format!("PD address: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect_lazy();
@@ -55,9 +53,10 @@ impl Node {
         pd_addr: &str,
         address: String,
         pd_wait: Duration,
+        tls: Option<ClientTls>,
     ) -> Result<Node> {
         let identity = dir.check_role("server")?;
-        let mut pd = pd_client(pd_addr)?;
+        let mut pd = pd_client(pd_addr, tls.as_ref())?;
         let deadline = Instant::now() + pd_wait;
         let boot = loop {
             match pd.is_bootstrapped(IsBootstrappedRequest {}).await {
@@ -118,6 +117,7 @@ impl Node {
             cluster_id,
             address,
             pd,
+            tls,
             pending_moves: std::sync::Mutex::new(Vec::new()),
         };
         node.drop_stale_regions().await?;
@@ -306,7 +306,10 @@ impl Node {
         let mut failing = false;
         loop {
             tick.tick().await;
-            match self.heartbeat().await {
+            let result = self.heartbeat().await;
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
+            match result {
                 Ok(()) if failing => {
                     tracing::info!("heartbeats to PD work again");
                     failing = false;

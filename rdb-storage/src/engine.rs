@@ -332,6 +332,21 @@ impl Engine {
         )
     }
 
+    /// An integer RocksDB property (e.g. `rocksdb.estimate-pending-compaction-bytes`)
+    /// summed over the data and meta column families; `None` when RocksDB
+    /// does not know the property.
+    pub fn int_property(&self, name: &str) -> Option<u64> {
+        let db = &self.inner.db;
+        let mut total = None;
+        for cf in [CF_DATA, CF_META] {
+            let Some(cf) = db.cf_handle(cf) else { continue };
+            if let Ok(Some(v)) = db.property_int_value_cf(cf, name) {
+                total = Some(total.unwrap_or(0) + v);
+            }
+        }
+        total
+    }
+
     /// Flushes memtables to SST files.
     pub fn flush(&self) -> Result<()> {
         let db = &self.inner.db;

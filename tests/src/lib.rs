@@ -212,25 +212,31 @@ pub struct TestCluster {
     pub stores: Vec<Daemon>,
     /// Holds the temporary directory.
     pub root: tempfile::TempDir,
+    /// Extra flags of every store.
+    store_extra: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts a PD and `stores` stores.
     pub fn start(stores: usize) -> TestCluster {
+        Self::start_with(stores, &[], &[])
+    }
+
+    /// Starts a PD with `pd_extra` flags and `stores` stores with
+    /// `store_extra` flags (also used by [`TestCluster::add_store`]).
+    pub fn start_with(stores: usize, pd_extra: &[String], store_extra: &[String]) -> TestCluster {
         let root = tempfile::Builder::new()
             .prefix("flaredb-test-")
             .tempdir()
             .expect("temp dir");
-        let pd = Daemon::start(
-            Kind::Pd,
-            &root.path().join("pd"),
-            "127.0.0.1:0",
-            &["--store-down-after-secs".into(), "3".into()],
-        );
+        let mut extra = vec!["--store-down-after-secs".to_string(), "3".to_string()];
+        extra.extend_from_slice(pd_extra);
+        let pd = Daemon::start(Kind::Pd, &root.path().join("pd"), "127.0.0.1:0", &extra);
         let mut c = TestCluster {
             pd,
             stores: Vec::new(),
             root,
+            store_extra: store_extra.to_vec(),
         };
         for _ in 0..stores {
             c.add_store();
@@ -253,6 +259,7 @@ impl TestCluster {
             "--heartbeat-ms".into(),
             "200".into(),
         ];
+        let extra = [extra, self.store_extra.clone()].concat();
         let d = Daemon::start_env(Kind::Server, &dir, "127.0.0.1:0", &extra, env);
         self.stores.push(d);
         self.stores.last().expect("just pushed")
@@ -294,6 +301,153 @@ where
         tokio::time::sleep(every).await;
     }
     None
+}
+
+/// `GET http://addr/path` over a plain TCP connection: (status code, body).
+/// Enough HTTP/1.1 for the daemons' status endpoint.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // The endpoint may answer chunked: keep the body lines, drop chunk sizes.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the Prometheus sample `name{labels}` (labels exactly as
+/// rendered, e.g. `code="OK",method="/flaredb.v1.Kv/Get"`; empty for none).
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A throw-away certificate authority and certificates, as PEM files in a
+/// temporary directory: `ca.pem`; `node.pem`/`node.key` (for 127.0.0.1 and
+/// localhost, used by PD and stores, also as their client certificate);
+/// `client.pem`/`client.key` (a client certificate from the same CA); and
+/// `other-ca.pem` with `other-client.pem`/`other-client.key` from an
+/// unrelated CA.
+pub struct TestPki {
+    /// Holds the files.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// Generates the CA and certificates (rcgen).
+    pub fn generate() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::Builder::new()
+            .prefix("flaredb-pki-")
+            .tempdir()
+            .expect("temp dir");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("write PEM file")
+        };
+        for (prefix, cn) in [("", "FlareDB test CA"), ("other-", "Unrelated CA")] {
+            let ca_key = KeyPair::generate().expect("CA key");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.distinguished_name.push(DnType::CommonName, cn);
+            let ca_cert = ca.self_signed(&ca_key).expect("self-sign CA");
+            write(&format!("{prefix}ca.pem"), ca_cert.pem());
+            let issuer = Issuer::new(ca, ca_key);
+            let leaves: &[(&str, Vec<String>)] = if prefix.is_empty() {
+                &[
+                    ("node", vec!["127.0.0.1".into(), "localhost".into()]),
+                    ("client", vec!["flaredb-client".into()]),
+                ]
+            } else {
+                &[("client", vec!["flaredb-client".into()])]
+            };
+            for (name, sans) in leaves {
+                let key = KeyPair::generate().expect("leaf key");
+                let mut params = CertificateParams::new(sans.clone()).expect("leaf params");
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, format!("{prefix}{name}"));
+                let cert = params.signed_by(&key, &issuer).expect("sign leaf");
+                write(&format!("{prefix}{name}.pem"), cert.pem());
+                write(&format!("{prefix}{name}.key"), key.serialize_pem());
+            }
+        }
+        TestPki { dir }
+    }
+
+    /// Path of one of the files.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Flags that make a daemon serve TLS with the node certificate
+    /// (and require client certificates with `mutual`).
+    pub fn node_flags(&self, mutual: bool) -> Vec<String> {
+        let mut f = vec![
+            "--ca-path".to_string(),
+            self.path("ca.pem").display().to_string(),
+            "--cert-path".to_string(),
+            self.path("node.pem").display().to_string(),
+            "--key-path".to_string(),
+            self.path("node.key").display().to_string(),
+        ];
+        if mutual {
+            f.push("--require-client-cert".into());
+        }
+        f
+    }
+
+    /// Client TLS with the CA file `ca` and, optionally, a certificate
+    /// `NAME.pem` / `NAME.key`.
+    pub fn client_tls(&self, ca: &str, cert: Option<&str>) -> rdb_client::ClientTls {
+        let (c, k) = match cert {
+            Some(n) => (
+                Some(self.path(&format!("{n}.pem"))),
+                Some(self.path(&format!("{n}.key"))),
+            ),
+            None => (None, None),
+        };
+        rdb_client::ClientTls::from_pem_files(&self.path(ca), c.as_deref(), k.as_deref())
+            .expect("load client TLS files")
+    }
 }
 
 /// A free loopback port (bound, read, released: another process could take

@@ -1,0 +1,224 @@
+//! `rdb-pd` configuration: the TOML file (`--config`), overridden by
+//! environment variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rdb_daemon::config::ConfigError;
+use rdb_daemon::process::LogFormat;
+use rdb_proto::tls::Security;
+
+/// The documented default config file (`rdb-pd --print-default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../rdb-pd.default.toml");
+
+/// PD's settings: the config file's keys (kebab-case), every one optional
+/// in the file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PdSettings {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Directory for PD's metadata (required).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP status endpoint serving `/metrics` ("" = none).
+    pub status_addr: String,
+    /// A store silent for this many seconds is shown as down (at least 1).
+    pub store_down_after_secs: u64,
+    /// Seconds open requests and streams get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Log line format on stderr.
+    pub log_format: LogFormat,
+    /// TLS.
+    pub security: Security,
+    /// Caps on requests.
+    pub limits: PdLimits,
+}
+
+/// PD's request caps (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PdLimits {
+    /// Largest gRPC message decoded or encoded, in bytes (8 MiB to 64 MiB).
+    pub max_message_size: usize,
+    /// Most requests and streams (TSO streams included) in flight per
+    /// client connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for PdLimits {
+    fn default() -> Self {
+        let api = rdb_proto::limits::API_LIMITS;
+        PdLimits {
+            max_message_size: api.max_message_size,
+            max_concurrent_streams: api.max_concurrent_streams,
+        }
+    }
+}
+
+impl Default for PdSettings {
+    fn default() -> Self {
+        PdSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2379)),
+            data_dir: PathBuf::new(),
+            status_addr: String::new(),
+            store_down_after_secs: 10,
+            shutdown_grace_secs: 10,
+            log_format: LogFormat::Text,
+            security: Security::default(),
+            limits: PdLimits::default(),
+        }
+    }
+}
+
+impl PdSettings {
+    /// Checks values the types allow but PD does not; names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "data-dir is not set: give --data-dir, FLAREDB_PD_DATA_DIR or data-dir in the \
+                 config file"
+                    .into(),
+            ));
+        }
+        if self.store_down_after_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "store-down-after-secs = 0 is too small: at least 1".into(),
+            ));
+        }
+        self.status_socket()?;
+        rdb_proto::limits::Limits {
+            max_message_size: self.limits.max_message_size,
+            max_concurrent_streams: self.limits.max_concurrent_streams,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(ConfigError::Invalid)
+    }
+
+    /// The parsed `status-addr`, if set.
+    pub fn status_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        rdb_daemon::config::parse_status_addr(&self.status_addr)
+    }
+}
+
+/// `rdb-pd` command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "rdb-pd",
+    version,
+    about = "FlareDB Placement Driver: timestamp oracle and cluster metadata",
+    long_about = "FlareDB Placement Driver: hands out timestamps (TSO) that never go backwards, \
+allocates ids, and owns the cluster metadata (stores, regions). Stores (rdb-server) register \
+with it; clients ask it where keys live.\n\nSettings come from the config file (--config; see \
+--print-default-config for every key, its default and meaning), overridden by environment \
+variables, overridden by flags.\n\nPrints `rdb-pd listening on ADDR cluster_id=N` on stdout \
+when ready. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. Stops cleanly on \
+SIGINT or SIGTERM."
+)]
+pub struct PdArgs {
+    /// TOML config file; unknown keys and invalid values are refused.
+    #[arg(long, env = "FLAREDB_PD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the default config file, every key documented, and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+    /// Address to serve gRPC on; port 0 picks a free port [default: 127.0.0.1:2379].
+    #[arg(long, env = "FLAREDB_PD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for PD's metadata (created if missing; held exclusively while running).
+    #[arg(long, env = "FLAREDB_PD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT; port 0 picks one) [default: off].
+    #[arg(long, env = "FLAREDB_PD_STATUS_ADDR")]
+    pub status_addr: Option<String>,
+    /// A store that has not sent a heartbeat for this many seconds is shown as down [default: 10].
+    #[arg(long, env = "FLAREDB_PD_STORE_DOWN_AFTER_SECS")]
+    pub store_down_after_secs: Option<u64>,
+    /// On SIGTERM/SIGINT: seconds to let open requests and streams (clients'
+    /// TSO streams) finish after new ones are refused, before stopping anyway [default: 10].
+    #[arg(long, env = "FLAREDB_PD_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log line format on stderr; RUST_LOG sets what is logged [default: text].
+    #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// PEM CA certificate that signs the cluster's certificates (TLS).
+    #[arg(long, env = "FLAREDB_CA")]
+    pub ca_path: Option<PathBuf>,
+    /// PEM certificate of PD; turns TLS on (needs --key-path and --ca-path).
+    #[arg(long, env = "FLAREDB_CERT")]
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of --cert-path.
+    #[arg(long, env = "FLAREDB_KEY")]
+    pub key_path: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --ca-path.
+    #[arg(long, env = "FLAREDB_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
+    /// Largest gRPC message in bytes, 8 MiB-64 MiB [default: 67108864].
+    #[arg(long, env = "FLAREDB_PD_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Most requests and streams in flight per client connection [default: 1024].
+    #[arg(long, env = "FLAREDB_PD_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl PdArgs {
+    /// The settings: file (or defaults), then environment and flags on top;
+    /// validated.
+    pub fn resolve(self) -> Result<PdSettings, ConfigError> {
+        let mut s: PdSettings = rdb_daemon::config::load(self.config.as_deref())?;
+        let a = self;
+        rdb_daemon::overlay!(a => s:
+            listen => listen,
+            data_dir => data_dir,
+            status_addr => status_addr,
+            store_down_after_secs => store_down_after_secs,
+            shutdown_grace_secs => shutdown_grace_secs,
+            log_format => log_format,
+            ca_path => security.ca_path,
+            cert_path => security.cert_path,
+            key_path => security.key_path,
+            max_message_size => limits.max_message_size,
+            max_concurrent_streams => limits.max_concurrent_streams,
+        );
+        if a.require_client_cert {
+            s.security.require_client_cert = true;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn documented_default_is_the_default() {
+        rdb_daemon::config::check_documented_default(DEFAULT_CONFIG, &PdSettings::default())
+            .unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pd.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/d\"\nstore-down-after-secs = 30\n[limits]\nmax-concurrent-streams = 8\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let s = PdArgs::try_parse_from(["rdb-pd", "--config", f, "--store-down-after-secs", "5"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(s.store_down_after_secs, 5);
+        assert_eq!(s.limits.max_concurrent_streams, 8);
+        let e = PdArgs::try_parse_from(["rdb-pd", "--config", f, "--max-message-size", "10"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("limits.max-message-size"), "{e}");
+    }
+}

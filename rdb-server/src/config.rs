@@ -1,0 +1,280 @@
+//! `rdb-server` configuration: the TOML file (`--config`), overridden by
+//! environment variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rdb_daemon::config::ConfigError;
+use rdb_daemon::process::LogFormat;
+use rdb_proto::limits::Limits;
+use rdb_proto::tls::Security;
+
+/// The documented default config file (`rdb-server --print-default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../rdb-server.default.toml");
+
+/// A store's settings: the config file's keys (kebab-case), every one
+/// optional in the file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerSettings {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this store ("" = the listen address).
+    pub advertise_addr: String,
+    /// PD address, HOST:PORT.
+    pub pd: String,
+    /// Directory for the store's data (required).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP status endpoint serving `/metrics` ("" = none).
+    pub status_addr: String,
+    /// Milliseconds between heartbeats to PD (at least 10).
+    pub heartbeat_ms: u64,
+    /// Seconds to keep retrying PD at start before giving up.
+    pub pd_wait_secs: u64,
+    /// fsync the WAL before acknowledging writes.
+    pub sync: bool,
+    /// Seconds open requests and streams get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Log line format on stderr.
+    pub log_format: LogFormat,
+    /// TLS.
+    pub security: Security,
+    /// Caps on requests.
+    pub limits: Limits,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 20160)),
+            advertise_addr: String::new(),
+            pd: "127.0.0.1:2379".into(),
+            data_dir: PathBuf::new(),
+            status_addr: String::new(),
+            heartbeat_ms: 1000,
+            pd_wait_secs: 60,
+            sync: true,
+            shutdown_grace_secs: 10,
+            log_format: LogFormat::Text,
+            security: Security::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Checks values the types allow but the store does not; names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid(
+                "data-dir is not set: give --data-dir, FLAREDB_SERVER_DATA_DIR or data-dir in \
+                 the config file"
+                    .into(),
+            );
+        }
+        if self.pd.trim().is_empty() {
+            return invalid("pd must not be empty".into());
+        }
+        if self.heartbeat_ms < 10 {
+            return invalid(format!(
+                "heartbeat-ms = {} is too small: at least 10",
+                self.heartbeat_ms
+            ));
+        }
+        self.status_socket()?;
+        self.limits.validate().map_err(ConfigError::Invalid)
+    }
+
+    /// The parsed `status-addr`, if set.
+    pub fn status_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        rdb_daemon::config::parse_status_addr(&self.status_addr)
+    }
+}
+
+/// `rdb-server` command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "rdb-server",
+    version,
+    about = "FlareDB store: serves the key ranges (regions) PD assigns to it",
+    long_about = "FlareDB store daemon. Registers with the Placement Driver (--pd), serves the \
+regions PD assigns to it over gRPC (flaredb.v1.Kv), and heartbeats. The first store of a new \
+cluster creates the first region, covering the whole key space. Writes are fsynced before they \
+are acknowledged unless --no-sync is given.\n\nSettings come from the config file (--config; \
+see --print-default-config for every key, its default and meaning), overridden by environment \
+variables, overridden by flags.\n\nPrints `rdb-server listening on ADDR store_id=N` on stdout \
+when ready. Logs go to stderr; set RUST_LOG for more. Stops cleanly on SIGINT or SIGTERM."
+)]
+pub struct ServerArgs {
+    /// TOML config file; unknown keys and invalid values are refused.
+    #[arg(long, env = "FLAREDB_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the default config file, every key documented, and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+    /// Address to serve gRPC on; port 0 picks a free port [default: 127.0.0.1:20160].
+    #[arg(long, env = "FLAREDB_SERVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other nodes and clients use to reach this store [default: the listen address].
+    #[arg(long, env = "FLAREDB_SERVER_ADVERTISE")]
+    pub advertise_addr: Option<String>,
+    /// PD address, HOST:PORT [default: 127.0.0.1:2379].
+    #[arg(long, env = "FLAREDB_PD")]
+    pub pd: Option<String>,
+    /// Directory for the store's data (created if missing; held exclusively while running).
+    #[arg(long, env = "FLAREDB_SERVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT; port 0 picks one) [default: off].
+    #[arg(long, env = "FLAREDB_SERVER_STATUS_ADDR")]
+    pub status_addr: Option<String>,
+    /// Milliseconds between heartbeats to PD [default: 1000].
+    #[arg(long, env = "FLAREDB_SERVER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Seconds to keep retrying PD at start before giving up [default: 60].
+    #[arg(long, env = "FLAREDB_SERVER_PD_WAIT_SECS")]
+    pub pd_wait_secs: Option<u64>,
+    /// Acknowledge writes before the WAL is fsynced: faster, but an OS crash or
+    /// power loss can lose the last acknowledged writes (a process crash cannot).
+    #[arg(long, env = "FLAREDB_SERVER_NO_SYNC")]
+    pub no_sync: bool,
+    /// On SIGTERM/SIGINT: seconds to let open requests and streams finish
+    /// after new ones are refused, before stopping anyway [default: 10].
+    #[arg(long, env = "FLAREDB_SERVER_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log line format on stderr; RUST_LOG sets what is logged [default: text].
+    #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// PEM CA certificate that signs the cluster's certificates (TLS).
+    #[arg(long, env = "FLAREDB_CA")]
+    pub ca_path: Option<PathBuf>,
+    /// PEM certificate of this store; turns TLS on (needs --key-path and --ca-path).
+    #[arg(long, env = "FLAREDB_CERT")]
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of --cert-path.
+    #[arg(long, env = "FLAREDB_KEY")]
+    pub key_path: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --ca-path.
+    #[arg(long, env = "FLAREDB_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
+    /// Largest key in bytes, 1-4096 [default: 4096].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_KEY_SIZE")]
+    pub max_key_size: Option<usize>,
+    /// Largest value in bytes, up to 1 MiB [default: 1048576].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_VALUE_SIZE")]
+    pub max_value_size: Option<usize>,
+    /// Most keys in one batch request, 256-10000 [default: 10000].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_BATCH_KEYS")]
+    pub max_batch_keys: Option<usize>,
+    /// Most pairs in one Scan answer (larger scans page), 1-10000 [default: 10000].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_SCAN_LIMIT")]
+    pub max_scan_limit: Option<u32>,
+    /// Largest gRPC message in bytes, 8 MiB-64 MiB [default: 67108864].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Most requests in flight per client connection [default: 1024].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl ServerArgs {
+    /// The settings: file (or defaults), then environment and flags on top;
+    /// validated.
+    pub fn resolve(self) -> Result<ServerSettings, ConfigError> {
+        let mut s: ServerSettings = rdb_daemon::config::load(self.config.as_deref())?;
+        let a = self;
+        rdb_daemon::overlay!(a => s:
+            listen => listen,
+            advertise_addr => advertise_addr,
+            pd => pd,
+            data_dir => data_dir,
+            status_addr => status_addr,
+            heartbeat_ms => heartbeat_ms,
+            pd_wait_secs => pd_wait_secs,
+            shutdown_grace_secs => shutdown_grace_secs,
+            log_format => log_format,
+            ca_path => security.ca_path,
+            cert_path => security.cert_path,
+            key_path => security.key_path,
+            max_key_size => limits.max_key_size,
+            max_value_size => limits.max_value_size,
+            max_batch_keys => limits.max_batch_keys,
+            max_scan_limit => limits.max_scan_limit,
+            max_message_size => limits.max_message_size,
+            max_concurrent_streams => limits.max_concurrent_streams,
+        );
+        if a.no_sync {
+            s.sync = false;
+        }
+        if a.require_client_cert {
+            s.security.require_client_cert = true;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn documented_default_is_the_default() {
+        rdb_daemon::config::check_documented_default(DEFAULT_CONFIG, &ServerSettings::default())
+            .unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/from/file\"\nheartbeat-ms = 500\nsync = true\n[limits]\nmax-key-size = 100\n",
+        )
+        .unwrap();
+        let args = ServerArgs::try_parse_from([
+            "rdb-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--heartbeat-ms",
+            "200",
+            "--no-sync",
+            "--max-key-size",
+            "64",
+        ])
+        .unwrap();
+        let s = args.resolve().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.heartbeat_ms, 200);
+        assert!(!s.sync);
+        assert_eq!(s.limits.max_key_size, 64);
+        assert_eq!(s.limits.max_value_size, Limits::default().max_value_size);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let base = ServerSettings {
+            data_dir: "/d".into(),
+            ..Default::default()
+        };
+        let e = ServerSettings {
+            heartbeat_ms: 1,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("heartbeat-ms"), "{e}");
+        let e = ServerSettings {
+            status_addr: "nowhere".into(),
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("status-addr"), "{e}");
+        let e = ServerSettings::default().validate().unwrap_err();
+        assert!(e.to_string().contains("data-dir"), "{e}");
+        assert!(base.validate().is_ok());
+    }
+}

@@ -1,0 +1,96 @@
+//! The store's own Prometheus metrics (the gRPC request metrics come from
+//! [`rdb_daemon::metrics`]).
+//!
+//! - `flaredb_region_errors_total{kind}`: requests answered with a routing
+//!   error (`epoch_not_match`, `key_not_in_region`, ...), by kind.
+//! - `flaredb_heartbeats_total{result}`: heartbeats sent to PD, `ok` or `failed`.
+//! - `flaredb_regions_served`: regions this store serves.
+//! - `flaredb_rocksdb{property}`: RocksDB size and compaction gauges, read at
+//!   scrape time.
+
+use std::sync::{Arc, LazyLock};
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use rdb_daemon::metrics::{Metrics, MetricsError};
+use rdb_proto::v1::region_error::Error as RegionErrorKind;
+use rdb_proto::v1::RegionError;
+
+use crate::node::Node;
+
+/// Requests answered with a region error, by kind.
+pub static REGION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "flaredb_region_errors_total",
+            "Requests answered with a routing error (the client refreshes its route), by kind.",
+        ),
+        &["kind"],
+    )
+    .expect("valid metric definition")
+});
+
+/// Heartbeats sent to PD, by result.
+pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "flaredb_heartbeats_total",
+            "Store heartbeats sent to PD, by result (ok, failed).",
+        ),
+        &["result"],
+    )
+    .expect("valid metric definition")
+});
+
+/// RocksDB properties exported as `flaredb_rocksdb{property=...}`.
+const ROCKSDB_PROPERTIES: [&str; 7] = [
+    "rocksdb.estimate-live-data-size",
+    "rocksdb.total-sst-files-size",
+    "rocksdb.cur-size-all-mem-tables",
+    "rocksdb.estimate-num-keys",
+    "rocksdb.estimate-pending-compaction-bytes",
+    "rocksdb.compaction-pending",
+    "rocksdb.num-running-compactions",
+];
+
+/// Counts one region error.
+pub fn count_region_error(e: &RegionError) {
+    let kind = match &e.error {
+        Some(RegionErrorKind::NotLeader(_)) => "not_leader",
+        Some(RegionErrorKind::RegionNotFound(_)) => "region_not_found",
+        Some(RegionErrorKind::KeyNotInRegion(_)) => "key_not_in_region",
+        Some(RegionErrorKind::EpochNotMatch(_)) => "epoch_not_match",
+        Some(RegionErrorKind::ServerIsBusy(_)) => "server_is_busy",
+        None => "other",
+    };
+    REGION_ERRORS.with_label_values(&[kind]).inc();
+}
+
+/// Registers the store's metrics; the returned function refreshes the
+/// gauges read at scrape time (call it off the async threads).
+pub fn register(
+    metrics: &Metrics,
+    node: Arc<Node>,
+) -> Result<rdb_daemon::status::Refresh, MetricsError> {
+    let regions = IntGauge::new("flaredb_regions_served", "Regions this store serves.")?;
+    let rocksdb = IntGaugeVec::new(
+        Opts::new(
+            "flaredb_rocksdb",
+            "RocksDB properties of the store's engine (bytes, keys, compactions), summed over column families.",
+        ),
+        &["property"],
+    )?;
+    metrics.register(&*REGION_ERRORS)?;
+    metrics.register(&*HEARTBEATS)?;
+    metrics.register(&regions)?;
+    metrics.register(&rocksdb)?;
+    Ok(Arc::new(move || {
+        regions.set(node.regions.blocking_read().regions().len() as i64);
+        for p in ROCKSDB_PROPERTIES {
+            if let Some(v) = node.engine.int_property(p) {
+                rocksdb
+                    .with_label_values(&[p.trim_start_matches("rocksdb.")])
+                    .set(v.min(i64::MAX as u64) as i64);
+            }
+        }
+    }))
+}

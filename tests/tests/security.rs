@@ -1,0 +1,201 @@
+//! TLS and mutual TLS against real daemons, with a throw-away CA generated
+//! at test time (rcgen): PD, stores and clients all talk TLS; a plaintext
+//! client, a client trusting the wrong CA, and (with mutual TLS) a client
+//! without a certificate or with one from another CA all get a clear error
+//! and no data.
+
+use std::time::Duration;
+
+use flaredb_tests::{TestCluster, TestPki};
+use rdb_client::{Client, ClientConfig, Error};
+use rdb_proto::v1::kv_client::KvClient;
+use rdb_proto::v1::GetRequest;
+
+fn config(tls: Option<rdb_client::ClientTls>) -> ClientConfig {
+    ClientConfig {
+        tls,
+        // Failures here are certain: do not spend the default 20 s retrying.
+        retry_deadline: Duration::from_secs(2),
+        max_attempts: 2,
+        ..Default::default()
+    }
+}
+
+async fn connect(c: &TestCluster, tls: Option<rdb_client::ClientTls>) -> Result<Client, Error> {
+    Client::connect_with([c.pd.addr.clone()], config(tls)).await
+}
+
+/// Runs rdb-cli against the cluster with extra TLS flags.
+fn cli(c: &TestCluster, tls: &[String], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(flaredb_tests::binary("rdb-cli"))
+        .arg("--pd")
+        .arg(&c.pd.addr)
+        .args(["--timeout", "2"])
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("run rdb-cli")
+}
+
+fn flag(name: &str, path: std::path::PathBuf) -> Vec<String> {
+    vec![name.to_string(), path.display().to_string()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
+    let pki = TestPki::generate();
+    let c = TestCluster::start_with(2, &pki.node_flags(false), &pki.node_flags(false));
+
+    // Stores registered with PD over TLS; data goes to a store over TLS.
+    let client = connect(&c, Some(pki.client_tls("ca.pem", None)))
+        .await
+        .expect("TLS client connects");
+    let v = client
+        .put(b"secret".to_vec(), b"v1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .get(b"secret".to_vec())
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        v
+    );
+    // A split with a move: PD calls the stores and the stores each other, over TLS.
+    client
+        .split(b"m".to_vec(), false)
+        .await
+        .expect("split and move over TLS");
+    client.put(b"x".to_vec(), b"right".to_vec()).await.unwrap();
+    assert_eq!(
+        client.get(b"x".to_vec()).await.unwrap().unwrap().value,
+        b"right"
+    );
+
+    // A plaintext client: refused, with a hint at TLS.
+    let e = connect(&c, None)
+        .await
+        .err()
+        .expect("plaintext client refused");
+    assert!(e.is_unavailable(), "{e}");
+    assert!(e.to_string().contains("TLS"), "no TLS hint in: {e}");
+
+    // A client that trusts another CA: the server's certificate is refused.
+    let e = connect(&c, Some(pki.client_tls("other-ca.pem", None)))
+        .await
+        .err()
+        .expect("wrong CA refused");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+
+    // Straight to a store in plaintext, bypassing PD: no data either.
+    let store = &c.stores[0].addr;
+    let res = async {
+        let mut kv = KvClient::connect(format!("http://{store}")).await?;
+        let r = kv
+            .get(GetRequest {
+                context: None,
+                key: b"secret".to_vec(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(r.into_inner())
+    }
+    .await;
+    assert!(
+        res.is_err(),
+        "plaintext request to a TLS store answered: {res:?}"
+    );
+
+    // rdb-cli: with --ca it works; without, exit 5 and a TLS hint.
+    let ca = flag("--ca", pki.path("ca.pem"));
+    let out = cli(&c, &ca, &["get", "secret"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
+    let out = cli(&c, &[], &["get", "secret"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = cli(
+        &c,
+        &flag("--ca", pki.path("other-ca.pem")),
+        &["get", "secret"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_cluster_ca() {
+    let pki = TestPki::generate();
+    let c = TestCluster::start_with(1, &pki.node_flags(true), &pki.node_flags(true));
+
+    let client = connect(&c, Some(pki.client_tls("ca.pem", Some("client"))))
+        .await
+        .expect("client with a certificate connects");
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    assert_eq!(
+        client.get(b"k".to_vec()).await.unwrap().unwrap().value,
+        b"v"
+    );
+
+    // No client certificate: the handshake is refused.
+    let e = connect(&c, Some(pki.client_tls("ca.pem", None)))
+        .await
+        .err()
+        .expect("client without a certificate refused");
+    assert!(e.is_unavailable(), "{e}");
+    // A certificate from another CA: refused too.
+    let e = connect(&c, Some(pki.client_tls("ca.pem", Some("other-client"))))
+        .await
+        .err()
+        .expect("client with a foreign certificate refused");
+    assert!(e.is_unavailable(), "{e}");
+
+    // The same through rdb-cli.
+    let mut ok = flag("--ca", pki.path("ca.pem"));
+    ok.extend(flag("--cert", pki.path("client.pem")));
+    ok.extend(flag("--key", pki.path("client.key")));
+    let out = cli(&c, &ok, &["get", "k"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = cli(&c, &flag("--ca", pki.path("ca.pem")), &["get", "k"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let mut half = flag("--ca", pki.path("ca.pem"));
+    half.extend(flag("--cert", pki.path("client.pem")));
+    let out = cli(&c, &half, &["get", "k"]);
+    assert_eq!(out.status.code(), Some(2), "--cert without --key: {out:?}");
+}
+
+#[test]
+fn daemons_refuse_incomplete_tls_settings_naming_the_key() {
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(flaredb_tests::binary("rdb-pd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("pd"))
+        .args(["--cert-path"])
+        .arg(pki.path("node.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("security.key-path"), "{err}");
+    let out = std::process::Command::new(flaredb_tests::binary("rdb-pd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("pd"))
+        .arg("--ca-path")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert-path")
+        .arg(pki.path("node.pem"))
+        .arg("--key-path")
+        .arg(pki.path("missing.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.key"), "{err}");
+}
