@@ -75,18 +75,16 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
     );
 
     // A plaintext client: refused, with a hint at TLS.
-    let e = connect(&c, None)
-        .await
-        .err()
-        .expect("plaintext client refused");
+    let Err(e) = connect(&c, None).await else {
+        panic!("plaintext client refused");
+    };
     assert!(e.is_unavailable(), "{e}");
     assert!(e.to_string().contains("TLS"), "no TLS hint in: {e}");
 
     // A client that trusts another CA: the server's certificate is refused.
-    let e = connect(&c, Some(pki.client_tls("other-ca.pem", None)))
-        .await
-        .err()
-        .expect("wrong CA refused");
+    let Err(e) = connect(&c, Some(pki.client_tls("other-ca.pem", None))).await else {
+        panic!("wrong CA refused");
+    };
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 
     // Straight to a store in plaintext, bypassing PD: no data either.
@@ -143,16 +141,14 @@ async fn mutual_tls_requires_a_client_certificate_from_the_cluster_ca() {
     );
 
     // No client certificate: the handshake is refused.
-    let e = connect(&c, Some(pki.client_tls("ca.pem", None)))
-        .await
-        .err()
-        .expect("client without a certificate refused");
+    let Err(e) = connect(&c, Some(pki.client_tls("ca.pem", None))).await else {
+        panic!("client without a certificate refused");
+    };
     assert!(e.is_unavailable(), "{e}");
     // A certificate from another CA: refused too.
-    let e = connect(&c, Some(pki.client_tls("ca.pem", Some("other-client"))))
-        .await
-        .err()
-        .expect("client with a foreign certificate refused");
+    let Err(e) = connect(&c, Some(pki.client_tls("ca.pem", Some("other-client")))).await else {
+        panic!("client with a foreign certificate refused");
+    };
     assert!(e.is_unavailable(), "{e}");
 
     // The same through rdb-cli.
