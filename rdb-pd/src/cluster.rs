@@ -116,7 +116,11 @@ impl Cluster {
             state.insert_region(region);
         }
         let id_end = match engine.get_meta(ID_END_KEY)? {
-            Some(raw) => rdb_storage::codec::decode_u64(&raw, "id_alloc_end")?,
+            Some(raw) => rdb_storage::codec::decode_counter(
+                &raw,
+                "id_alloc_end",
+                rdb_storage::codec::MAX_COUNTER,
+            )?,
             None => 0,
         };
         tracing::info!(

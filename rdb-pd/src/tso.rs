@@ -44,7 +44,12 @@ impl Tso {
     /// Loads the persisted mark and starts above it.
     pub async fn open(engine: Engine) -> Result<Tso> {
         let saved = match engine.get_meta(WINDOW_KEY)? {
-            Some(raw) => rdb_storage::codec::decode_u64(&raw, "tso_window")?,
+            // A physical part must fit its 64 - 18 bits.
+            Some(raw) => rdb_storage::codec::decode_counter(
+                &raw,
+                "tso_window",
+                (1 << (64 - TSO_LOGICAL_BITS)) - 2,
+            )?,
             None => 0,
         };
         let physical = now_ms().max(saved + 1);

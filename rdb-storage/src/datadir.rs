@@ -20,6 +20,48 @@ pub struct Identity {
     pub node_id: u64,
 }
 
+impl Identity {
+    /// Parses the text of an `IDENTITY` file: `key=value` lines for `role`,
+    /// `cluster_id` and `node_id`; blank lines and `#` comments are skipped.
+    /// The error says what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<Identity, String> {
+        let bad = |line: &str| format!("{IDENTITY_FILE} has an unreadable line {line:?}");
+        let mut role = None;
+        let mut cluster_id = None;
+        let mut node_id = None;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (k, v) = line.split_once('=').ok_or_else(|| bad(line))?;
+            match k.trim() {
+                "role" => role = Some(v.trim().to_string()),
+                "cluster_id" => cluster_id = Some(v.trim().parse().map_err(|_| bad(line))?),
+                "node_id" => node_id = Some(v.trim().parse().map_err(|_| bad(line))?),
+                _ => return Err(bad(line)),
+            }
+        }
+        match (role, cluster_id, node_id) {
+            (Some(role), Some(cluster_id), Some(node_id)) => Ok(Identity {
+                role,
+                cluster_id,
+                node_id,
+            }),
+            _ => Err(format!("{IDENTITY_FILE} is incomplete")),
+        }
+    }
+
+    /// The text of the `IDENTITY` file for this identity; [`Identity::parse`]
+    /// reads it back (for a role without line breaks or surrounding spaces).
+    pub fn to_text(&self) -> String {
+        format!(
+            "# FlareDB data directory identity; do not edit.\nrole={}\ncluster_id={}\nnode_id={}\n",
+            self.role, self.cluster_id, self.node_id
+        )
+    }
+}
+
 /// A data directory held exclusively by this process until dropped.
 ///
 /// The lock is an OS file lock on `LOCK.flaredb`, so it is released when the
@@ -76,54 +118,19 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io(format!("reading {}", file.display()), e)),
         };
-        let mut role = None;
-        let mut cluster_id = None;
-        let mut node_id = None;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| self.bad_identity(line))?;
-            match k.trim() {
-                "role" => role = Some(v.trim().to_string()),
-                "cluster_id" => {
-                    cluster_id = Some(v.trim().parse().map_err(|_| self.bad_identity(line))?)
-                }
-                "node_id" => node_id = Some(v.trim().parse().map_err(|_| self.bad_identity(line))?),
-                _ => return Err(self.bad_identity(line)),
-            }
-        }
-        match (role, cluster_id, node_id) {
-            (Some(role), Some(cluster_id), Some(node_id)) => Ok(Some(Identity {
-                role,
-                cluster_id,
-                node_id,
-            })),
-            _ => Err(StorageError::IdentityMismatch {
+        Identity::parse(&text)
+            .map(Some)
+            .map_err(|message| StorageError::IdentityMismatch {
                 dir: self.path.clone(),
-                message: format!("{IDENTITY_FILE} is incomplete"),
-            }),
-        }
-    }
-
-    fn bad_identity(&self, line: &str) -> StorageError {
-        StorageError::IdentityMismatch {
-            dir: self.path.clone(),
-            message: format!("{IDENTITY_FILE} has an unreadable line {line:?}"),
-        }
+                message,
+            })
     }
 
     /// Writes the identity file atomically (temp file, fsync, rename).
     pub fn write_identity(&self, id: &Identity) -> Result<()> {
         let tmp = self.path.join(format!("{IDENTITY_FILE}.tmp"));
         let file = self.path.join(IDENTITY_FILE);
-        let text = format!(
-            "# FlareDB data directory identity; do not edit.\nrole={}\ncluster_id={}\nnode_id={}\n",
-            id.role, id.cluster_id, id.node_id
-        );
+        let text = id.to_text();
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(text.as_bytes())?;

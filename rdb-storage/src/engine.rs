@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 use tokio::sync::oneshot;
 
-use crate::codec::decode_u64;
+use crate::codec::{decode_counter, MAX_COUNTER};
 use crate::writer::{decode_versioned, Request, Writer, WriterStats};
 use crate::{CasOutcome, Expected, OpResult, Result, StorageError, VersionedValue, WriteOp};
 
@@ -131,7 +131,7 @@ impl Engine {
                 .cf_handle(CF_META)
                 .ok_or_else(|| StorageError::Corruption("missing meta column family".into()))?;
             match db.get_cf(meta, LAST_VERSION_KEY)? {
-                Some(raw) => decode_u64(&raw, "last_version")?,
+                Some(raw) => decode_counter(&raw, "last_version", MAX_COUNTER)?,
                 None => 0,
             }
         };

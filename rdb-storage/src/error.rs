@@ -4,6 +4,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// RocksDB reported an error.
+    #[cfg(feature = "engine")]
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// A stored record could not be decoded.

@@ -28,15 +28,26 @@
 //! # Layout on disk
 //! See [`codec`] for the record format. Column families: `data` (user keys,
 //! raw bytes, records as values) and `meta` (engine and daemon metadata).
+//!
+//! # Features
+//! `engine` (on by default) is the RocksDB engine. Without it the crate is
+//! only its pure parts, among them [`codec`], the data directory
+//! ([`DataDir`], whose `IDENTITY` file [`Identity::parse`] reads) and
+//! [`check`]: the properties of every stored record, checked by the fuzz
+//! targets in `fuzz/` and by the test `tests/records.rs`.
 
+pub mod check;
 pub mod codec;
-pub mod daemon;
 mod datadir;
+#[cfg(feature = "engine")]
 mod engine;
 mod error;
+#[cfg(feature = "engine")]
 mod writer;
 
 pub use datadir::{DataDir, Identity};
+#[cfg(feature = "engine")]
 pub use engine::{Engine, EngineOptions, Entry, ScanOptions};
 pub use error::{Result, StorageError};
+#[cfg(feature = "engine")]
 pub use writer::{CasOutcome, Expected, OpResult, VersionedValue, WriteOp};

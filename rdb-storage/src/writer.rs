@@ -391,6 +391,12 @@ impl Writer {
                     version,
                 } => {
                     check_key(key)?;
+                    if *version > crate::codec::MAX_COUNTER {
+                        return Err(StorageError::InvalidArgument(format!(
+                            "imported version {version} is above the maximum of {}",
+                            crate::codec::MAX_COUNTER
+                        )));
+                    }
                     self.last_version = self.last_version.max(*version);
                     self.set(
                         key.clone(),
