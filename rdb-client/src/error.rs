@@ -1,3 +1,4 @@
+use rdb_proto::tls::ClientTls;
 use tonic::{Code, Status};
 
 /// Errors returned by the FlareDB client.
@@ -99,7 +100,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A status's message with the chain of errors under it (a transport
 /// failure's real cause: refused connection, unknown certificate issuer,
 /// handshake failure), and a hint when TLS is the likely cause.
-pub(crate) fn describe(s: &Status, tls: bool) -> String {
+pub(crate) fn describe(s: &Status, tls: Option<&ClientTls>) -> String {
     let mut out = s.message().to_string();
     let mut cause = std::error::Error::source(s);
     while let Some(c) = cause {
@@ -111,19 +112,34 @@ pub(crate) fn describe(s: &Status, tls: bool) -> String {
         cause = c.source();
     }
     let lower = out.to_ascii_lowercase();
-    if !tls
-        && (lower.contains("connection reset")
-            || lower.contains("broken pipe")
-            || lower.contains("frame with invalid size")
-            || lower.contains("connection closed")
-            || lower.contains("protocol error"))
-    {
-        out.push_str(
+    let dropped = [
+        "connection reset",
+        "broken pipe",
+        "connection closed",
+        "protocol error",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
+        || lower.contains("frame with invalid size");
+    match tls {
+        None if dropped => out.push_str(
             " (if the cluster uses TLS, give the CA certificate: --ca / ClientConfig::tls)",
-        );
-    }
-    if tls && lower.contains("certificate") {
-        out.push_str(" (TLS: check the CA, and the client certificate if the server requires one)");
+        ),
+        Some(t) if !t.has_client_cert() && (dropped || lower.contains("certificaterequired")) => {
+            out.push_str(
+                " (if the cluster requires client certificates, give one: --cert and --key / \
+             ClientTls::from_pem_files)",
+            )
+        }
+        Some(t) if t.has_client_cert() && lower.contains("alert") => out.push_str(
+            " (the server refused the TLS handshake: is the client certificate signed by the \
+             cluster's CA?)",
+        ),
+        Some(_) if lower.contains("peer certificate") => out.push_str(
+            " (TLS: the server's certificate must be signed by the given CA and name the \
+             address dialed)",
+        ),
+        _ => {}
     }
     out
 }

@@ -303,7 +303,7 @@ impl Client {
             match f(self.inner.pd.client()?).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if is_transport(&s) => {
-                    retry.last = error::describe(&s, cfg.tls.is_some());
+                    retry.last = error::describe(&s, cfg.tls.as_ref());
                     self.inner.pd.fail_over();
                     if !retry.next(cfg, None).await {
                         return Err(Error::PdUnavailable {
@@ -732,10 +732,8 @@ impl Client {
                     }
                     Err(s) if is_transport(&s) => {
                         self.forget_store(&address);
-                        retry.last = format!(
-                            "store {address}: {}",
-                            error::describe(&s, cfg.tls.is_some())
-                        );
+                        retry.last =
+                            format!("store {address}: {}", error::describe(&s, cfg.tls.as_ref()));
                         pending.extend(group);
                     }
                     Err(s) => return Err(Error::from_status(&s)),

@@ -162,15 +162,25 @@ impl NodeTls {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     config: ClientTlsConfig,
+    has_client_cert: bool,
 }
 
 impl ClientTls {
     fn new(ca: Certificate, identity: Option<Identity>) -> ClientTls {
         let mut config = ClientTlsConfig::new().ca_certificate(ca);
+        let has_client_cert = identity.is_some();
         if let Some(id) = identity {
             config = config.identity(id);
         }
-        ClientTls { config }
+        ClientTls {
+            config,
+            has_client_cert,
+        }
+    }
+
+    /// Whether a client certificate is presented (for mutual TLS).
+    pub fn has_client_cert(&self) -> bool {
+        self.has_client_cert
     }
 
     /// Reads PEM files: `ca` (required) and, together, `cert` and `key`.

@@ -145,11 +145,19 @@ async fn mutual_tls_requires_a_client_certificate_from_the_cluster_ca() {
         panic!("client without a certificate refused");
     };
     assert!(e.is_unavailable(), "{e}");
+    assert!(
+        e.to_string().contains("client certificate"),
+        "no hint in: {e}"
+    );
     // A certificate from another CA: refused too.
     let Err(e) = connect(&c, Some(pki.client_tls("ca.pem", Some("other-client")))).await else {
         panic!("client with a foreign certificate refused");
     };
     assert!(e.is_unavailable(), "{e}");
+    assert!(
+        e.to_string().contains("client certificate"),
+        "no hint in: {e}"
+    );
 
     // The same through rdb-cli.
     let mut ok = flag("--ca", pki.path("ca.pem"));
