@@ -18,4 +18,6 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "test.sh: clippy not installed, skipping lints (rustup component add clippy)" >&2
 fi
+# The storage codecs without RocksDB, as the fuzz targets (fuzz/) build them.
+cargo check -p rdb-storage --no-default-features --locked
 cargo test --workspace --locked

@@ -11,18 +11,28 @@ use rdb_client::{Client, ClientConfig, Error};
 use rdb_proto::v1::kv_client::KvClient;
 use rdb_proto::v1::GetRequest;
 
-fn config(tls: Option<rdb_client::ClientTls>) -> ClientConfig {
-    ClientConfig {
+/// A client expected to connect: the default retry budget (a busy test
+/// machine can be slow to finish a handshake).
+async fn connect_ok(c: &TestCluster, tls: rdb_client::ClientTls) -> Client {
+    let config = ClientConfig {
+        tls: Some(tls),
+        ..Default::default()
+    };
+    Client::connect_with([c.pd.addr.clone()], config)
+        .await
+        .expect("TLS client connects")
+}
+
+/// A client expected to be refused: a short retry budget, the failure is
+/// not transient.
+async fn connect(c: &TestCluster, tls: Option<rdb_client::ClientTls>) -> Result<Client, Error> {
+    let config = ClientConfig {
         tls,
-        // Failures here are certain: do not spend the default 20 s retrying.
         retry_deadline: Duration::from_secs(2),
         max_attempts: 2,
         ..Default::default()
-    }
-}
-
-async fn connect(c: &TestCluster, tls: Option<rdb_client::ClientTls>) -> Result<Client, Error> {
-    Client::connect_with([c.pd.addr.clone()], config(tls)).await
+    };
+    Client::connect_with([c.pd.addr.clone()], config).await
 }
 
 /// Runs rdb-cli against the cluster with extra TLS flags.
@@ -30,7 +40,6 @@ fn cli(c: &TestCluster, tls: &[String], args: &[&str]) -> std::process::Output {
     std::process::Command::new(flaredb_tests::binary("rdb-cli"))
         .arg("--pd")
         .arg(&c.pd.addr)
-        .args(["--timeout", "2"])
         .args(tls)
         .args(args)
         .output()
@@ -47,9 +56,7 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
     let c = TestCluster::start_with(2, &pki.node_flags(false), &pki.node_flags(false));
 
     // Stores registered with PD over TLS; data goes to a store over TLS.
-    let client = connect(&c, Some(pki.client_tls("ca.pem", None)))
-        .await
-        .expect("TLS client connects");
+    let client = connect_ok(&c, pki.client_tls("ca.pem", None)).await;
     let v = client
         .put(b"secret".to_vec(), b"v1".to_vec())
         .await
@@ -110,7 +117,7 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
     let out = cli(&c, &ca, &["get", "secret"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
-    let out = cli(&c, &[], &["get", "secret"]);
+    let out = cli(&c, &[], &["--timeout", "2", "get", "secret"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("TLS"),
@@ -120,7 +127,7 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
     let out = cli(
         &c,
         &flag("--ca", pki.path("other-ca.pem")),
-        &["get", "secret"],
+        &["--timeout", "2", "get", "secret"],
     );
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(out.stdout.is_empty());
@@ -131,9 +138,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_cluster_ca() {
     let pki = TestPki::generate();
     let c = TestCluster::start_with(1, &pki.node_flags(true), &pki.node_flags(true));
 
-    let client = connect(&c, Some(pki.client_tls("ca.pem", Some("client"))))
-        .await
-        .expect("client with a certificate connects");
+    let client = connect_ok(&c, pki.client_tls("ca.pem", Some("client"))).await;
     client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
     assert_eq!(
         client.get(b"k".to_vec()).await.unwrap().unwrap().value,
@@ -165,7 +170,11 @@ async fn mutual_tls_requires_a_client_certificate_from_the_cluster_ca() {
     ok.extend(flag("--key", pki.path("client.key")));
     let out = cli(&c, &ok, &["get", "k"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = cli(&c, &flag("--ca", pki.path("ca.pem")), &["get", "k"]);
+    let out = cli(
+        &c,
+        &flag("--ca", pki.path("ca.pem")),
+        &["--timeout", "2", "get", "k"],
+    );
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(out.stdout.is_empty());
     let mut half = flag("--ca", pki.path("ca.pem"));
