@@ -115,6 +115,16 @@ struct Args {
     /// 0: all workers on one multi-threaded runtime.
     #[arg(long, default_value_t = 0)]
     per_core_runtimes: usize,
+    /// FlareDB over TLS: the PEM CA certificate that signs the cluster's
+    /// certificates (with --pd).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// FlareDB: PEM client certificate, for clusters that require one (with --ca).
+    #[arg(long, value_name = "PEM", requires = "ca")]
+    cert: Option<PathBuf>,
+    /// FlareDB: PEM private key of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -222,6 +232,9 @@ fn validate(args: &Args) -> Result<(), BenchError> {
     if args.coalesce_in_flight == 0 {
         return usage("--coalesce-in-flight must be at least 1".into());
     }
+    if args.ca.is_some() && args.pd.is_empty() {
+        return usage("--ca is for a FlareDB cluster given with --pd".into());
+    }
     if args.scan_limit == 0 {
         return usage("--scan-limit must be at least 1".into());
     }
@@ -267,9 +280,17 @@ async fn run(args: Args) -> Result<Report, BenchError> {
         None
     };
     let mut targets = Vec::with_capacity(args.connections);
+    let tls = match &args.ca {
+        Some(ca) => Some(
+            rdb_client::ClientTls::from_pem_files(ca, args.cert.as_deref(), args.key.as_deref())
+                .map_err(|e| BenchError::Usage(format!("TLS: {e}")))?,
+        ),
+        None => None,
+    };
     let flare = ClientConfig {
         coalesce: !args.no_coalesce,
         max_coalesced_in_flight: args.coalesce_in_flight,
+        tls,
         ..ClientConfig::default()
     };
     for _ in 0..args.connections {

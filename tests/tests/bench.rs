@@ -201,3 +201,33 @@ fn bad_options_are_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!out.stderr.is_empty());
 }
+
+#[test]
+fn flaredb_over_mutual_tls() {
+    let pki = flaredb_tests::TestPki::generate();
+    let c = TestCluster::start_with(1, &pki.node_flags(true), &pki.node_flags(true));
+    let (ca, cert, key) = (
+        pki.path("ca.pem").display().to_string(),
+        pki.path("client.pem").display().to_string(),
+        pki.path("client.key").display().to_string(),
+    );
+    for workload in ["put", "get", "tso"] {
+        smoke(
+            &[
+                "--pd", &c.pd.addr, "--ca", &ca, "--cert", &cert, "--key", &key,
+            ],
+            workload,
+            "flaredb",
+        );
+    }
+    // Without the client certificate: cannot run (exit 1), the cause named.
+    let out = bench(&["put", "--duration", "0.2", "--pd", &c.pd.addr, "--ca", &ca]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("client certificate"),
+        "{out:?}"
+    );
+    // --ca without --pd is a usage error.
+    let out = bench(&["put", "--ca", &ca]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
