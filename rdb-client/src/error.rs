@@ -112,15 +112,18 @@ pub(crate) fn describe(s: &Status, tls: Option<&ClientTls>) -> String {
         cause = c.source();
     }
     let lower = out.to_ascii_lowercase();
+    // How a peer that hung up mid-handshake or mid-preface shows up.
     let dropped = [
         "connection reset",
         "broken pipe",
         "connection closed",
         "protocol error",
+        "frame with invalid size",
+        "eof",
+        "end of file",
     ]
     .iter()
-    .any(|m| lower.contains(m))
-        || lower.contains("frame with invalid size");
+    .any(|m| lower.contains(m));
     match tls {
         None if dropped => out.push_str(
             " (if the cluster uses TLS, give the CA certificate: --ca / ClientConfig::tls)",
@@ -131,9 +134,11 @@ pub(crate) fn describe(s: &Status, tls: Option<&ClientTls>) -> String {
              ClientTls::from_pem_files)",
             )
         }
-        Some(t) if t.has_client_cert() && lower.contains("alert") => out.push_str(
-            " (the server refused the TLS handshake: is the client certificate signed by the \
-             cluster's CA?)",
+        // The server refuses a client certificate with an alert, or just
+        // closes the connection (which side notices first is a race).
+        Some(t) if t.has_client_cert() && (dropped || lower.contains("alert")) => out.push_str(
+            " (the server refused the TLS handshake or closed the connection: is the client \
+             certificate signed by the cluster's CA?)",
         ),
         Some(_) if lower.contains("peer certificate") => out.push_str(
             " (TLS: the server's certificate must be signed by the given CA and name the \
