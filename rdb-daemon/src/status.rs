@@ -66,6 +66,13 @@ pub async fn start(
         }
     });
     tracing::info!(addr = %bound, "status endpoint serving /metrics");
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            addr = %bound,
+            "the status endpoint is plain HTTP without authentication and listens on a \
+             non-loopback address: anyone who reaches it can read the metrics"
+        );
+    }
     crate::process::print_ready(&format!("{daemon} status on {bound}"));
     Ok(StatusServer { addr: bound, task })
 }
