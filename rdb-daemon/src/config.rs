@@ -46,6 +46,39 @@ macro_rules! overlay {
     };
 }
 
+/// The TLS flags both daemons take (`#[command(flatten)]`); they override
+/// the file's `[security]` section.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// PEM CA certificate that signs the cluster's certificates (TLS).
+    #[arg(long, env = "FLAREDB_CA")]
+    pub ca_path: Option<std::path::PathBuf>,
+    /// PEM certificate of this node; turns TLS on (needs --key-path and --ca-path).
+    #[arg(long, env = "FLAREDB_CERT")]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// PEM private key of --cert-path.
+    #[arg(long, env = "FLAREDB_KEY")]
+    pub key_path: Option<std::path::PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --ca-path.
+    #[arg(long, env = "FLAREDB_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
+}
+
+impl SecurityArgs {
+    /// Lays the given flags over `security`.
+    pub fn apply(self, security: &mut rdb_proto::tls::Security) {
+        let a = self;
+        overlay!(a => security:
+            ca_path => ca_path,
+            cert_path => cert_path,
+            key_path => key_path,
+        );
+        if a.require_client_cert {
+            security.require_client_cert = true;
+        }
+    }
+}
+
 /// Reads the settings from `path`, or the defaults without a file.
 pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
     let Some(path) = path else {

@@ -156,15 +156,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let method: Arc<str> = Arc::from(req.uri().path());
-        let span = tracing::info_span!("rpc", method = &*method, region_id = tracing::field::Empty);
+        // Cloning the URI shares its bytes (no copy of the path per request).
+        let uri = req.uri().clone();
+        let span = tracing::info_span!(
+            "rpc",
+            method = uri.path(),
+            region_id = tracing::field::Empty
+        );
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
         };
         RpcFuture {
             inner: inner.instrument(span),
-            method,
+            uri,
             start: Instant::now(),
             rpc: self.rpc.clone(),
         }
@@ -176,7 +181,7 @@ pin_project_lite::pin_project! {
     pub struct RpcFuture<F> {
         #[pin]
         inner: Instrumented<F>,
-        method: Arc<str>,
+        uri: http::Uri,
         start: Instant,
         rpc: Arc<RpcMetrics>,
     }
@@ -200,7 +205,7 @@ where
         let method = if code == 12 {
             "unknown"
         } else {
-            &**this.method
+            this.uri.path()
         };
         this.rpc
             .requests

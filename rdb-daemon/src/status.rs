@@ -27,18 +27,36 @@ impl Drop for StatusServer {
     }
 }
 
-/// Binds `addr` and serves `/metrics` in a task until the returned
-/// [`StatusServer`] is dropped. Logs the bound address and prints
-/// `DAEMON status on ADDR` on stdout (before the daemon's ready line, so
-/// scripts that wait for that line can read the status address too).
+/// The status endpoint cannot listen.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve status-addr {addr}: {source}")]
+pub struct StatusError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+/// With an address (`status-addr`), binds it and serves `/metrics` in a task
+/// until the returned [`StatusServer`] is dropped; without one, does
+/// nothing. Logs the bound address and prints `DAEMON status on ADDR` on
+/// stdout (before the daemon's ready line, so scripts that wait for that
+/// line can read the status address too).
 pub async fn start(
     daemon: &str,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     metrics: Metrics,
     refresh: Refresh,
-) -> std::io::Result<StatusServer> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+) -> Result<Option<StatusServer>, StatusError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let bind = async {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
+    };
+    let (listener, bound) = bind.await.map_err(|source| StatusError { addr, source })?;
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -74,5 +92,5 @@ pub async fn start(
         );
     }
     crate::process::print_ready(&format!("{daemon} status on {bound}"));
-    Ok(StatusServer { addr: bound, task })
+    Ok(Some(StatusServer { addr: bound, task }))
 }

@@ -141,18 +141,9 @@ pub struct PdArgs {
     /// Log line format on stderr; RUST_LOG sets what is logged [default: text].
     #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// PEM CA certificate that signs the cluster's certificates (TLS).
-    #[arg(long, env = "FLAREDB_CA")]
-    pub ca_path: Option<PathBuf>,
-    /// PEM certificate of PD; turns TLS on (needs --key-path and --ca-path).
-    #[arg(long, env = "FLAREDB_CERT")]
-    pub cert_path: Option<PathBuf>,
-    /// PEM private key of --cert-path.
-    #[arg(long, env = "FLAREDB_KEY")]
-    pub key_path: Option<PathBuf>,
-    /// Mutual TLS: refuse clients without a certificate signed by --ca-path.
-    #[arg(long, env = "FLAREDB_REQUIRE_CLIENT_CERT")]
-    pub require_client_cert: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub security: rdb_daemon::config::SecurityArgs,
     /// Largest gRPC message in bytes, 8 MiB-64 MiB [default: 67108864].
     #[arg(long, env = "FLAREDB_PD_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
@@ -174,15 +165,10 @@ impl PdArgs {
             store_down_after_secs => store_down_after_secs,
             shutdown_grace_secs => shutdown_grace_secs,
             log_format => log_format,
-            ca_path => security.ca_path,
-            cert_path => security.cert_path,
-            key_path => security.key_path,
             max_message_size => limits.max_message_size,
             max_concurrent_streams => limits.max_concurrent_streams,
         );
-        if a.require_client_cert {
-            s.security.require_client_cert = true;
-        }
+        a.security.apply(&mut s.security);
         s.validate()?;
         Ok(s)
     }

@@ -57,13 +57,8 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] rdb_daemon::config::ConfigError),
     /// The status endpoint cannot listen.
-    #[error("cannot serve status-addr {addr}: {source}")]
-    Status {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Status(#[from] rdb_daemon::status::StatusError),
 }
 
 /// Runs PD until `shutdown` resolves.
@@ -107,14 +102,7 @@ pub async fn run(
     let svc = service::PdService::new(tso, cluster.clone(), tls.as_ref().map(|t| t.client.clone()));
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, cluster.clone())?;
-    let status = match status_addr {
-        Some(addr) => Some(
-            rdb_daemon::status::start("rdb-pd", addr, metrics.clone(), refresh)
-                .await
-                .map_err(|source| RunError::Status { addr, source })?,
-        ),
-        None => None,
-    };
+    let status = rdb_daemon::status::start("rdb-pd", status_addr, metrics.clone(), refresh).await?;
     tracing::info!(%addr, cluster_id = cluster.cluster_id(), data_dir = %dir.path().display(), tls = tls.is_some(), "rdb-pd serving");
     rdb_daemon::process::print_ready(&format!(
         "rdb-pd listening on {addr} cluster_id={}",
@@ -130,22 +118,17 @@ pub async fn run(
         std::time::Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(cfg.limits.max_concurrent_streams));
-    if let Some(t) = &tls {
-        builder = builder.tls_config(t.server_config())?;
-    }
-    let serve = builder
-        .layer(metrics.layer())
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            PdServer::new(svc)
-                .max_decoding_message_size(cfg.limits.max_message_size)
-                .max_encoding_message_size(cfg.limits.max_message_size),
-        )
-        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
+    let serve =
+        rdb_daemon::grpc::server(tls.as_ref(), cfg.limits.max_concurrent_streams, &metrics)?
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                PdServer::new(svc)
+                    .max_decoding_message_size(cfg.limits.max_message_size)
+                    .max_encoding_message_size(cfg.limits.max_message_size),
+            )
+            .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
     let served = rdb_proto::net::serve_until(serve, deadline).await;
     drop(status);
     if let Some(served) = served {

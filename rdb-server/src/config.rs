@@ -145,18 +145,9 @@ pub struct ServerArgs {
     /// Log line format on stderr; RUST_LOG sets what is logged [default: text].
     #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// PEM CA certificate that signs the cluster's certificates (TLS).
-    #[arg(long, env = "FLAREDB_CA")]
-    pub ca_path: Option<PathBuf>,
-    /// PEM certificate of this store; turns TLS on (needs --key-path and --ca-path).
-    #[arg(long, env = "FLAREDB_CERT")]
-    pub cert_path: Option<PathBuf>,
-    /// PEM private key of --cert-path.
-    #[arg(long, env = "FLAREDB_KEY")]
-    pub key_path: Option<PathBuf>,
-    /// Mutual TLS: refuse clients without a certificate signed by --ca-path.
-    #[arg(long, env = "FLAREDB_REQUIRE_CLIENT_CERT")]
-    pub require_client_cert: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub security: rdb_daemon::config::SecurityArgs,
     /// Largest key in bytes, 1-4096 [default: 4096].
     #[arg(long, env = "FLAREDB_SERVER_MAX_KEY_SIZE")]
     pub max_key_size: Option<usize>,
@@ -193,9 +184,6 @@ impl ServerArgs {
             pd_wait_secs => pd_wait_secs,
             shutdown_grace_secs => shutdown_grace_secs,
             log_format => log_format,
-            ca_path => security.ca_path,
-            cert_path => security.cert_path,
-            key_path => security.key_path,
             max_key_size => limits.max_key_size,
             max_value_size => limits.max_value_size,
             max_batch_keys => limits.max_batch_keys,
@@ -206,9 +194,7 @@ impl ServerArgs {
         if a.no_sync {
             s.sync = false;
         }
-        if a.require_client_cert {
-            s.security.require_client_cert = true;
-        }
+        a.security.apply(&mut s.security);
         s.validate()?;
         Ok(s)
     }

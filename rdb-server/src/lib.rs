@@ -63,13 +63,8 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] rdb_daemon::config::ConfigError),
     /// The status endpoint cannot listen.
-    #[error("cannot serve status-addr {addr}: {source}")]
-    Status {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Status(#[from] rdb_daemon::status::StatusError),
 }
 
 /// Runs the store until `shutdown` resolves.
@@ -133,14 +128,8 @@ pub async fn run(
         tls = tls.is_some(),
         "rdb-server serving"
     );
-    let status = match status_addr {
-        Some(addr) => Some(
-            rdb_daemon::status::start("rdb-server", addr, metrics.clone(), refresh)
-                .await
-                .map_err(|source| RunError::Status { addr, source })?,
-        ),
-        None => None,
-    };
+    let status =
+        rdb_daemon::status::start("rdb-server", status_addr, metrics.clone(), refresh).await?;
     rdb_daemon::process::print_ready(&format!(
         "rdb-server listening on {local} store_id={}",
         node.store_id
@@ -158,14 +147,8 @@ pub async fn run(
         Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;
-    let limits = cfg.limits.clone();
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(limits.max_concurrent_streams));
-    if let Some(t) = &tls {
-        builder = builder.tls_config(t.server_config())?;
-    }
-    let served = builder
-        .layer(metrics.layer())
+    let limits = &cfg.limits;
+    let served = rdb_daemon::grpc::server(tls.as_ref(), limits.max_concurrent_streams, &metrics)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
