@@ -10,7 +10,8 @@
 # --tls-dir     serve and connect over TLS with DIR/ca.pem, DIR/node.pem and
 #               DIR/node.key (node.pem must name --host; see docs/operations.md)
 # --mutual-tls  also require client certificates signed by ca.pem
-# --bin-dir     where rdb-pd and rdb-server are (default: target/release)
+# --bin-dir     where rdb-pd and rdb-server are (default: target/dist, from
+#               `cargo build --profile dist --workspace --bins`)
 #
 # Creates the system user `flaredb`, copies the binaries to /usr/local/bin,
 # the units to /etc/systemd/system, the TLS files to /etc/flaredb/tls, writes
@@ -24,7 +25,7 @@
 set -euo pipefail
 
 say() { printf 'install: %s\n' "$*" >&2; }
-HOST="" PD="" WITH_PD=0 BIN_DIR="target/release" TLS_DIR="" MUTUAL=0
+HOST="" PD="" WITH_PD=0 BIN_DIR="${CARGO_TARGET_DIR:-target}/dist" TLS_DIR="" MUTUAL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --host) HOST="$2"; shift 2 ;;
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) BIN_DIR="$2"; shift 2 ;;
     --tls-dir) TLS_DIR="$2"; shift 2 ;;
     --mutual-tls) MUTUAL=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) say "unknown option $1 (see --help)"; exit 2 ;;
   esac
 done
@@ -47,7 +48,7 @@ if [ -n "$TLS_DIR" ]; then
 fi
 [ "$(id -u)" -eq 0 ] || { say "run as root (sudo)"; exit 2; }
 for b in rdb-pd rdb-server; do
-  [ -x "$BIN_DIR/$b" ] || { say "$BIN_DIR/$b not found: cargo build --release --workspace --bins, or --bin-dir"; exit 1; }
+  [ -x "$BIN_DIR/$b" ] || { say "$BIN_DIR/$b not found: cargo build --profile dist --workspace --bins, or --bin-dir"; exit 1; }
 done
 HERE="$(cd "$(dirname "$0")" && pwd)"
 

@@ -244,6 +244,10 @@ fn validate(args: &Args) -> Result<(), BenchError> {
             args.zipf_exponent
         ));
     }
+    #[cfg(not(feature = "etcd"))]
+    if !args.etcd.is_empty() {
+        return usage(rdb_bench::target::NO_ETCD.into());
+    }
     if args.workload == Workload::Tso && !args.etcd.is_empty() {
         return usage("the tso workload is FlareDB only (etcd has no timestamp oracle)".into());
     }

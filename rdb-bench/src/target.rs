@@ -1,6 +1,7 @@
 //! The systems under test, behind one set of operations so that FlareDB and
 //! etcd are measured by the same worker code.
 
+#[cfg(feature = "etcd")]
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rdb_client::{CasExpect, Client, ClientConfig};
 
@@ -14,12 +15,19 @@ pub enum BenchError {
     #[error("flaredb: {0}")]
     Flare(#[from] rdb_client::Error),
     /// etcd answered with an error.
+    #[cfg(feature = "etcd")]
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     /// Starting the local cluster failed.
     #[error("local cluster: {0}")]
     Local(String),
 }
+
+/// What `--etcd` says when the binary was built without the etcd adapter.
+#[cfg(not(feature = "etcd"))]
+pub const NO_ETCD: &str = "this rdb-bench was built without the etcd adapter: \
+    rebuild with `cargo build --release -p rdb-bench --features etcd` (needs protoc and libprotobuf-dev; \
+    bash scripts/setup-deps.sh --etcd installs them)";
 
 /// Which system a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -53,6 +61,7 @@ pub enum CasOutcome {
 #[derive(Clone)]
 pub enum Target {
     Flare(Client),
+    #[cfg(feature = "etcd")]
     Etcd(Box<etcd_client::KvClient>),
 }
 
@@ -68,11 +77,14 @@ impl Target {
             System::Flaredb => {
                 Target::Flare(Client::connect_with(endpoints.to_vec(), flare.clone()).await?)
             }
+            #[cfg(feature = "etcd")]
             System::Etcd => Target::Etcd(Box::new(
                 etcd_client::Client::connect(endpoints, None)
                     .await?
                     .kv_client(),
             )),
+            #[cfg(not(feature = "etcd"))]
+            System::Etcd => return Err(BenchError::Usage(NO_ETCD.into())),
         })
     }
 
@@ -81,6 +93,7 @@ impl Target {
             Target::Flare(c) => {
                 c.put(key, value).await?;
             }
+            #[cfg(feature = "etcd")]
             Target::Etcd(c) => {
                 c.put(key, value, None).await?;
             }
@@ -94,6 +107,7 @@ impl Target {
             Target::Flare(c) => {
                 c.batch_put(pairs).await?;
             }
+            #[cfg(feature = "etcd")]
             Target::Etcd(c) => {
                 let ops: Vec<TxnOp> = pairs
                     .into_iter()
@@ -109,6 +123,7 @@ impl Target {
     pub async fn get(&mut self, key: Vec<u8>) -> Result<bool, BenchError> {
         Ok(match self {
             Target::Flare(c) => c.get(key).await?.is_some(),
+            #[cfg(feature = "etcd")]
             Target::Etcd(c) => !c.get(key, None).await?.kvs().is_empty(),
         })
     }
@@ -122,6 +137,7 @@ impl Target {
     ) -> Result<usize, BenchError> {
         Ok(match self {
             Target::Flare(c) => c.scan(start, end, limit).await?.len(),
+            #[cfg(feature = "etcd")]
             Target::Etcd(c) => c
                 .get(
                     start,
@@ -150,6 +166,7 @@ impl Target {
                     .await?
                     .succeeded
             }
+            #[cfg(feature = "etcd")]
             Target::Etcd(c) => {
                 // etcd's version is 0 for a key that does not exist.
                 let version = c
@@ -175,6 +192,7 @@ impl Target {
     pub async fn tso(&mut self) -> Result<u64, BenchError> {
         match self {
             Target::Flare(c) => Ok(c.tso().await?),
+            #[cfg(feature = "etcd")]
             Target::Etcd(_) => Err(BenchError::Usage(
                 "the tso workload is FlareDB only (etcd has no timestamp oracle)".into(),
             )),

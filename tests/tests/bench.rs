@@ -5,7 +5,9 @@
 
 use std::process::{Command, Output};
 
-use flaredb_tests::{binary, Etcd, TestCluster};
+#[cfg(feature = "etcd")]
+use flaredb_tests::Etcd;
+use flaredb_tests::{binary, TestCluster};
 use serde_json::Value;
 
 const WORKLOADS: [&str; 6] = ["put", "get", "cas", "scan", "mixed", "tso"];
@@ -162,6 +164,7 @@ fn starts_its_own_cluster_without_pd() {
     assert_eq!(r["distribution"], "zipfian");
 }
 
+#[cfg(feature = "etcd")]
 #[test]
 fn every_workload_against_etcd() {
     let etcd = Etcd::start();
