@@ -13,6 +13,15 @@ pub const MAX_BATCH_KEYS: usize = 10_000;
 /// Most pairs one Scan call returns; a `limit` of 0 means this many.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
+/// Most key and value bytes one Scan or BatchGet answer carries by default
+/// (and the most a store may be configured to), so that answers stay well
+/// under the message limit and a store never builds a huge answer in memory.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes one pair adds to an answer besides its key and value (field tags,
+/// lengths and the version), counted against the response byte budget.
+pub const PAIR_OVERHEAD_BYTES: usize = 24;
+
 /// Largest gRPC message a FlareDB endpoint decodes or encodes, in bytes.
 pub const MAX_GRPC_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
@@ -40,6 +49,12 @@ pub struct Limits {
     /// more (or for 0, "as many as allowed") gets this many and `has_more`,
     /// and continues with another call, as rdb-client's scans do.
     pub max_scan_limit: u32,
+    /// Most key and value bytes one Scan or BatchGet answer carries (64 KiB
+    /// to 4 MiB). An answer stops before the first pair that would pass it
+    /// (it always carries at least one pair, so one 1 MiB value still goes
+    /// through), sets `has_more`, and the caller asks again for the rest,
+    /// as rdb-client does.
+    pub max_response_bytes: usize,
     /// Largest gRPC message decoded or encoded, in bytes (8 MiB to 64 MiB).
     pub max_message_size: usize,
     /// Most concurrent HTTP/2 streams (requests in flight) per client
@@ -54,6 +69,7 @@ pub const API_LIMITS: Limits = Limits {
     max_value_size: MAX_VALUE_SIZE,
     max_batch_keys: MAX_BATCH_KEYS,
     max_scan_limit: MAX_SCAN_LIMIT,
+    max_response_bytes: MAX_RESPONSE_BYTES,
     max_message_size: MAX_GRPC_MESSAGE_SIZE,
     max_concurrent_streams: 1024,
 };
@@ -99,6 +115,12 @@ impl Limits {
             u64::from(self.max_scan_limit),
             1,
             u64::from(MAX_SCAN_LIMIT),
+        )?;
+        range(
+            "max-response-bytes",
+            self.max_response_bytes as u64,
+            64 * 1024,
+            MAX_RESPONSE_BYTES as u64,
         )?;
         range(
             "max-message-size",
