@@ -12,14 +12,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdb_proto::v1::kv_client::KvClient;
-use rdb_proto::v1::{BatchGetRequest, BatchPutRequest, Context, KvPair, RegionError};
+use rdb_proto::v1::{
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, Context, KvPair, RegionError,
+};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::{Attempt, Value};
+use crate::error::{classify, describe, Error, Failure};
+use crate::retry::Attempt;
+use crate::write::{busy_hint, RequestIds};
+use crate::Value;
 
 /// What one coalesced call gets back.
 pub(crate) type Reply<T> = Result<Attempt<T>, Status>;
@@ -81,13 +87,19 @@ fn stopped() -> Status {
 }
 
 impl StoreBatcher {
-    pub fn new(kv: KvClient<Channel>, max_batch: usize, max_in_flight: usize) -> StoreBatcher {
+    pub fn new(
+        kv: KvClient<Channel>,
+        max_batch: usize,
+        max_in_flight: usize,
+        resend: Resend,
+    ) -> StoreBatcher {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         tokio::spawn(run(
             kv,
             rx,
             max_batch.max(1),
             Arc::new(Semaphore::new(max_in_flight.max(1))),
+            Arc::new(resend),
         ));
         StoreBatcher { tx }
     }
@@ -118,6 +130,7 @@ async fn run(
     mut rx: mpsc::Receiver<Item>,
     max_batch: usize,
     slots: Arc<Semaphore>,
+    resend: Arc<Resend>,
 ) {
     let mut carry: Option<Item> = None;
     loop {
@@ -153,18 +166,33 @@ async fn run(
             groups.entry(group_key(&item)).or_default().push(item);
         }
         let kv = kv.clone();
+        let resend = resend.clone();
         tokio::spawn(async move {
             let sends = groups
                 .into_values()
-                .map(|group| send_group(kv.clone(), group));
+                .map(|group| send_group(kv.clone(), group, resend.clone()));
             futures::future::join_all(sends).await;
             drop(permit);
         });
     }
 }
 
+/// How a coalescer re-sends a put batch whose outcome is unknown.
+pub(crate) struct Resend {
+    /// The client's request ids.
+    pub ids: Arc<RequestIds>,
+    /// The store's address, for errors.
+    pub address: String,
+    /// First wait before a re-send; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest wait between re-sends.
+    pub max_backoff: Duration,
+    /// Re-sends stop this long after the first copy was sent.
+    pub budget: Duration,
+}
+
 /// Sends one region's calls of one kind as one RPC and answers each caller.
-async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>) {
+async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>, resend: Arc<Resend>) {
     let context = group.first().and_then(|i| i.context);
     let is_put = group
         .first()
@@ -182,37 +210,92 @@ async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>) {
                 replies.push(reply);
             }
         }
-        let result = kv
-            .batch_put(BatchPutRequest { context, pairs })
-            .await
-            .map(|r| r.into_inner());
-        match result {
-            Ok(r) => match r.region_error {
-                Some(e) => answer_region_error(replies, e),
-                None if r.versions.len() == replies.len() => {
-                    for (reply, v) in replies.into_iter().zip(r.versions) {
-                        let _ = reply.send(Ok(Attempt::Done(v)));
+        // One request id for every copy of this batch: while its outcome is
+        // unknown the same batch is re-sent (see the `write` module), so each
+        // caller's put is applied once.
+        let request_id = Some(resend.ids.next());
+        let started = Instant::now();
+        let mut backoff = resend.initial_backoff;
+        let mut unknown: Option<String> = None;
+        let undetermined = |first: &Option<String>, last: String| {
+            Attempt::Failed(Error::Undetermined {
+                address: resend.address.clone(),
+                message: format!(
+                    "{}; last re-send: {last}",
+                    first.clone().unwrap_or_default()
+                ),
+            })
+        };
+        loop {
+            let result = kv
+                .batch_put(BatchPutRequest {
+                    context,
+                    pairs: pairs.clone(),
+                    request_id: request_id.clone(),
+                })
+                .await
+                .map(|r| r.into_inner());
+            let last = match result {
+                Ok(r) => match r.region_error {
+                    None if r.versions.len() == replies.len() => {
+                        for (reply, v) in replies.into_iter().zip(r.versions) {
+                            let _ = reply.send(Ok(Attempt::Done(v)));
+                        }
+                        return;
                     }
-                }
-                None => {
-                    let status = Status::internal(format!(
-                        "store answered {} versions for {} puts",
-                        r.versions.len(),
-                        replies.len()
-                    ));
-                    for reply in replies {
-                        let _ = reply.send(Err(status.clone()));
+                    None => {
+                        let status = Status::internal(format!(
+                            "store answered {} versions for {} puts",
+                            r.versions.len(),
+                            replies.len()
+                        ));
+                        for reply in replies {
+                            let _ = reply.send(Err(status.clone()));
+                        }
+                        return;
                     }
-                }
-            },
-            Err(status) => {
+                    Some(e) if unknown.is_none() => return answer_region_error(replies, e),
+                    Some(e) if busy_hint(&e).is_some() => e.message,
+                    Some(e) => {
+                        let message =
+                            format!("{} (the first copy may have been applied)", e.message);
+                        for reply in replies {
+                            let _ = reply.send(Ok(undetermined(&unknown, message.clone())));
+                        }
+                        return;
+                    }
+                },
+                Err(status) => match classify(&status) {
+                    Failure::Answered => {
+                        for reply in replies {
+                            let _ = reply.send(Err(status.clone()));
+                        }
+                        return;
+                    }
+                    Failure::NeverSent if unknown.is_none() => {
+                        for reply in replies {
+                            let _ = reply.send(Err(status.clone()));
+                        }
+                        return;
+                    }
+                    Failure::NeverSent | Failure::Unreachable => {
+                        let message = describe(&status, None);
+                        unknown.get_or_insert_with(|| message.clone());
+                        message
+                    }
+                },
+            };
+            if started.elapsed() + backoff >= resend.budget {
                 for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
+                    let _ = reply.send(Ok(undetermined(&unknown, last.clone())));
                 }
+                return;
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(resend.max_backoff);
         }
     } else {
-        let mut keys = Vec::with_capacity(group.len());
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
         for item in group {
             if let Call::Get { key, reply } = item.call {
@@ -220,32 +303,59 @@ async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>) {
                 replies.push((key, reply));
             }
         }
-        let result = kv
-            .batch_get(BatchGetRequest { context, keys })
-            .await
-            .map(|r| r.into_inner());
-        match result {
-            Ok(r) => match r.region_error {
-                Some(e) => answer_region_error(replies.into_iter().map(|(_, r)| r), e),
-                None => {
-                    // Found keys come back in request order, missing ones left
-                    // out (a key asked twice is answered twice): walk both.
-                    let mut pairs = r.pairs.into_iter().peekable();
-                    for (key, reply) in replies {
-                        let value = pairs.next_if(|p| p.key == key).map(|p| Value {
-                            value: p.value,
-                            version: p.version,
-                        });
-                        let _ = reply.send(Ok(Attempt::Done(value)));
+        // The store answers at most its byte budget per call, in request
+        // order (has_more): callers it did not reach go in the next call, so
+        // one caller's large value never fails the others.
+        let mut replies = std::collections::VecDeque::from(replies);
+        while !replies.is_empty() {
+            let result = kv
+                .batch_get(BatchGetRequest {
+                    context,
+                    keys: keys.clone(),
+                })
+                .await
+                .map(|r| r.into_inner())
+                .and_then(|r| answered_keys(&r, keys.len()).map(|n| (r, n)));
+            match result {
+                Ok((r, covered)) => match r.region_error {
+                    Some(e) => return answer_region_error(replies.into_iter().map(|(_, r)| r), e),
+                    None => {
+                        // Found keys come back in request order, missing ones
+                        // left out (a key asked twice is answered twice): walk both.
+                        let mut pairs = r.pairs.into_iter().peekable();
+                        for (key, reply) in replies.drain(..covered) {
+                            let value = pairs.next_if(|p| p.key == key).map(|p| Value {
+                                value: p.value,
+                                version: p.version,
+                            });
+                            let _ = reply.send(Ok(Attempt::Done(value)));
+                        }
+                        keys.drain(..covered);
                     }
-                }
-            },
-            Err(status) => {
-                for (_, reply) in replies {
-                    let _ = reply.send(Err(status.clone()));
+                },
+                Err(status) => {
+                    for (_, reply) in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                    return;
                 }
             }
         }
+    }
+}
+
+/// How many of the `asked` keys of a BatchGet its answer covers: all, or
+/// with `has_more` the leading `answered_keys` (at least one, at most all;
+/// anything else is a broken answer, refused rather than looped on).
+pub(crate) fn answered_keys(r: &BatchGetResponse, asked: usize) -> Result<usize, Status> {
+    if r.region_error.is_some() || !r.has_more {
+        return Ok(asked);
+    }
+    match r.answered_keys as usize {
+        n if n >= 1 && n <= asked => Ok(n),
+        n => Err(Status::internal(format!(
+            "store answered a BatchGet of {asked} keys with has_more and answered_keys = {n}"
+        ))),
     }
 }
 

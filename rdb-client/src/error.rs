@@ -32,16 +32,43 @@ pub enum Error {
         /// The last region error.
         message: String,
     },
-    /// A non-idempotent request (compare-and-swap) was sent but the
-    /// connection failed before the answer: it may or may not have been applied.
+    /// A write was sent but its outcome could not be learned: the connection
+    /// failed after sending, and re-sending the same request (same request
+    /// id, so the store would not apply it twice) got no answer within the
+    /// budget, or met a region that changed meanwhile. It was applied once or
+    /// not at all; read the key to find out.
     #[error(
-        "outcome unknown, the connection to {address} failed after the request was sent: {message}"
+        "outcome unknown, the connection to {address} failed after the write was sent: {message}"
     )]
     Undetermined {
         /// The store address.
         address: String,
         /// The error.
         message: String,
+    },
+    /// A PD endpoint belongs to another cluster than the one this client
+    /// first connected to (the endpoints list mixes two clusters).
+    #[error(
+        "PD {address} serves cluster {got}, but this client is bound to cluster {want} (first answered by {pinned_by}): check the PD endpoints"
+    )]
+    ClusterMismatch {
+        /// The endpoint that answered with another cluster id.
+        address: String,
+        /// Its cluster id.
+        got: u64,
+        /// The cluster id the client is bound to.
+        want: u64,
+        /// The endpoint that first answered, binding the client to `want`.
+        pinned_by: String,
+    },
+    /// The cluster has no region yet: no store bootstrapped it within the
+    /// call's time budget (start a store with `rdb-server --pd ...`).
+    #[error(
+        "the cluster is not bootstrapped yet: waited {waited:?} for a store to join PD and create the first region (start one with rdb-server --pd ...)"
+    )]
+    NotBootstrapped {
+        /// How long the call waited.
+        waited: std::time::Duration,
     },
     /// Something was not found (a store, a region).
     #[error("not found: {0}")]
@@ -149,19 +176,153 @@ pub(crate) fn describe(s: &Status, tls: Option<&ClientTls>) -> String {
     out
 }
 
-pub(crate) fn is_transport(s: &Status) -> bool {
+/// What the client does after one attempt failed with a gRPC status: the one
+/// table of retryable errors (every code is listed; a new one must be placed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The request surely never reached the server: the connection could not
+    /// be established (refused, unreachable, TLS handshake failed). Safe to
+    /// send again anywhere.
+    NeverSent,
+    /// The connection failed or timed out after the request may have been
+    /// sent: a read can be sent again; a write may have been applied.
+    Unreachable,
+    /// The server answered with an error: returned to the caller.
+    Answered,
+}
+
+/// Classifies a failed attempt (see [`Failure`]).
+pub(crate) fn classify(s: &Status) -> Failure {
     match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            if connect_failed(s) {
+                Failure::NeverSent
+            } else {
+                Failure::Unreachable
+            }
+        }
         // A status built here from a failed HTTP/2 connection (it carries
         // the error as its source; a server's INTERNAL answer does not):
         // e.g. a plaintext client talking to a TLS server.
-        Code::Internal => std::error::Error::source(s).is_some(),
-        _ => false,
+        Code::Internal if std::error::Error::source(s).is_some() => {
+            if connect_failed(s) {
+                Failure::NeverSent
+            } else {
+                Failure::Unreachable
+            }
+        }
+        Code::Internal
+        | Code::Ok
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::DataLoss
+        | Code::Unauthenticated => Failure::Answered,
     }
 }
 
-/// Whether the request surely never reached the server (connection refused or not established).
-pub(crate) fn never_sent(s: &Status) -> bool {
-    let m = s.message().to_ascii_lowercase();
-    s.code() == Code::Unavailable && (m.contains("connect") || m.contains("refused"))
+/// Whether the status says the server could not be reached (worth a retry
+/// elsewhere or later).
+pub(crate) fn is_transport(s: &Status) -> bool {
+    classify(s) != Failure::Answered
+}
+
+/// Whether the status comes from a connection that was never established:
+/// its chain of causes holds an I/O error of a kind that only connecting
+/// produces (refused, no route). Anything else (a connect timeout
+/// included) counts as "may have been sent", which is always safe: a write
+/// is then re-sent with its request id rather than routed afresh.
+fn connect_failed(s: &Status) -> bool {
+    use std::io::ErrorKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdb_proto::v1::kv_client::KvClient;
+    use rdb_proto::v1::GetRequest;
+    use std::time::Duration;
+
+    async fn get_status(addr: std::net::SocketAddr) -> Status {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        KvClient::new(ch)
+            .get(GetRequest::default())
+            .await
+            .expect_err("nothing serves gRPC there")
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_was_never_sent() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let s = get_status(addr).await;
+        assert_eq!(classify(&s), Failure::NeverSent, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_after_the_request_may_have_been_applied() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut conn, _) = l.accept().await.unwrap();
+            // Read the client's preface and request, then hang up unanswered.
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while got < 60 {
+                match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got += n,
+                    _ => break,
+                }
+            }
+            got
+        });
+        let s = get_status(addr).await;
+        assert!(
+            server.await.unwrap() >= 60,
+            "the request reached the server"
+        );
+        assert_eq!(classify(&s), Failure::Unreachable, "{s:?}");
+    }
+
+    #[test]
+    fn a_server_answer_is_not_retried() {
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+        ] {
+            assert_eq!(classify(&Status::new(code, "x")), Failure::Answered);
+        }
+        assert_eq!(classify(&Status::internal("x")), Failure::Answered);
+        assert_eq!(classify(&Status::unavailable("x")), Failure::Unreachable);
+    }
 }

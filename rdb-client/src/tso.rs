@@ -54,9 +54,13 @@ impl TsoBatcher {
 
 async fn open(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
     let (requests, rx) = mpsc::channel(16);
-    let mut client = pd
-        .client()
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let mut client = match pd.client().await {
+        Ok(c) => c,
+        Err(crate::pd::PdFailure::Transport(s)) => return Err(s),
+        Err(crate::pd::PdFailure::Fatal(e)) => {
+            return Err(tonic::Status::failed_precondition(e.to_string()))
+        }
+    };
     let responses = client.tso(ReceiverStream::new(rx)).await?.into_inner();
     Ok(Stream {
         requests,

@@ -1,0 +1,170 @@
+//! The command line: flags and subcommands (clap).
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rdb-cli",
+    version,
+    about = "FlareDB command line: read and write keys, compare-and-swap, timestamps, cluster layout",
+    after_help = "EXIT CODES:\n  0  success\n  1  other error (bad response, server-side failure)\n  2  usage error (bad flags or arguments, invalid key or value)\n  3  key not found (get, delete)\n  4  compare-and-swap condition did not hold\n  5  PD or a store could not be reached\n\nKeys and values are given as UTF-8 text, or as hex with --hex. With --json every command prints one JSON document on stdout."
+)]
+pub struct Cli {
+    /// PD address (HOST:PORT); several may be given separated by commas.
+    #[arg(
+        long,
+        env = "FLAREDB_PD",
+        default_value = "127.0.0.1:2379",
+        global = true
+    )]
+    pub pd: String,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Keys and values on the command line are hex, and are printed as hex.
+    #[arg(long, global = true)]
+    pub hex: bool,
+    /// Time budget in seconds for retrying an unreachable PD or store or a
+    /// stale route (retries also stop after 10 attempts, often sooner).
+    #[arg(long, default_value_t = 10, global = true)]
+    pub timeout: u64,
+    /// PEM CA certificate that signs the cluster's certificates: connect
+    /// over TLS (to PD and stores) and verify them with it.
+    #[arg(long, env = "FLAREDB_CA", global = true, value_name = "PEM")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for clusters that require one (mutual TLS); needs --key and --ca.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        env = "FLAREDB_CERT",
+        global = true,
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "FLAREDB_KEY",
+        global = true,
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a key's value (exit 3 if it does not exist).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Write a key. Without VALUE (or with `-`) the value is read from
+    /// standard input, all of it, as bytes (with --hex, as hex text): for
+    /// values over the shell's argument limit, or binary data
+    /// (`rdb-cli put photo < photo.jpg`).
+    Put {
+        /// The key.
+        key: String,
+        /// The value; omitted or `-`: read standard input.
+        value: Option<String>,
+    },
+    /// Delete a key (exit 3 if it did not exist).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Read several keys at once; prints the ones that exist (KEY<TAB>VALUE).
+    BatchGet {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Write several keys at once (atomic per region): KEY VALUE [KEY VALUE ...].
+    BatchPut {
+        /// Alternating keys and values.
+        #[arg(required = true, num_args = 2.., value_name = "KEY VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Delete several keys at once (atomic per region); prints how many existed.
+    BatchDelete {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Delete every key in [START, END) (END omitted: to the end of the key space).
+    DeleteRange {
+        /// First key (inclusive).
+        start: String,
+        /// End key (exclusive).
+        end: Option<String>,
+    },
+    /// List keys in [START, END) in order, across regions.
+    Scan {
+        /// First key (inclusive); "" for the start of the key space.
+        start: String,
+        /// End key (exclusive); omitted for the end of the key space.
+        end: Option<String>,
+        /// Most pairs to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// From the end of the range backwards.
+        #[arg(long)]
+        reverse: bool,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Compare-and-swap: write NEW only if the key is as expected (exit 4 if not).
+    Cas(CasArgs),
+    /// Print timestamps from PD's oracle.
+    Tso {
+        /// How many consecutive timestamps to reserve.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// List the stores with their state.
+    Stores,
+    /// List the regions in key order with the store that serves each.
+    Regions,
+    /// Split the region holding KEY at KEY (PD moves the right half to another live store).
+    Split {
+        /// The split key: the first key of the new right region.
+        key: String,
+        /// Keep both halves on the current store.
+        #[arg(long)]
+        same_store: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CasArgs {
+    /// The key.
+    pub key: String,
+    /// The new value (ignored with --delete).
+    pub new: String,
+    #[command(flatten)]
+    pub expect: ExpectArgs,
+    /// Delete the key instead of writing NEW.
+    #[arg(long)]
+    pub delete: bool,
+}
+
+/// Exactly one condition.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ExpectArgs {
+    /// Succeed only if the key does not exist.
+    #[arg(long)]
+    pub expect_absent: bool,
+    /// Succeed only if the key's version is N.
+    #[arg(long, value_name = "N")]
+    pub expect_version: Option<u64>,
+    /// Succeed only if the key's value is V.
+    #[arg(long, value_name = "V")]
+    pub expect_value: Option<String>,
+}

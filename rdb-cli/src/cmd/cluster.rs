@@ -1,0 +1,109 @@
+//! Cluster commands: tso, stores, regions, split.
+
+use rdb_client::{Client, StoreState};
+use serde_json::{json, Value as Json};
+
+use crate::output::*;
+
+/// Takes timestamps from PD.
+pub async fn tso(client: &Client, out: &Out, count: u32) -> Result<(), Failure> {
+    let range = client.tso_batch(count).await?;
+    let (physical, logical) = rdb_proto::limits::split_timestamp(range.start);
+    out.print(
+        json!({"first": range.start, "count": count, "physical_ms": physical, "logical": logical}),
+        || {
+            if count == 1 {
+                range.start.to_string()
+            } else {
+                format!("{} count={count}", range.start)
+            }
+        },
+    );
+    Ok(())
+}
+
+/// Lists the stores.
+pub async fn stores(client: &Client, out: &Out) -> Result<(), Failure> {
+    let stores = client.stores().await?;
+    let state = |s: i32| match StoreState::try_from(s) {
+        Ok(StoreState::Up) => "up",
+        Ok(StoreState::Down) => "down",
+        _ => "unknown",
+    };
+    let j = stores
+        .iter()
+        .map(|s| json!({"id": s.id, "address": s.address, "state": state(s.state), "last_heartbeat_ms": s.last_heartbeat_ms, "version": s.version}))
+        .collect();
+    out.print(Json::Array(j), || {
+        let mut t = format!("{:<6} {:<24} {:<6} VERSION", "ID", "ADDRESS", "STATE");
+        for s in &stores {
+            t.push_str(&format!(
+                "\n{:<6} {:<24} {:<6} {}",
+                s.id,
+                s.address,
+                state(s.state),
+                s.version
+            ));
+        }
+        t
+    });
+    Ok(())
+}
+
+/// Lists the regions.
+pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
+    let routes = client.regions().await?;
+    out.print(
+        Json::Array(routes.iter().map(|r| out.route(r)).collect()),
+        || {
+            let mut t = format!(
+                "{:<6} {:<20} {:<20} {:<10} STORE",
+                "ID", "START", "END", "EPOCH"
+            );
+            for r in &routes {
+                let j = out.route(r);
+                let region = r.region.clone().unwrap_or_default();
+                let e = region.epoch.unwrap_or_default();
+                t.push_str(&format!(
+                    "\n{:<6} {:<20} {:<20} {:<10} {} ({})",
+                    region.id,
+                    if region.start_key.is_empty() {
+                        "-inf".into()
+                    } else {
+                        out.bytes(&region.start_key)
+                    },
+                    if region.end_key.is_empty() {
+                        "+inf".into()
+                    } else {
+                        out.bytes(&region.end_key)
+                    },
+                    format!("{}/{}", e.version, e.conf_ver),
+                    region.store_id,
+                    j["store_address"].as_str().unwrap_or("?"),
+                ));
+            }
+            t
+        },
+    );
+    Ok(())
+}
+
+/// Splits a region.
+pub async fn split(
+    client: &Client,
+    out: &Out,
+    key: String,
+    same_store: bool,
+) -> Result<(), Failure> {
+    let (left, right) = client
+        .split(arg(out, &key, "split key")?, same_store)
+        .await?;
+    let (l, r) = (out.route(&left), out.route(&right));
+    out.print(json!({"left": l, "right": r}), || {
+        format!(
+            "left:  region {} on store {}\nright: region {} on store {}",
+            l["id"], l["store_id"], r["id"], r["store_id"]
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Timestamps and cluster administration: stores, regions, splits.
+
+use std::ops::Range;
+
+use rdb_proto::limits::check_key;
+use rdb_proto::v1::*;
+
+use crate::cache::RegionCache;
+use crate::error::{Error, Result};
+use crate::retry::*;
+use crate::routing::*;
+use crate::Client;
+
+impl Client {
+    /// One timestamp from PD's oracle: strictly greater than every timestamp
+    /// handed out before, to any client.
+    pub async fn tso(&self) -> Result<u64> {
+        Ok(self.tso_batch(1).await?.start)
+    }
+
+    /// `count` consecutive timestamps, as a range.
+    pub async fn tso_batch(&self, count: u32) -> Result<Range<u64>> {
+        let cfg = &self.inner.config;
+        let mut retry = Retry::new(cfg);
+        loop {
+            match self.inner.tso.get(count).await {
+                Ok(first) => return Ok(first..first + u64::from(count)),
+                Err(e) if e.is_unavailable() => {
+                    if !retry.next(cfg, None).await {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// All stores registered with PD, with their state.
+    pub async fn stores(&self) -> Result<Vec<Store>> {
+        Ok(self
+            .pd_call(|mut c| async move { c.get_all_stores(GetAllStoresRequest {}).await })
+            .await?
+            .stores)
+    }
+
+    /// All regions in key order, with the store serving each.
+    pub async fn regions(&self) -> Result<Vec<RegionRoute>> {
+        let req = ScanRegionsRequest::default();
+        Ok(self
+            .pd_call(|mut c| {
+                let req = req.clone();
+                async move { c.scan_regions(req).await }
+            })
+            .await?
+            .routes)
+    }
+
+    /// Asks PD to split the region holding `key` at `key`. PD moves the new
+    /// right half to another live store when there is one (`same_store` keeps
+    /// it in place). Returns the (left, right) routes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
+    /// let (left, right) = client.split(b"m".to_vec(), false).await?;
+    /// let store_of = |r: &rdb_client::RegionRoute| r.region.as_ref().map(|r| r.store_id);
+    /// println!("[..m) on store {:?}, [m..) on store {:?}", store_of(&left), store_of(&right));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn split(
+        &self,
+        key: Vec<u8>,
+        same_store: bool,
+    ) -> Result<(RegionRoute, RegionRoute)> {
+        invalid(check_key(&key))?;
+        let placement = if same_store {
+            SplitPlacement::SameStore
+        } else {
+            SplitPlacement::Auto
+        } as i32;
+        let req = SplitRegionRequest {
+            split_key: key,
+            placement,
+            target_store_id: 0,
+        };
+        let r = self
+            .pd_call(|mut c| {
+                let req = req.clone();
+                async move { c.split_region(req).await }
+            })
+            .await?;
+        match (r.left, r.right) {
+            (Some(l), Some(r)) => Ok((l, r)),
+            _ => Err(Error::Rpc {
+                code: tonic::Code::Internal,
+                message: "PD answered the split without regions".into(),
+            }),
+        }
+    }
+
+    /// The id of the cluster this client is bound to: the first PD that
+    /// answered chose it, and every other PD endpoint must serve the same
+    /// cluster ([`Error::ClusterMismatch`] otherwise). `None` before any PD answered.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.inner.pd.cluster_id()
+    }
+
+    /// Forgets every cached route (the next calls ask PD again).
+    pub fn clear_region_cache(&self) {
+        *self.inner.cache.write().unwrap_or_else(|p| p.into_inner()) = RegionCache::default();
+    }
+}

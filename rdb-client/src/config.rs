@@ -1,0 +1,75 @@
+//! Client settings: retries, timeouts, coalescing, TLS.
+
+use std::time::Duration;
+
+pub use rdb_proto::tls::ClientTls;
+
+/// Retry and timeout settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Most attempts per call after routing or connection failures (waits
+    /// asked for by `ServerIsBusy` do not count; they are bounded by `retry_deadline`).
+    pub max_attempts: u32,
+    /// Time budget per call, across attempts.
+    pub retry_deadline: Duration,
+    /// First backoff after a failed attempt; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest backoff between attempts.
+    pub max_backoff: Duration,
+    /// Longest time a write is re-sent after its outcome became unknown
+    /// (default 60 s; at most half of the stores' dedup window, default
+    /// 600 s, past which a store could apply a late copy again). Past it, or
+    /// past `retry_deadline`, the call fails with [`Error::Undetermined`].
+    pub max_resend_age: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one RPC.
+    pub rpc_timeout: Duration,
+    /// Send concurrent single-key `get` and `put` calls to the same store as
+    /// one `BatchGet` / `BatchPut` per region (default `true`). Each call
+    /// keeps its own result, error and retries; only the RPCs are shared.
+    pub coalesce: bool,
+    /// Most calls in one coalesced RPC (default 256).
+    pub max_coalesced: usize,
+    /// Most coalesced RPC rounds in flight per store (default 4); calls made
+    /// while they are all out wait and leave together in the next one.
+    pub max_coalesced_in_flight: usize,
+    /// TLS for every connection (PD and stores): the CA that signs the
+    /// cluster's certificates and, when the servers require one, this
+    /// client's certificate. `None` (the default): plaintext.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::path::Path;
+    /// use rdb_client::{Client, ClientConfig, ClientTls};
+    ///
+    /// let tls = ClientTls::from_pem_files(
+    ///     Path::new("ca.pem"),
+    ///     Some(Path::new("client.pem")),
+    ///     Some(Path::new("client.key")),
+    /// )?;
+    /// let config = ClientConfig { tls: Some(tls), ..Default::default() };
+    /// let client = Client::connect_with(["pd.example:2379"], config).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub tls: Option<ClientTls>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_attempts: 10,
+            retry_deadline: Duration::from_secs(20),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            max_resend_age: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(3),
+            rpc_timeout: Duration::from_secs(30),
+            coalesce: true,
+            max_coalesced: 256,
+            max_coalesced_in_flight: 4,
+            tls: None,
+        }
+    }
+}
