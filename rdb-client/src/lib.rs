@@ -30,6 +30,21 @@
 //! # }
 //! ```
 //!
+//! # Retries and exactly-once writes
+//! A call is retried within its budget ([`ClientConfig::max_attempts`],
+//! [`ClientConfig::retry_deadline`]) while it surely did not happen: a
+//! region error (the route was stale), a busy store, a connection that could
+//! not be established. Every write also carries a request id, and when the
+//! connection fails after a write was sent, the client sends the same
+//! request again: a store that already applied it answers with the results
+//! it recorded then, so the write is applied once (a put keeps its first
+//! version, a CAS reports the first copy's outcome, a delete says the key
+//! existed). If the outcome cannot be learned (no answer within the budget,
+//! or the region changed meanwhile) the call fails with
+//! [`Error::Undetermined`]: the write was applied once or not at all, never
+//! twice; read the key to find out. Writes sent by the raw gRPC API without a
+//! `request_id` get none of this.
+//!
 //! # Layout
 //! - `config`: [`ClientConfig`], retries, timeouts, coalescing and TLS.
 //! - `types`: the values calls take and return ([`Value`], [`CasExpect`], ...).
