@@ -11,13 +11,20 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "test.sh: rustfmt not installed, skipping the format check (rustup component add rustfmt)" >&2
 fi
+# The integration tests start the real daemons, and some of them inject faults
+# through failpoints: the daemons are built with their test-only `failpoints`
+# feature. `cargo test` gets the same features, so it never rebuilds
+# target/debug/rdb-server or rdb-pd without them.
+FEATURES=rdb-server/failpoints,rdb-pd/failpoints
 echo "test.sh: building (the first build compiles RocksDB from C++ source, about 10-20 minutes)" >&2
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked --features "$FEATURES"
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --workspace --all-targets --locked -- -D warnings
+  cargo clippy --workspace --all-targets --locked --features "$FEATURES" -- -D warnings
+  # The daemons as released: no failpoints.
+  cargo clippy -p rdb-server -p rdb-pd --locked -- -D warnings
 else
   echo "test.sh: clippy not installed, skipping lints (rustup component add clippy)" >&2
 fi
 # The storage codecs without RocksDB, as the fuzz targets (fuzz/) build them.
 cargo check -p rdb-storage --no-default-features --locked
-cargo test --workspace --locked
+cargo test --workspace --locked --features "$FEATURES"
