@@ -258,6 +258,10 @@ impl Pd for PdService {
             .region
             .ok_or_else(|| Status::invalid_argument("bootstrap needs a region"))?;
         self.cluster.bootstrap(req.store_id, region).await?;
+        // Test builds only: the bootstrap is applied, its answer never arrives.
+        fail::fail_point!("bootstrap-answer-lost", |_| Err(Status::unavailable(
+            "failpoint bootstrap-answer-lost"
+        )));
         Ok(Response::new(BootstrapResponse {}))
     }
 
