@@ -17,9 +17,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
-    // Kept for gRPC server reflection.
+    // Kept for gRPC server reflection: each daemon describes only the
+    // services it serves (a file and the files it imports).
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("flaredb_descriptor.bin"), fds.encode_to_vec())?;
+    for (file, out) in [
+        ("proto/flaredb/v1/pd.proto", "pd_descriptor.bin"),
+        ("proto/flaredb/v1/admin.proto", "store_descriptor.bin"),
+    ] {
+        let set = protox::compile([file], ["proto"])?;
+        std::fs::write(out_dir.join(out), set.encode_to_vec())?;
+    }
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -3,23 +3,26 @@
 # formatting and lints (when rustfmt and clippy are installed), builds the
 # daemons and the CLI (the integration tests run them as real processes),
 # then runs every test in the workspace.
-#
-# The suite turns on the cargo features the tests need: rdb-bench's etcd
-# adapter (one test measures a real etcd), and the test crate's switch for
-# that test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FEATURES="rdb-bench/etcd,flaredb-tests/etcd"
 bash scripts/setup-deps.sh --etcd
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else
   echo "test.sh: rustfmt not installed, skipping the format check (rustup component add rustfmt)" >&2
 fi
+# The integration tests start the real daemons, and some of them inject faults
+# through failpoints: the daemons are built with their test-only `failpoints`
+# feature. `cargo test` gets the same features, so it never rebuilds
+# target/debug/rdb-server or rdb-pd without them. One test measures a real
+# etcd: rdb-bench's etcd adapter and the test crate's switch for that test.
+FEATURES=rdb-server/failpoints,rdb-pd/failpoints,rdb-bench/etcd,flaredb-tests/etcd
 echo "test.sh: building (the first build compiles RocksDB from C++ source, about 10-20 minutes)" >&2
 cargo build --workspace --bins --locked --features "$FEATURES"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --workspace --all-targets --locked --features "$FEATURES" -- -D warnings
+  # The daemons as released: no failpoints.
+  cargo clippy -p rdb-server -p rdb-pd --locked -- -D warnings
 else
   echo "test.sh: clippy not installed, skipping lints (rustup component add clippy)" >&2
 fi

@@ -173,6 +173,13 @@ fn answer(
     let Some(batch) = in_flight.pop_front() else {
         return Err(tonic::Status::internal("TSO answer without a request"));
     };
+    if let Some(e) = response.error {
+        // PD refused this request alone: its callers get the error, the
+        // stream and the requests after it go on.
+        let status = tonic::Status::new(tonic::Code::from(e.code), e.message);
+        fail(batch, &Error::from_status(&status));
+        return Ok(());
+    }
     if response.count != batch.count {
         let status = tonic::Status::internal(format!(
             "asked PD for {} timestamps, got {}",
@@ -242,5 +249,48 @@ async fn run(pd: Arc<PdConn>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
                 send(&pd, &mut stream, &mut in_flight, batch).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdb_proto::v1::TsoError;
+
+    fn batch(count: u32) -> (Batch, oneshot::Receiver<Result<u64>>) {
+        let (reply, rx) = oneshot::channel();
+        let b = Batch {
+            count,
+            waiters: vec![(count, reply)],
+            resent: false,
+        };
+        (b, rx)
+    }
+
+    #[test]
+    fn a_refused_request_fails_only_its_callers() {
+        let (refused, mut refused_rx) = batch(3);
+        let (next, mut next_rx) = batch(2);
+        let mut in_flight = VecDeque::from([refused, next]);
+        let error = TsoResponse {
+            error: Some(TsoError {
+                code: tonic::Code::InvalidArgument as i32,
+                message: "bad count".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(answer(&mut in_flight, error).is_ok(), "the stream goes on");
+        assert!(matches!(
+            refused_rx.try_recv(),
+            Ok(Err(Error::InvalidArgument(m))) if m == "bad count"
+        ));
+        let ok = TsoResponse {
+            first_timestamp: 100,
+            count: 2,
+            error: None,
+        };
+        assert!(answer(&mut in_flight, ok).is_ok());
+        assert!(matches!(next_rx.try_recv(), Ok(Ok(100))));
+        assert!(in_flight.is_empty());
     }
 }

@@ -80,3 +80,40 @@ pub fn print_ready(line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
+
+/// Turns on the failpoints named in the `FAILPOINTS` environment variable
+/// (`name=actions;name=actions`, the `fail` crate's format, e.g.
+/// `import-answer-lost=return`). Only a test build (feature `failpoints`)
+/// has failpoints; other builds warn that the variable is ignored. `Err`
+/// says which entry is malformed.
+pub fn failpoints(daemon: &str) -> Result<(), String> {
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+        return Ok(());
+    };
+    if cfg!(not(feature = "failpoints")) {
+        tracing::warn!(
+            "FAILPOINTS is set but this {daemon} was built without failpoints \
+             (feature `failpoints`, test builds only): ignored"
+        );
+        return Ok(());
+    }
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, actions)) = entry.split_once('=') else {
+            return Err(format!("FAILPOINTS entry {entry:?} is not name=actions"));
+        };
+        configure(name.trim(), actions.trim())
+            .map_err(|e| format!("FAILPOINTS entry {entry:?}: {e}"))?;
+    }
+    tracing::warn!(failpoints = %spec, "failpoints on (test build)");
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn configure(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions)
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn configure(_: &str, _: &str) -> Result<(), String> {
+    Ok(())
+}

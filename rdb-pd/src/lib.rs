@@ -109,12 +109,15 @@ pub async fn run(
         cluster.cluster_id()
     ));
     let (health, health_service) = rdb_proto::net::health();
+    // What reflection lists and health reports: exactly what is served.
+    let services = vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME];
     let (reflection_v1, reflection_v1alpha) =
-        rdb_proto::net::reflection().map_err(|e| RunError::Reflection(e.to_string()))?;
+        rdb_proto::net::reflection(rdb_proto::PD_FILE_DESCRIPTOR_SET, &services)
+            .map_err(|e| RunError::Reflection(e.to_string()))?;
     let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
         shutdown,
         health,
-        vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME],
+        services,
         std::time::Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;

@@ -15,6 +15,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     rdb_daemon::process::init_tracing(cfg.log_format);
+    if let Err(e) = rdb_daemon::process::failpoints("rdb-pd") {
+        eprintln!("rdb-pd: error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     match rdb_pd::run(cfg, rdb_daemon::process::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -197,44 +197,48 @@ impl Pd for PdService {
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<TsoResponse, Status>> + Send>>;
 
     /// Answers each request of the stream in order, in the stream's own task
-    /// (no hand-off to another task per request). The stream ends after the
-    /// first error.
+    /// (no hand-off to another task per request). A request PD refuses (a bad
+    /// count, a failed window write) is answered with its error and the
+    /// stream goes on; the stream ends when the client ends it or breaks.
     async fn tso(
         &self,
         request: Request<Streaming<TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
         let inbound = request.into_inner();
         let tso = self.tso.clone();
-        let answers = futures::stream::unfold(
-            (inbound, tso, false),
-            |(mut inbound, tso, failed)| async move {
-                if failed {
+        let answers = futures::stream::unfold((inbound, tso), |(mut inbound, tso)| async move {
+            let req = match inbound.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(s) => {
+                    tracing::debug!(status = %s, "TSO stream ended");
                     return None;
                 }
-                let req = match inbound.message().await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return None,
-                    Err(s) => {
-                        tracing::debug!(status = %s, "TSO stream ended");
-                        return None;
+            };
+            let reply = match tso.allocate(req.count).await {
+                Ok(first_timestamp) => {
+                    crate::metrics::TSO_REQUESTS.inc();
+                    crate::metrics::TSO_TIMESTAMPS.inc_by(u64::from(req.count));
+                    TsoResponse {
+                        first_timestamp,
+                        count: req.count,
+                        error: None,
                     }
-                };
-                let reply = tso
-                    .allocate(req.count)
-                    .await
-                    .map(|first_timestamp| {
-                        crate::metrics::TSO_REQUESTS.inc();
-                        crate::metrics::TSO_TIMESTAMPS.inc_by(u64::from(req.count));
-                        TsoResponse {
-                            first_timestamp,
-                            count: req.count,
-                        }
-                    })
-                    .map_err(Status::from);
-                let failed = reply.is_err();
-                Some((reply, (inbound, tso, failed)))
-            },
-        );
+                }
+                Err(e) => {
+                    let status = Status::from(e);
+                    TsoResponse {
+                        first_timestamp: 0,
+                        count: 0,
+                        error: Some(TsoError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        }),
+                    }
+                }
+            };
+            Some((Ok(reply), (inbound, tso)))
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -258,6 +262,10 @@ impl Pd for PdService {
             .region
             .ok_or_else(|| Status::invalid_argument("bootstrap needs a region"))?;
         self.cluster.bootstrap(req.store_id, region).await?;
+        // Test builds only: the bootstrap is applied, its answer never arrives.
+        fail::fail_point!("bootstrap-answer-lost", |_| Err(Status::unavailable(
+            "failpoint bootstrap-answer-lost"
+        )));
         Ok(Response::new(BootstrapResponse {}))
     }
 

@@ -11,7 +11,9 @@
 //! - [`net`]: transport settings and the standard services (health, reflection, shutdown).
 //! - [`tls`]: TLS and mutual TLS settings for servers and clients.
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file;
+//!   [`PD_FILE_DESCRIPTOR_SET`] and [`STORE_FILE_DESCRIPTOR_SET`]: those of
+//!   each daemon's services, for its gRPC reflection.
 
 pub mod limits;
 pub mod net;
@@ -27,3 +29,14 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every FlareDB proto file.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flaredb_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of what rdb-pd serves: `pd.proto` and
+/// the files it imports (service `flaredb.v1.Pd`).
+pub const PD_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pd_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of what rdb-server serves: `admin.proto`
+/// and the files it imports, `kv.proto` among them (services
+/// `flaredb.v1.Kv` and `flaredb.v1.StoreAdmin`).
+pub const STORE_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/store_descriptor.bin"));

@@ -30,11 +30,24 @@ pub fn health() -> (
     tonic_health::server::health_reporter()
 }
 
+/// The reflection services' own names, which [`reflection`] lists next to
+/// the daemon's services and health.
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// gRPC server reflection (`grpc.reflection.v1` and `v1alpha`) describing
-/// every FlareDB service and the health service, so that generic tools
-/// (grpcurl, grpc_health_probe, Postman) work without the .proto files.
+/// exactly what a daemon serves: `services` (its own, described by
+/// `descriptor_set`, e.g. [`crate::PD_FILE_DESCRIPTOR_SET`]), the health
+/// service and reflection itself, so that generic tools (grpcurl,
+/// grpc_health_probe, Postman) work without the .proto files and list
+/// nothing the daemon would answer with `UNIMPLEMENTED`.
 #[allow(clippy::type_complexity)]
-pub fn reflection() -> Result<
+pub fn reflection(
+    descriptor_set: &'static [u8],
+    services: &[&str],
+) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
@@ -45,15 +58,21 @@ pub fn reflection() -> Result<
     ),
     tonic_reflection::server::Error,
 > {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    Ok((v1, v1alpha))
+    let health = tonic_health::pb::health_server::SERVICE_NAME;
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for name in services.iter().chain(&[health]).chain(&REFLECTION_SERVICES) {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// Marks the services in `services` `SERVING`, and prepares graceful

@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ServerError;
-use crate::moves::{connect_store, failpoint, put_move_op};
+use crate::moves::{connect_store, put_move_op};
 use crate::node::Node;
 use crate::regions::{key_not_in_region, put_region_op, RegionCheck, RegionMap};
 
@@ -446,13 +446,15 @@ impl StoreAdmin for AdminService {
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(region_id = region.id, imported, move_id, "imported region");
-        if failpoint("import-crash-after-serving") {
+        // Test builds only (feature `failpoints`): a crash right after the
+        // region is served here, and an answer that never reaches the source.
+        fail::fail_point!("import-crash-after-serving", |_| {
             tracing::error!("failpoint import-crash-after-serving: aborting");
-            std::process::abort();
-        }
-        if failpoint("import-answer-lost") {
-            return Err(Status::unavailable("failpoint import-answer-lost"));
-        }
+            std::process::abort()
+        });
+        fail::fail_point!("import-answer-lost", |_| Err(Status::unavailable(
+            "failpoint import-answer-lost"
+        )));
         Ok(Response::new(ImportRegionResponse {
             imported_keys: imported,
         }))

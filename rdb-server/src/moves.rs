@@ -206,21 +206,3 @@ impl Node {
         });
     }
 }
-
-/// Test-only fault injection: `FLAREDB_FAILPOINTS` is a comma-separated list
-/// of names, read once. Used by the integration tests to lose an answer or
-/// crash at a chosen step; never set it in production.
-pub fn failpoint(name: &str) -> bool {
-    static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    POINTS
-        .get_or_init(|| {
-            std::env::var("FLAREDB_FAILPOINTS")
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .iter()
-        .any(|p| p == name)
-}

@@ -12,7 +12,8 @@ use rdb_client::{Client, ClientConfig};
 /// How long a daemon may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Path of a workspace binary (built by `cargo build --workspace --bins`).
+/// Path of a workspace binary (built by `cargo build --workspace --bins`;
+/// the failpoint tests need `--features rdb-server/failpoints,rdb-pd/failpoints`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
@@ -125,6 +126,9 @@ impl Daemon {
             .map_err(|e| format!("cannot run {bin}: {e}"))?;
         let rest = rdb_bench::local::wait_ready(&mut child, prefix, READY_TIMEOUT)
             .map_err(|e| format!("{bin} {e}"))?;
+        if env.iter().any(|(k, _)| k == "FAILPOINTS") {
+            check_failpoints_on(bin, &Self::log_path(dir));
+        }
         let mut parts = rest.split_whitespace();
         let addr = parts.next().unwrap_or_default().to_string();
         let id = parts
@@ -202,6 +206,18 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Fails the test when a daemon started with `FAILPOINTS` did not turn them
+/// on (its log says so at start): a binary built without the `failpoints`
+/// feature would silently run a test without its fault.
+fn check_failpoints_on(bin: &str, log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        text.contains("failpoints on"),
+        "{bin} ignored FAILPOINTS: build the daemons with \
+         `--features rdb-server/failpoints,rdb-pd/failpoints` (scripts/test.sh does)"
+    );
 }
 
 /// A PD and some stores, in one temporary directory.

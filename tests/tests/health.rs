@@ -28,7 +28,11 @@ async fn status(h: &mut HealthClient<Channel>, service: &str) -> Result<i32, ton
     .map_err(|s| s.code())
 }
 
-async fn reflect(ch: Channel, request: MessageRequest) -> MessageResponse {
+/// One reflection request; `Err` with the status the stream ended with.
+async fn try_reflect(
+    ch: Channel,
+    request: MessageRequest,
+) -> Result<MessageResponse, tonic::Status> {
     let mut client = ServerReflectionClient::new(ch);
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -39,25 +43,34 @@ async fn reflect(ch: Channel, request: MessageRequest) -> MessageResponse {
         .await
         .expect("reflection call")
         .into_inner();
-    answers
+    Ok(answers
         .message()
-        .await
-        .expect("reflection answer")
+        .await?
         .and_then(|a| a.message_response)
-        .expect("a response")
+        .expect("a response"))
+}
+
+async fn reflect(ch: Channel, request: MessageRequest) -> MessageResponse {
+    try_reflect(ch, request).await.expect("reflection answer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_on_every_daemon() {
     let cluster = TestCluster::start(1);
+    // Each daemon's services, and another daemon's that it must not describe.
     let daemons = [
-        (cluster.pd.addr.clone(), vec!["flaredb.v1.Pd"]),
+        (
+            cluster.pd.addr.clone(),
+            vec!["flaredb.v1.Pd"],
+            vec!["flaredb.v1.Kv", "flaredb.v1.StoreAdmin"],
+        ),
         (
             cluster.stores[0].addr.clone(),
             vec!["flaredb.v1.Kv", "flaredb.v1.StoreAdmin"],
+            vec!["flaredb.v1.Pd"],
         ),
     ];
-    for (addr, services) in daemons {
+    for (addr, services, others) in daemons {
         let ch = channel(&addr).await;
         let mut health = HealthClient::new(ch.clone());
         for s in std::iter::once("").chain(services.iter().copied()) {
@@ -73,14 +86,35 @@ async fn health_and_reflection_on_every_daemon() {
             "{addr}: unknown service"
         );
 
+        // Exactly what the daemon serves, as `grpcurl list` shows it.
         let MessageResponse::ListServicesResponse(list) =
             reflect(ch.clone(), MessageRequest::ListServices(String::new())).await
         else {
             panic!("{addr}: not a service list");
         };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        for s in services.iter().chain(&["grpc.health.v1.Health"]) {
-            assert!(names.iter().any(|n| n == s), "{addr}: {s} not in {names:?}");
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        let mut want: Vec<String> = services
+            .iter()
+            .chain(&[
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ])
+            .map(|s| s.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "{addr}: listed services");
+        for s in &others {
+            let answer = try_reflect(
+                ch.clone(),
+                MessageRequest::FileContainingSymbol(s.to_string()),
+            )
+            .await;
+            assert!(
+                matches!(&answer, Err(st) if st.code() == tonic::Code::NotFound),
+                "{addr}: describes {s}, which it does not serve: {answer:?}"
+            );
         }
         let MessageResponse::FileDescriptorResponse(files) = reflect(
             ch.clone(),

@@ -1,8 +1,8 @@
 //! Region moves whose outcome the source store does not learn: a lost answer
 //! from the target, and a target that crashes right after it starts serving.
 //! The region must never be served by two stores, and no acknowledged write
-//! may be lost. Faults are injected into the target with the test-only
-//! `FLAREDB_FAILPOINTS` variable.
+//! may be lost. Faults are injected into the target with failpoints
+//! (`FAILPOINTS`; the daemons are built with feature `failpoints`).
 
 use std::time::Duration;
 
@@ -22,10 +22,10 @@ fn letters() -> Vec<Vec<u8>> {
 }
 
 /// PD, a source store holding the letters a..z, and a target store started
-/// with the failpoint `name`.
+/// with the failpoint `name` on (action `return`).
 async fn cluster_with_target_failpoint(name: &str) -> (TestCluster, Client) {
     let mut cluster = TestCluster::start(1);
-    cluster.add_store_with_env(&[("FLAREDB_FAILPOINTS".into(), name.into())]);
+    cluster.add_store_with_env(&[("FAILPOINTS".into(), format!("{name}=return"))]);
     let c = cluster.client().await;
     c.batch_put(letters().into_iter().map(|l| (l.clone(), l)).collect())
         .await

@@ -116,3 +116,44 @@ async fn pipelined_callers_across_pd_restart_never_repeat() {
     assert!(all.len() > 1000, "only {} timestamps", all.len());
     assert!(later > 0, "no caller got a timestamp after the restart");
 }
+
+/// On one raw TSO stream, a request with a bad count (0, or over the
+/// maximum) is answered with its own error, and the requests after it on
+/// the same stream are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tso_request_gets_its_error_and_the_stream_goes_on() {
+    use rdb_proto::limits::MAX_TSO_COUNT;
+    use rdb_proto::v1::pd_client::PdClient;
+    use rdb_proto::v1::TsoRequest;
+
+    let cluster = TestCluster::start(0);
+    let mut pd = PdClient::connect(format!("http://{}", cluster.pd.addr))
+        .await
+        .unwrap();
+    let counts = [1, 0, 5, MAX_TSO_COUNT + 1, 2];
+    let requests = tokio_stream::iter(counts.map(|count| TsoRequest { count }));
+    let mut answers = pd.tso(requests).await.unwrap().into_inner();
+    let mut last = 0;
+    for count in counts {
+        let a = answers
+            .message()
+            .await
+            .unwrap_or_else(|s| panic!("stream failed after count {count}: {s}"))
+            .unwrap_or_else(|| panic!("stream ended before the answer to count {count}"));
+        if count == 0 || count > MAX_TSO_COUNT {
+            let e = a.error.expect("a bad count is refused");
+            assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+            assert!(e.message.contains("count"), "{}", e.message);
+            assert_eq!((a.first_timestamp, a.count), (0, 0));
+        } else {
+            assert!(a.error.is_none(), "{:?}", a.error);
+            assert_eq!(a.count, count);
+            assert!(a.first_timestamp > last);
+            last = a.first_timestamp + u64::from(count) - 1;
+        }
+    }
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "stream ends with the client's"
+    );
+}
