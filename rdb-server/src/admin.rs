@@ -14,8 +14,13 @@ use crate::moves::{connect_store, put_move_op};
 use crate::node::Node;
 use crate::regions::{key_not_in_region, put_region_op, RegionCheck, RegionMap};
 
-/// Keys per message when moving a region.
+/// Most keys per message when moving a region.
 const MOVE_CHUNK: usize = 1024;
+
+/// Most key and value bytes per message when moving a region (one pair
+/// alone may pass it): far under the gRPC message limit whatever the value
+/// sizes, and the memory a move holds per message in flight.
+const MOVE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The StoreAdmin service of one store.
 #[derive(Clone)]
@@ -96,15 +101,17 @@ impl AdminService {
             let mut first = true;
             let mut total = 0u64;
             loop {
-                let chunk = engine.scan(
+                let (chunk, more) = engine.scan_page(
                     &cursor,
                     &end,
                     ScanOptions {
                         limit: MOVE_CHUNK,
+                        max_bytes: MOVE_CHUNK_BYTES,
+                        overhead: rdb_proto::limits::PAIR_OVERHEAD_BYTES,
                         ..Default::default()
                     },
                 )?;
-                let last = chunk.len() < MOVE_CHUNK;
+                let last = !more;
                 if let Some(k) = chunk.last() {
                     cursor = k.key.clone();
                     cursor.push(0);

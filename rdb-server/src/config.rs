@@ -160,6 +160,10 @@ pub struct ServerArgs {
     /// Most pairs in one Scan answer (larger scans page), 1-10000 [default: 10000].
     #[arg(long, env = "FLAREDB_SERVER_MAX_SCAN_LIMIT")]
     pub max_scan_limit: Option<u32>,
+    /// Most key and value bytes in one Scan or BatchGet answer (larger
+    /// answers page), 64 KiB-4 MiB [default: 4194304].
+    #[arg(long, env = "FLAREDB_SERVER_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: Option<usize>,
     /// Largest gRPC message in bytes, 8 MiB-64 MiB [default: 67108864].
     #[arg(long, env = "FLAREDB_SERVER_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
@@ -188,6 +192,7 @@ impl ServerArgs {
             max_value_size => limits.max_value_size,
             max_batch_keys => limits.max_batch_keys,
             max_scan_limit => limits.max_scan_limit,
+            max_response_bytes => limits.max_response_bytes,
             max_message_size => limits.max_message_size,
             max_concurrent_streams => limits.max_concurrent_streams,
         );

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use rdb_proto::limits::{Limits, MAX_SCAN_LIMIT};
+use rdb_proto::limits::{Limits, MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;
@@ -66,9 +66,18 @@ impl KvService {
             .map_err(|e| Status::from(ServerError::from(e)))
     }
 
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>, Status> {
-        self.node
-            .engine
+    /// Applies `ops` through the writer; with a request id, at most once
+    /// (a copy of a request already applied gets the recorded results).
+    async fn write(
+        &self,
+        id: Option<RequestId>,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<OpResult>, Status> {
+        let engine = &self.node.engine;
+        // The id is checked here; the storage engine's de-duplication by
+        // id comes with the next change.
+        let _id = request_id(id)?;
+        engine
             .write(ops)
             .await
             .map_err(|e| Status::from(ServerError::from(e)))
@@ -78,6 +87,21 @@ impl KvService {
 enum Reject {
     Region(RegionError),
     Status(Status),
+}
+
+/// The storage form of a request's id; a malformed one is INVALID_ARGUMENT.
+fn request_id(id: Option<RequestId>) -> Result<Option<(u128, u64)>, Status> {
+    let Some(id) = id else { return Ok(None) };
+    let client: [u8; 16] = id.client.as_slice().try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "request_id.client must be 16 bytes, got {}",
+            id.client.len()
+        ))
+    })?;
+    if id.seq == 0 {
+        return Err(Status::invalid_argument("request_id.seq must not be 0"));
+    }
+    Ok(Some((u128::from_be_bytes(client), id.seq)))
 }
 
 fn invalid(r: Result<(), String>) -> Result<(), Status> {
@@ -135,6 +159,50 @@ with_region_error!(
     CompareAndSwapResponse
 );
 
+/// Keys read from RocksDB at a time by BatchGet: the most values (of up to
+/// 1 MiB each) held at once beyond the answer.
+const BATCH_GET_CHUNK: usize = 16;
+
+/// Reads `keys` in order into an answer of at most `max_bytes` key and value
+/// bytes (the first found pair always goes in). Returns the found pairs and,
+/// when the budget stopped it early, how many of the leading keys the
+/// answer covers (the caller asks again for the rest).
+fn batch_get_page(
+    e: &Engine,
+    keys: Vec<Vec<u8>>,
+    max_bytes: usize,
+) -> rdb_storage::Result<(Vec<KvPair>, Option<u32>)> {
+    let mut pairs = Vec::new();
+    let mut bytes = 0usize;
+    let mut answered = 0usize;
+    let mut keys = keys.into_iter();
+    loop {
+        let chunk: Vec<Vec<u8>> = keys.by_ref().take(BATCH_GET_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok((pairs, None));
+        }
+        let values = e.batch_get(&chunk)?;
+        for (key, v) in chunk.into_iter().zip(values) {
+            if let Some(v) = v {
+                let size = key.len() + v.value.len() + PAIR_OVERHEAD_BYTES;
+                if !pairs.is_empty() && bytes.saturating_add(size) > max_bytes {
+                    // Keys are answered in order: this one and the rest wait
+                    // for the next call. `answered` fits: batches are capped
+                    // far below u32::MAX keys.
+                    return Ok((pairs, Some(answered as u32)));
+                }
+                bytes = bytes.saturating_add(size);
+                pairs.push(KvPair {
+                    key,
+                    value: v.value,
+                    version: v.version,
+                });
+            }
+            answered += 1;
+        }
+    }
+}
+
 fn unexpected(r: impl std::fmt::Debug) -> Status {
     Status::internal(format!("storage returned an unexpected result: {r:?}"))
 }
@@ -173,26 +241,16 @@ impl Kv for KvService {
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchGetResponse
         );
+        let max_bytes = self.limits.max_response_bytes;
         let keys = req.keys;
-        let pairs = self
-            .blocking(move |e| {
-                let vals = e.batch_get(&keys)?;
-                Ok(keys
-                    .into_iter()
-                    .zip(vals)
-                    .filter_map(|(key, v)| {
-                        v.map(|v| KvPair {
-                            key,
-                            value: v.value,
-                            version: v.version,
-                        })
-                    })
-                    .collect())
-            })
+        let (pairs, answered) = self
+            .blocking(move |e| batch_get_page(e, keys, max_bytes))
             .await?;
         Ok(Response::new(BatchGetResponse {
             region_error: None,
             pairs,
+            has_more: answered.is_some(),
+            answered_keys: answered.unwrap_or(0),
         }))
     }
 
@@ -203,10 +261,13 @@ impl Kv for KvService {
         let (_guard, region) = enter!(self, req, PutResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), PutResponse);
         match self
-            .write(vec![WriteOp::Put {
-                key: req.key,
-                value: req.value,
-            }])
+            .write(
+                req.request_id,
+                vec![WriteOp::Put {
+                    key: req.key,
+                    value: req.value,
+                }],
+            )
             .await?
             .pop()
         {
@@ -242,7 +303,7 @@ impl Kv for KvService {
             })
             .collect();
         let versions = self
-            .write(ops)
+            .write(req.request_id, ops)
             .await?
             .into_iter()
             .map(|r| match r {
@@ -265,7 +326,7 @@ impl Kv for KvService {
         let (_guard, region) = enter!(self, req, DeleteResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), DeleteResponse);
         match self
-            .write(vec![WriteOp::Delete { key: req.key }])
+            .write(req.request_id, vec![WriteOp::Delete { key: req.key }])
             .await?
             .pop()
         {
@@ -297,7 +358,7 @@ impl Kv for KvService {
             .map(|key| WriteOp::Delete { key })
             .collect();
         let deleted = self
-            .write(ops)
+            .write(req.request_id, ops)
             .await?
             .into_iter()
             .filter(|r| matches!(r, OpResult::Delete(true)))
@@ -332,23 +393,26 @@ impl Kv for KvService {
             limit: page,
             reverse: req.reverse,
             keys_only: req.keys_only,
+            max_bytes: self.limits.max_response_bytes,
+            overhead: PAIR_OVERHEAD_BYTES,
         };
-        let pairs = self
+        let (pairs, has_more) = self
             .blocking(move |e| {
-                Ok(e.scan(&start, &end, opts)?
+                let (entries, more) = e.scan_page(&start, &end, opts)?;
+                let pairs: Vec<KvPair> = entries
                     .into_iter()
                     .map(|x| KvPair {
                         key: x.key,
                         value: x.value,
                         version: x.version,
                     })
-                    .collect())
+                    .collect();
+                Ok((pairs, more))
             })
             .await?;
-        let pairs: Vec<KvPair> = pairs;
         Ok(Response::new(ScanResponse {
             region_error: None,
-            has_more: pairs.len() == page,
+            has_more,
             pairs,
         }))
     }
@@ -365,7 +429,7 @@ impl Kv for KvService {
             DeleteRangeResponse
         );
         match self
-            .write(vec![WriteOp::DeleteRange { start, end }])
+            .write(req.request_id, vec![WriteOp::DeleteRange { start, end }])
             .await?
             .pop()
         {
@@ -408,11 +472,14 @@ impl Kv for KvService {
             Some(req.new_value)
         };
         match self
-            .write(vec![WriteOp::Cas {
-                key: req.key,
-                expected,
-                new,
-            }])
+            .write(
+                req.request_id,
+                vec![WriteOp::Cas {
+                    key: req.key,
+                    expected,
+                    new,
+                }],
+            )
             .await?
             .pop()
         {

@@ -228,21 +228,27 @@ pub fn check_keys<'a>(
     Ok(())
 }
 
-/// Clamps a `[start, end)` range to the region; `start` must be in the region.
+/// Clamps a `[start, end)` range (empty `end` = end of the key space) to
+/// the region: the part of the range the region holds. A range that does
+/// not meet the region at all is a routing error (`KeyNotInRegion`).
 pub fn clamp_range(
     region: &Region,
     start: &[u8],
     end: &[u8],
 ) -> std::result::Result<(Vec<u8>, Vec<u8>), RegionError> {
-    if !region.contains(start) {
+    // Empty sorts first, so an empty region start (start of the key space) never wins.
+    let clamped_start = start.max(region.start_key.as_slice());
+    let clamped_end = match (end.is_empty(), region.end_key.is_empty()) {
+        (_, true) => end,
+        (true, false) => region.end_key.as_slice(),
+        (false, false) => end.min(region.end_key.as_slice()),
+    };
+    // A range that is empty on its own (start == end) inside the region is
+    // served, with nothing in it.
+    if !region.contains(start) && !region.overlaps(start, end) {
         return Err(key_not_in_region(start, region));
     }
-    let end = match (end.is_empty(), region.end_key.is_empty()) {
-        (_, true) => end.to_vec(),
-        (true, false) => region.end_key.clone(),
-        (false, false) => end.min(region.end_key.as_slice()).to_vec(),
-    };
-    Ok((start.to_vec(), end))
+    Ok((clamped_start.to_vec(), clamped_end.to_vec()))
 }
 
 #[cfg(test)]
@@ -261,6 +267,24 @@ mod tests {
             }),
             store_id: 1,
         }
+    }
+
+    #[test]
+    fn ranges_are_clamped_to_the_region_at_both_ends() {
+        let r = region(1, b"c", b"m");
+        let ok = |s: &[u8], e: &[u8]| clamp_range(&r, s, e).map_err(|e| e.message);
+        assert_eq!(ok(b"", b""), Ok((b"c".to_vec(), b"m".to_vec())));
+        assert_eq!(ok(b"a", b"d"), Ok((b"c".to_vec(), b"d".to_vec())));
+        assert_eq!(ok(b"d", b"z"), Ok((b"d".to_vec(), b"m".to_vec())));
+        assert_eq!(ok(b"d", b"d"), Ok((b"d".to_vec(), b"d".to_vec())));
+        assert!(ok(b"a", b"c").is_err(), "ends at the region's start");
+        assert!(ok(b"m", b"z").is_err(), "starts at the region's end");
+        assert!(ok(b"a", b"b").is_err());
+        let whole = region(2, b"", b"");
+        assert_eq!(
+            clamp_range(&whole, b"", b"").map_err(|e| e.message),
+            Ok((Vec::new(), Vec::new()))
+        );
     }
 
     #[test]
@@ -306,7 +330,12 @@ mod tests {
             clamp_range(&r, b"n", b"p").unwrap(),
             (b"n".to_vec(), b"p".to_vec())
         );
-        assert!(clamp_range(&r, b"a", b"p").is_err());
+        // Clamped at the start too (the range meets the region).
+        assert_eq!(
+            clamp_range(&r, b"a", b"p").unwrap(),
+            (b"m".to_vec(), b"p".to_vec())
+        );
+        assert!(clamp_range(&r, b"a", b"m").is_err());
         assert_eq!(m.overlaps(b"a", b"b"), Some(1));
         assert_eq!(m.regions().len(), 2);
     }

@@ -60,6 +60,12 @@ pub struct ScanOptions {
     pub reverse: bool,
     /// Leave values empty.
     pub keys_only: bool,
+    /// Stop before the entry that would take the key and value bytes (plus
+    /// `overhead` per entry) past this; the first entry is always returned.
+    /// 0 means no limit.
+    pub max_bytes: usize,
+    /// Bytes counted per entry besides its key and value (for `max_bytes`).
+    pub overhead: usize,
 }
 
 struct Inner {
@@ -253,6 +259,18 @@ impl Engine {
     /// Scans `[start, end)` in key order (or reverse); an empty `end` means
     /// the end of the key space.
     pub fn scan(&self, start: &[u8], end: &[u8], opts: ScanOptions) -> Result<Vec<Entry>> {
+        Ok(self.scan_page(start, end, opts)?.0)
+    }
+
+    /// [`scan`](Engine::scan), also telling whether it stopped at
+    /// `opts.limit` or `opts.max_bytes` (`true`: more entries may follow
+    /// after the last one) rather than at the end of the range.
+    pub fn scan_page(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        opts: ScanOptions,
+    ) -> Result<(Vec<Entry>, bool)> {
         let db = &self.inner.db;
         let cf = data_cf(db)?;
         let mut ro = ReadOptions::default();
@@ -270,13 +288,24 @@ impl Engine {
         } else {
             opts.limit
         };
+        let max_bytes = if opts.max_bytes == 0 {
+            usize::MAX
+        } else {
+            opts.max_bytes
+        };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in db.iterator_cf_opt(cf, ro, mode) {
             if out.len() >= limit {
-                break;
+                return Ok((out, true));
             }
             let (k, v) = item?;
             let (version, value) = crate::codec::decode_record(&v)?;
+            let size = k.len() + opts.overhead + if opts.keys_only { 0 } else { value.len() };
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                return Ok((out, true));
+            }
+            bytes = bytes.saturating_add(size);
             out.push(Entry {
                 key: k.to_vec(),
                 value: if opts.keys_only {
@@ -287,7 +316,7 @@ impl Engine {
                 version,
             });
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Reads a metadata entry.

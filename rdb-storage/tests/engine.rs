@@ -134,6 +134,7 @@ fn scans_are_ordered_bounded_reversible_and_binary_safe() {
                 reverse: true,
                 limit: 2,
                 keys_only: true,
+                ..Default::default()
             },
         )
         .unwrap();

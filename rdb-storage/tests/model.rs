@@ -157,7 +157,7 @@ proptest! {
                 }
                 Op::Scan { start, end, limit, reverse } => {
                     let got: Vec<_> = engine
-                        .scan(&start, &end, ScanOptions { limit, reverse, keys_only: false })
+                        .scan(&start, &end, ScanOptions { limit, reverse, ..Default::default() })
                         .unwrap()
                         .into_iter()
                         .map(|e| (e.key, e.version, e.value))

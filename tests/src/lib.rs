@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use rdb_client::{Client, ClientConfig};
 
+mod proxy;
+pub use proxy::{Cut, CutProxy};
+
 /// How long a daemon may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -145,6 +148,19 @@ impl Daemon {
             extra: extra.to_vec(),
             env: env.to_vec(),
         })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// Kills the process with SIGKILL (no chance to flush anything).

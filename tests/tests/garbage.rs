@@ -141,6 +141,7 @@ async fn random_and_truncated_messages_get_errors_and_daemons_keep_serving() {
         }),
         key: b"kept".to_vec(),
         value: vec![b'x'; 40],
+        request_id: None,
     }
     .encode_to_vec();
     for cut in 0..put.len() {

@@ -234,6 +234,7 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
             context,
             key: Vec::new(),
             value: k("v"),
+            request_id: None,
         })
         .await
         .unwrap_err();
@@ -244,6 +245,7 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
             context,
             key: big_key,
             value: k("v"),
+            request_id: None,
         })
         .await
         .unwrap_err();
@@ -254,6 +256,7 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
             context,
             key: k("k"),
             value: big_value,
+            request_id: None,
         })
         .await
         .unwrap_err();

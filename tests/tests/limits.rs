@@ -105,6 +105,7 @@ async fn requests_past_a_cap_are_refused_naming_it_and_nothing_is_lost() {
         .batch_put(BatchPutRequest {
             context,
             pairs: big,
+            request_id: None,
         })
         .await
         .unwrap_err();
@@ -116,6 +117,7 @@ async fn requests_past_a_cap_are_refused_naming_it_and_nothing_is_lost() {
             context,
             key: b"raw".to_vec(),
             value: vec![0; 65],
+            request_id: None,
         })
         .await
         .unwrap_err();

@@ -141,6 +141,7 @@ async fn a_target_crash_after_import_pauses_the_region_until_settled() {
             }),
             key: k("x"),
             value: k("lost?"),
+            request_id: None,
         })
         .await
         .unwrap()

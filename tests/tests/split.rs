@@ -147,6 +147,7 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
             context: right_ctx,
             key: k("x"),
             value: k("bad"),
+            request_id: None,
         })
         .await
         .unwrap()
@@ -160,6 +161,40 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
         b"x",
         "the refused write was not applied"
     );
+
+    // A Scan is served for the part of its range inside the region: a start
+    // before the region's start is clamped to it (as kv.proto says), not refused.
+    let mut right_store = KvClient::connect(format!("http://{}", addr_of(r.store_id)))
+        .await
+        .unwrap();
+    let resp = right_store
+        .scan(ScanRequest {
+            context: right_ctx,
+            start_key: k("a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.region_error.is_none(), "{:?}", resp.region_error);
+    let expected = c.scan(r.start_key.clone(), Vec::new(), 0).await.unwrap();
+    assert_eq!(resp.pairs, expected);
+    assert!(resp.pairs.iter().all(|p| p.key >= r.start_key));
+    // A range wholly before the region still gets KeyNotInRegion.
+    let resp = right_store
+        .scan(ScanRequest {
+            context: right_ctx,
+            start_key: k("a"),
+            end_key: k("b"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        resp.region_error.unwrap().error,
+        Some(RegionErrorKind::KeyNotInRegion(_))
+    ));
 
     // Splitting at a region's start key is refused.
     let err = c.split(k("m"), false).await.unwrap_err();
