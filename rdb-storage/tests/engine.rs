@@ -560,3 +560,25 @@ async fn record_within_the_window_survives_compaction() {
     );
     assert_eq!(e.get(b"k").unwrap().unwrap().value, b"1");
 }
+
+#[tokio::test]
+async fn reclaim_range_deletes_the_range_and_keeps_the_next_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let mut ops: Vec<_> = (0..100u32)
+        .map(|i| put(format!("a{i:03}").as_bytes(), b"v"))
+        .collect();
+    ops.push(put(b"b", b"first key of the next region"));
+    e.write(ops).await.unwrap();
+    e.flush().unwrap();
+    e.reclaim_range(b"a".to_vec(), b"b".to_vec()).await.unwrap();
+    let left: Vec<_> = e
+        .scan(b"", b"", ScanOptions::default())
+        .unwrap()
+        .into_iter()
+        .map(|x| x.key)
+        .collect();
+    assert_eq!(left, vec![b"b".to_vec()]);
+    e.reclaim_range(b"a".to_vec(), Vec::new()).await.unwrap();
+    assert!(e.scan(b"", b"", ScanOptions::default()).unwrap().is_empty());
+}
