@@ -273,6 +273,15 @@ fn delete_range(start: &[u8], end: &[u8]) -> WriteOp {
     }
 }
 
+/// Every key of the engine, in order.
+fn keys(e: &Engine) -> Vec<Vec<u8>> {
+    e.scan(b"", b"", ScanOptions::default())
+        .unwrap()
+        .into_iter()
+        .map(|x| x.key)
+        .collect()
+}
+
 fn put_version(r: &[OpResult]) -> u64 {
     match r {
         [OpResult::Put(v)] => *v,
@@ -389,13 +398,7 @@ fn delete_range_in_one_request_counts_and_deletes_its_earlier_puts() {
     assert_eq!(r[2], OpResult::DeleteRange(4));
     assert_eq!(r[3], OpResult::Delete(false));
     assert_eq!(r[5], OpResult::DeleteRange(1));
-    let left: Vec<_> = e
-        .scan(b"", b"", ScanOptions::default())
-        .unwrap()
-        .into_iter()
-        .map(|x| x.key)
-        .collect();
-    assert_eq!(left, vec![b"d".to_vec()]);
+    assert_eq!(keys(&e), vec![b"d".to_vec()]);
 }
 
 /// Concurrent puts of distinct keys and range deletions: every key is
@@ -572,13 +575,7 @@ async fn reclaim_range_deletes_the_range_and_keeps_the_next_key() {
     e.write(ops).await.unwrap();
     e.flush().unwrap();
     e.reclaim_range(b"a".to_vec(), b"b".to_vec()).await.unwrap();
-    let left: Vec<_> = e
-        .scan(b"", b"", ScanOptions::default())
-        .unwrap()
-        .into_iter()
-        .map(|x| x.key)
-        .collect();
-    assert_eq!(left, vec![b"b".to_vec()]);
+    assert_eq!(keys(&e), vec![b"b".to_vec()]);
     e.reclaim_range(b"a".to_vec(), Vec::new()).await.unwrap();
     assert!(e.scan(b"", b"", ScanOptions::default()).unwrap().is_empty());
 }
