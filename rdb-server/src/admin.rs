@@ -372,12 +372,10 @@ impl StoreAdmin for AdminService {
         };
         check(&*self.node.regions.read().await)?;
         let engine = &self.node.engine;
-        // Clear leftovers of an earlier, interrupted import of this range.
+        // Clear leftovers of an earlier, interrupted import of this range
+        // (not served here, so nobody reads it meanwhile).
         engine
-            .write(vec![WriteOp::DeleteRange {
-                start: region.start_key.clone(),
-                end: region.end_key.clone(),
-            }])
+            .reclaim_range(region.start_key.clone(), region.end_key.clone())
             .await
             .map_err(|e| Status::from(ServerError::from(e)))?;
         let mut imported = 0u64;

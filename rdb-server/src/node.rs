@@ -384,7 +384,8 @@ impl Node {
     }
 
     /// Stops serving a region that now lives on another store and deletes
-    /// it here: its record, its data and any move record, in one batch.
+    /// it here: its record, its data and any move record, in one batch;
+    /// then gives the data's disk space back.
     pub(crate) async fn drop_local_region(&self, r: &Region) -> Result<()> {
         self.regions.write().await.remove(r.id);
         self.engine
@@ -395,12 +396,21 @@ impl Node {
                 WriteOp::DeleteMeta {
                     key: move_meta_key(r.id),
                 },
-                WriteOp::DeleteRange {
+                WriteOp::ClearRange {
                     start: r.start_key.clone(),
                     end: r.end_key.clone(),
                 },
             ])
             .await?;
+        // The range is no longer served (and no longer recorded): nobody
+        // reads it while its files go.
+        if let Err(e) = self
+            .engine
+            .reclaim_range(r.start_key.clone(), r.end_key.clone())
+            .await
+        {
+            tracing::warn!(region_id = r.id, error = %e, "disk space of a dropped region not reclaimed");
+        }
         Ok(())
     }
 

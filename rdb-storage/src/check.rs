@@ -12,6 +12,7 @@
 //! |------------------------------------------|---------------------|-------------------------|-----------------------|
 //! | value in the `data` column family        | engine, writer      | [`decode_record`]       | [`record_bytes`], [`record_round_trip`] |
 //! | `\x00last_version` (meta)                | engine              | [`decode_u64`]          | [`meta_u64_bytes`], [`meta_u64_round_trip`] |
+//! | exactly-once record (`dedup`)            | writer, compaction filter | [`decode_dedup`], [`decode_dedup_time`] | [`dedup_bytes`], [`dedup_round_trip`] |
 //! | `cluster_id`, `id_alloc_end` (PD meta)   | rdb-pd cluster      | [`decode_u64`]          | same                  |
 //! | `tso_window` (PD meta)                   | rdb-pd tso          | [`decode_u64`]          | same                  |
 //! | `store/<id>` (PD meta)                   | rdb-pd cluster      | protobuf `Store`        | [`message_bytes`], [`message_round_trip`] |
@@ -27,9 +28,10 @@
 use std::fmt::{Debug, Display};
 
 use crate::codec::{
-    decode_counter, decode_record, decode_u64, encode_record, HEADER_LEN, MAX_COUNTER, RECORD_V1,
+    decode_counter, decode_dedup, decode_dedup_time, decode_record, decode_u64, encode_dedup,
+    encode_record, DEDUP_HEADER_LEN, DEDUP_V1, HEADER_LEN, MAX_COUNTER, RECORD_V1,
 };
-use crate::{Identity, StorageError};
+use crate::{Identity, OpResult, StorageError};
 
 /// Arbitrary bytes as a `data` record: decoding never panics; it accepts
 /// exactly the inputs of at least [`HEADER_LEN`] bytes that start with
@@ -75,6 +77,59 @@ pub fn record_round_trip(version: u64, value: &[u8]) {
             "accepted format tag {tag:#04x}"
         );
     }
+}
+
+/// Arbitrary bytes as an exactly-once record: decoding never panics and
+/// fails only as corruption; an accepted record encodes back to the same
+/// bytes (the encoding is canonical); the header-only decoder of the
+/// compaction filter agrees with the full one on every record the full one
+/// accepts, and refuses exactly the inputs without a well-formed header.
+pub fn dedup_bytes(raw: &[u8]) {
+    let header_ok = raw.len() >= DEDUP_HEADER_LEN && raw[0] == DEDUP_V1;
+    match decode_dedup_time(raw) {
+        Ok(_) => assert!(header_ok, "accepted a malformed header {raw:02x?}"),
+        Err(StorageError::Corruption(_)) => {
+            assert!(!header_ok, "rejected a well-formed header {raw:02x?}")
+        }
+        Err(e) => panic!("decode_dedup_time failed with a non-corruption error: {e}"),
+    }
+    match decode_dedup(raw) {
+        Ok((applied, results)) => {
+            assert_eq!(
+                decode_dedup_time(raw).ok(),
+                Some(applied),
+                "the two decoders disagree"
+            );
+            assert_eq!(
+                encode_dedup(applied, &results),
+                raw,
+                "re-encoding changed the record"
+            );
+        }
+        Err(StorageError::Corruption(_)) => {}
+        Err(e) => panic!("decode_dedup failed with a non-corruption error: {e}"),
+    }
+}
+
+/// Results survive encoding and decoding; the encoding cut short anywhere,
+/// or with one byte more, is rejected.
+pub fn dedup_round_trip(applied_ms: u64, results: &[OpResult]) {
+    let raw = encode_dedup(applied_ms, results);
+    let decoded = decode_dedup(&raw).expect("an encoded exactly-once record does not decode");
+    assert_eq!(
+        decoded,
+        (applied_ms, results.to_vec()),
+        "exactly-once round trip"
+    );
+    for cut in 0..raw.len() {
+        assert!(
+            decode_dedup(&raw[..cut]).is_err(),
+            "accepted an exactly-once record cut to {cut} bytes"
+        );
+    }
+    let mut long = raw;
+    long.push(0);
+    assert!(decode_dedup(&long).is_err(), "accepted a trailing byte");
 }
 
 /// Arbitrary bytes as a u64 meta record (`last_version`, PD's `cluster_id`,
@@ -244,14 +299,25 @@ mod tests {
 
     #[test]
     fn checks_pass_on_edge_cases() {
-        for raw in [&b""[..], b"\x01", &[1; 8], &[1; 9], &[0; 9], &[0xff; 20]] {
+        for raw in [
+            &b""[..],
+            b"\x01",
+            &[1; 8],
+            &[1; 9],
+            &[0; 9],
+            &[0xff; 20],
+            &[1; 13],
+        ] {
             record_bytes(raw);
+            dedup_bytes(raw);
             meta_u64_bytes(raw);
             identity_bytes(raw);
         }
         record_round_trip(0, b"");
         record_round_trip(u64::MAX, &[0, 0xff]);
         meta_u64_round_trip(u64::MAX);
+        dedup_round_trip(0, &[]);
+        dedup_round_trip(u64::MAX, &[OpResult::Done, OpResult::Delete(false)]);
         identity_text("role=pd\ncluster_id=1\nnode_id=0\n");
         identity_round_trip(&Identity {
             role: "server".into(),

@@ -4,8 +4,25 @@
 //! The leading byte is the format tag, so the format can change later without
 //! guessing. User keys are stored as they are (arbitrary bytes, 0x00 and 0xFF
 //! included), so RocksDB's byte order is the key order of scans.
+//!
+//! A value in the `dedup` column family (the answer to one exactly-once write
+//! request, keyed by [`RequestId::to_key`](crate::RequestId::to_key)) is
+//! `[0x01][applied at: u64 big-endian, ms since the Unix epoch][count: u32
+//! big-endian][results]`, one result per op:
+//!
+//! | result            | bytes |
+//! |-------------------|-------|
+//! | `Put(version)`    | `0x01`, version u64 |
+//! | `Delete(existed)` | `0x02`, 0 or 1 |
+//! | `Cas(outcome)`    | `0x03`, succeeded 0 or 1, current (0, or 1 + version u64 + length u32 + value), new version (0, or 1 + u64) |
+//! | `DeleteRange(n)`  | `0x04`, n u64 |
+//! | `Done`            | `0x05` |
+//!
+//! All integers are big-endian. The encoding is canonical: decoding accepts
+//! exactly what [`encode_dedup`] produces (no trailing bytes, flags only 0
+//! or 1), so a decoded record encodes back to the same bytes.
 
-use crate::{Result, StorageError};
+use crate::{CasOutcome, OpResult, Result, StorageError, VersionedValue};
 
 /// Format tag of a version-1 record.
 pub const RECORD_V1: u8 = 0x01;
@@ -67,6 +84,188 @@ pub fn decode_u64(raw: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// Format tag of a version-1 exactly-once record.
+pub const DEDUP_V1: u8 = 0x01;
+
+/// Length of the exactly-once record header (tag + time + count).
+pub const DEDUP_HEADER_LEN: usize = 13;
+
+const RESULT_PUT: u8 = 0x01;
+const RESULT_DELETE: u8 = 0x02;
+const RESULT_CAS: u8 = 0x03;
+const RESULT_DELETE_RANGE: u8 = 0x04;
+const RESULT_DONE: u8 = 0x05;
+
+/// Encodes the record of an exactly-once request applied at `applied_ms`
+/// (ms since the Unix epoch) with `results`.
+pub fn encode_dedup(applied_ms: u64, results: &[OpResult]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DEDUP_HEADER_LEN + 9 * results.len());
+    out.push(DEDUP_V1);
+    out.extend_from_slice(&applied_ms.to_be_bytes());
+    // A request has at most a few thousand ops (the batch cap), far below u32::MAX.
+    out.extend_from_slice(&(results.len() as u32).to_be_bytes());
+    for r in results {
+        match r {
+            OpResult::Put(v) => {
+                out.push(RESULT_PUT);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            OpResult::Delete(existed) => {
+                out.extend_from_slice(&[RESULT_DELETE, u8::from(*existed)])
+            }
+            OpResult::Cas(o) => {
+                out.extend_from_slice(&[RESULT_CAS, u8::from(o.succeeded)]);
+                match &o.current {
+                    None => out.push(0),
+                    Some(c) => {
+                        out.push(1);
+                        out.extend_from_slice(&c.version.to_be_bytes());
+                        out.extend_from_slice(&(c.value.len() as u32).to_be_bytes());
+                        out.extend_from_slice(&c.value);
+                    }
+                }
+                match o.new_version {
+                    None => out.push(0),
+                    Some(v) => {
+                        out.push(1);
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                }
+            }
+            OpResult::DeleteRange(n) => {
+                out.push(RESULT_DELETE_RANGE);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            OpResult::Done => out.push(RESULT_DONE),
+        }
+    }
+    out
+}
+
+/// Reads an exactly-once record's header: (applied at, result count).
+fn dedup_header(raw: &[u8]) -> Result<(u64, u32)> {
+    if raw.len() < DEDUP_HEADER_LEN {
+        return Err(StorageError::Corruption(format!(
+            "exactly-once record of {} bytes is shorter than its {DEDUP_HEADER_LEN}-byte header",
+            raw.len()
+        )));
+    }
+    if raw[0] != DEDUP_V1 {
+        return Err(StorageError::Corruption(format!(
+            "unknown exactly-once record format tag {:#04x}",
+            raw[0]
+        )));
+    }
+    let mut r = Reader(&raw[1..DEDUP_HEADER_LEN]);
+    Ok((r.u64()?, r.u32()?))
+}
+
+/// Decodes the time an exactly-once record was applied (ms since the Unix
+/// epoch), reading only its header.
+pub fn decode_dedup_time(raw: &[u8]) -> Result<u64> {
+    dedup_header(raw).map(|(t, _)| t)
+}
+
+/// Decodes an exactly-once record into (applied at, results).
+pub fn decode_dedup(raw: &[u8]) -> Result<(u64, Vec<OpResult>)> {
+    let (applied_ms, count) = dedup_header(raw)?;
+    let mut r = Reader(&raw[DEDUP_HEADER_LEN..]);
+    // Every result takes at least one byte: a count above the rest cannot be
+    // right, and must not size an allocation.
+    if count as usize > r.0.len() {
+        return Err(StorageError::Corruption(format!(
+            "exactly-once record claims {count} results in {} bytes",
+            r.0.len()
+        )));
+    }
+    let mut results = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let res = match r.u8()? {
+            RESULT_PUT => OpResult::Put(r.u64()?),
+            RESULT_DELETE => OpResult::Delete(r.flag()?),
+            RESULT_CAS => {
+                let succeeded = r.flag()?;
+                let current = if r.flag()? {
+                    let version = r.u64()?;
+                    let len = r.u32()? as usize;
+                    Some(VersionedValue {
+                        version,
+                        value: r.bytes(len)?.to_vec(),
+                    })
+                } else {
+                    None
+                };
+                let new_version = if r.flag()? { Some(r.u64()?) } else { None };
+                OpResult::Cas(CasOutcome {
+                    succeeded,
+                    current,
+                    new_version,
+                })
+            }
+            RESULT_DELETE_RANGE => OpResult::DeleteRange(r.u64()?),
+            RESULT_DONE => OpResult::Done,
+            tag => {
+                return Err(StorageError::Corruption(format!(
+                    "unknown result tag {tag:#04x} in an exactly-once record"
+                )))
+            }
+        };
+        results.push(res);
+    }
+    if !r.0.is_empty() {
+        return Err(StorageError::Corruption(format!(
+            "exactly-once record has {} bytes after its last result",
+            r.0.len()
+        )));
+    }
+    Ok((applied_ms, results))
+}
+
+/// Reads big-endian fields off the front of a byte string.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(StorageError::Corruption(format!(
+                "exactly-once record ends inside a field ({n} bytes wanted, {} left)",
+                self.0.len()
+            )));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn flag(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(StorageError::Corruption(format!(
+                "exactly-once record has flag byte {b:#04x} (0 or 1 expected)"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +296,34 @@ mod tests {
             MAX_COUNTER
         );
         assert_eq!(decode_u64(&5u64.to_be_bytes(), "x").unwrap(), 5);
+    }
+
+    #[test]
+    fn dedup_round_trip_and_rejects() {
+        let results = vec![
+            OpResult::Put(7),
+            OpResult::Delete(true),
+            OpResult::Cas(CasOutcome {
+                succeeded: false,
+                current: Some(VersionedValue {
+                    version: 3,
+                    value: b"v".to_vec(),
+                }),
+                new_version: None,
+            }),
+            OpResult::DeleteRange(u64::MAX),
+            OpResult::Done,
+        ];
+        let raw = encode_dedup(99, &results);
+        assert_eq!(decode_dedup(&raw).unwrap(), (99, results));
+        assert_eq!(decode_dedup_time(&raw).unwrap(), 99);
+        assert!(decode_dedup(&raw[..raw.len() - 1]).is_err());
+        let mut long = raw.clone();
+        long.push(0);
+        assert!(decode_dedup(&long).is_err());
+        // A huge count in a short record is refused before allocating.
+        let mut huge = encode_dedup(1, &[]);
+        huge[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_dedup(&huge).is_err());
     }
 }

@@ -2,19 +2,24 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{decode_counter, MAX_COUNTER};
-use crate::writer::{decode_versioned, Request, Writer, WriterStats};
-use crate::{CasOutcome, Expected, OpResult, Result, StorageError, VersionedValue, WriteOp};
+use crate::codec::{decode_counter, decode_dedup_time, MAX_COUNTER};
+use crate::fatal::Hooks;
+use crate::writer::{decode_versioned, Msg, Request, Writer, WriterStats};
+use crate::{
+    CasOutcome, Expected, OpResult, RequestId, Result, StorageError, VersionedValue, WriteOp,
+};
 
 pub(crate) const CF_DATA: &str = "data";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_DEDUP: &str = "dedup";
 pub(crate) const LAST_VERSION_KEY: &[u8] = b"\x00last_version";
 
 /// Options of [`Engine::open`].
@@ -26,8 +31,13 @@ pub struct EngineOptions {
     pub sync: bool,
     /// Most operations the writer commits in one group (default 4096).
     pub max_group_ops: usize,
-    /// Capacity of the queue in front of the writer thread (default 8192 requests).
+    /// Capacity of the queue in front of the writer thread (default 8192
+    /// requests). A writer that finds it full waits (asynchronously in
+    /// [`Engine::write`]) for a free place.
     pub queue_capacity: usize,
+    /// How long the record of an exactly-once request is kept at least
+    /// (default 10 minutes); see [`Engine::write_once`].
+    pub dedup_window: Duration,
 }
 
 impl Default for EngineOptions {
@@ -36,6 +46,7 @@ impl Default for EngineOptions {
             sync: true,
             max_group_ops: 4096,
             queue_capacity: 8192,
+            dedup_window: Duration::from_secs(600),
         }
     }
 }
@@ -71,19 +82,23 @@ pub struct ScanOptions {
 struct Inner {
     db: Arc<DB>,
     stats: Arc<WriterStats>,
-    tx: Mutex<Option<SyncSender<Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer's queue; `None` only while dropping.
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Option<JoinHandle<()>>,
+    /// Closed on drop: stops the housekeeper.
+    stop_housekeeper: Option<std::sync::mpsc::Sender<()>>,
+    housekeeper: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        if let Ok(mut w) = self.writer.lock() {
-            if let Some(h) = w.take() {
-                let _ = h.join();
-            }
+        self.tx.take();
+        self.stop_housekeeper.take();
+        for h in [self.writer.take(), self.housekeeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = h.join();
         }
     }
 }
@@ -93,7 +108,8 @@ impl Drop for Inner {
 /// Reads ([`get`](Engine::get), [`scan`](Engine::scan), ...) are blocking
 /// RocksDB calls: call them from `spawn_blocking` or a dedicated thread when
 /// on an async runtime. Writes go through the writer thread; [`write`](Engine::write)
-/// is async and does not block the runtime.
+/// is async and does not block the runtime, also when the writer's queue is
+/// full (it then waits for a free place).
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -110,6 +126,10 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens (or creates) an engine in `path`.
     pub fn open(path: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
+        Engine::open_with(path.as_ref(), opts, Hooks::default())
+    }
+
+    pub(crate) fn open_with(path: &Path, opts: EngineOptions, hooks: Hooks) -> Result<Engine> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -126,12 +146,32 @@ impl Engine {
         // WAL file alive (slow restarts, nothing to recycle). Past this total
         // WAL size RocksDB flushes the column families holding the oldest WAL.
         db_opts.set_max_total_wal_size(128 << 20);
-        let cfs = [CF_DATA, CF_META].map(|name| {
+        let cf_opts = || {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            ColumnFamilyDescriptor::new(name, o)
-        });
-        let db = Arc::new(DB::open_cf_descriptors(&db_opts, path.as_ref(), cfs)?);
+            o
+        };
+        // Exactly-once records older than the window are dropped by
+        // compaction (the housekeeper compacts the column family every half
+        // window).
+        let mut dedup_opts = cf_opts();
+        let window_ms = u64::try_from(opts.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        dedup_opts.set_compaction_filter(
+            "flaredb-dedup-window",
+            move |_: u32, _: &[u8], value: &[u8]| {
+                match decode_dedup_time(value) {
+                    Ok(applied) if now_ms().saturating_sub(applied) > window_ms => Decision::Remove,
+                    // Undecodable records stay: a lookup reports them as corruption.
+                    _ => Decision::Keep,
+                }
+            },
+        );
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_DATA, cf_opts()),
+            ColumnFamilyDescriptor::new(CF_META, cf_opts()),
+            ColumnFamilyDescriptor::new(CF_DEDUP, dedup_opts),
+        ];
+        let db = Arc::new(DB::open_cf_descriptors(&db_opts, path, cfs)?);
         let last_version = {
             let meta = db
                 .cf_handle(CF_META)
@@ -141,7 +181,7 @@ impl Engine {
                 None => 0,
             }
         };
-        let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let writer = Writer {
             stats: stats.clone(),
@@ -149,48 +189,114 @@ impl Engine {
             sync: opts.sync,
             max_group_ops: opts.max_group_ops.max(1),
             last_version,
+            hooks: hooks.clone(),
+            back: tx.downgrade(),
         };
-        let handle = std::thread::Builder::new()
-            .name("rdb-storage-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StorageError::io("starting the writer thread", e))?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StorageError::io(format!("starting the {name} thread"), e))
+        };
+        let writer = spawn("rdb-storage-writer", Box::new(move || writer.run(rx)))?;
+        let (stop_housekeeper, stop) = std::sync::mpsc::channel();
+        let window = opts.dedup_window;
+        let hk_db = db.clone();
+        let housekeeper = spawn(
+            "rdb-storage-housekeeper",
+            Box::new(move || crate::housekeeper::run(hk_db, hooks, window, stop)),
+        )?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 db,
                 stats,
-                tx: Mutex::new(Some(tx)),
-                writer: Mutex::new(Some(handle)),
+                tx: Some(tx),
+                writer: Some(writer),
+                stop_housekeeper: Some(stop_housekeeper),
+                housekeeper: Some(housekeeper),
             }),
         })
     }
 
-    fn submit(&self, ops: Vec<WriteOp>) -> Result<oneshot::Receiver<Result<Vec<OpResult>>>> {
+    fn sender(&self) -> Result<&mpsc::Sender<Msg>> {
+        self.inner.tx.as_ref().ok_or(StorageError::Closed)
+    }
+
+    async fn submit(&self, id: Option<RequestId>, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
         let (reply, rx) = oneshot::channel();
-        let tx = self
-            .inner
-            .tx
-            .lock()
-            .map_err(|_| StorageError::Closed)?
-            .clone()
-            .ok_or(StorageError::Closed)?;
-        tx.send(Request { ops, reply })
+        // Waits (without blocking the thread) while the queue is full.
+        self.sender()?
+            .send(Msg::Write(Request { id, ops, reply }))
+            .await
             .map_err(|_| StorageError::Closed)?;
-        Ok(rx)
+        rx.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Applies `ops` atomically; returns one result per op, in order. The
     /// future resolves once the write is durable (see [`EngineOptions::sync`]).
     ///
-    /// The call may block briefly if the writer's queue is full (back-pressure).
+    /// When the writer's queue is full the future waits for a place
+    /// (back-pressure); the thread it runs on stays free for other tasks.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
-        self.submit(ops)?.await.map_err(|_| StorageError::Closed)?
+        self.submit(None, ops).await
+    }
+
+    /// Applies `ops` at most once for `id`: if a request with this id was
+    /// applied within the dedup window ([`EngineOptions::dedup_window`]),
+    /// returns that request's results and applies nothing; otherwise
+    /// applies `ops` like [`write`](Engine::write) and records `id` with
+    /// the results in the same RocksDB write batch. See the crate docs,
+    /// "Exactly-once writes", for what the client must guarantee.
+    pub async fn write_once(&self, id: RequestId, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
+        self.submit(Some(id), ops).await
     }
 
     /// Blocking form of [`write`](Engine::write); must not be called on an async runtime thread.
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
-        self.submit(ops)?
-            .blocking_recv()
-            .map_err(|_| StorageError::Closed)?
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Msg::Write(Request {
+                id: None,
+                ops,
+                reply,
+            }))
+            .map_err(|_| StorageError::Closed)?;
+        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Deletes every key in `[start, end)` (empty `end`: unbounded) and
+    /// gives its disk space back soon, for data nobody reads any more (a
+    /// region that moved away, the leftovers of an interrupted import).
+    ///
+    /// A range tombstone is written first; then RocksDB drops the SST files
+    /// wholly inside the range (`DeleteFilesInRange`, which ignores
+    /// snapshots and can let older versions of keys in other files show
+    /// through), and a second tombstone covers whatever did. Reads of the
+    /// range between the steps may see such old versions: callers make sure
+    /// nobody reads it. Counts nothing.
+    pub async fn reclaim_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<()> {
+        let clear = || {
+            vec![WriteOp::ClearRange {
+                start: start.clone(),
+                end: end.clone(),
+            }]
+        };
+        self.write(clear()).await?;
+        let db = self.inner.db.clone();
+        let (s, e) = (start.clone(), end.clone());
+        tokio::task::spawn_blocking(move || delete_files_in_range(&db, &s, &e))
+            .await
+            .map_err(|e| {
+                StorageError::io("deleting files in a range", std::io::Error::other(e))
+            })??;
+        self.write(clear()).await?;
+        Ok(())
+    }
+
+    /// Removes the exactly-once records older than the dedup window now
+    /// (the engine does it on its own every half window).
+    pub fn expire_request_records(&self) -> Result<()> {
+        compact_dedup(&self.inner.db)
     }
 
     /// Stores one value; returns its version.
@@ -362,12 +468,12 @@ impl Engine {
     }
 
     /// An integer RocksDB property (e.g. `rocksdb.estimate-pending-compaction-bytes`)
-    /// summed over the data and meta column families; `None` when RocksDB
+    /// summed over the column families; `None` when RocksDB
     /// does not know the property.
     pub fn int_property(&self, name: &str) -> Option<u64> {
         let db = &self.inner.db;
         let mut total = None;
-        for cf in [CF_DATA, CF_META] {
+        for cf in [CF_DATA, CF_META, CF_DEDUP] {
             let Some(cf) = db.cf_handle(cf) else { continue };
             if let Ok(Some(v)) = db.property_int_value_cf(cf, name) {
                 total = Some(total.unwrap_or(0) + v);
@@ -379,7 +485,7 @@ impl Engine {
     /// Flushes memtables to SST files.
     pub fn flush(&self) -> Result<()> {
         let db = &self.inner.db;
-        for name in [CF_DATA, CF_META] {
+        for name in [CF_DATA, CF_META, CF_DEDUP] {
             if let Some(cf) = db.cf_handle(name) {
                 db.flush_cf(cf)?;
             }
@@ -404,16 +510,47 @@ pub(crate) fn get_from_db(db: &DB, key: &[u8]) -> Result<Option<VersionedValue>>
     }
 }
 
-pub(crate) fn keys_in_range(db: &DB, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let cf = data_cf(db)?;
+/// The last key of `[start, end)` (empty `end`: unbounded) in the data column family.
+pub(crate) fn last_key_in(db: &DB, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
     let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(start.to_vec());
     if !end.is_empty() {
         ro.set_iterate_upper_bound(end.to_vec());
     }
-    let mut out = Vec::new();
-    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(start, Direction::Forward)) {
-        let (k, _) = item?;
-        out.push(k.to_vec());
-    }
-    Ok(out)
+    let mut it = db.raw_iterator_cf_opt(data_cf(db)?, ro);
+    it.seek_to_last();
+    let last = it.key().map(<[u8]>::to_vec);
+    it.status()?;
+    Ok(last)
 }
+
+/// Drops the SST files of the data column family that hold only keys of
+/// `[start, end)`. RocksDB's bounds are inclusive, so the files are taken up
+/// to the last key of the range that exists, never up to `end` (the first
+/// key of the next region).
+fn delete_files_in_range(db: &DB, start: &[u8], end: &[u8]) -> Result<()> {
+    if let Some(last) = last_key_in(db, start, end)? {
+        db.delete_file_in_range_cf(data_cf(db)?, start, &last)?;
+    }
+    Ok(())
+}
+
+/// Compacts the `dedup` column family, whose compaction filter drops the
+/// records older than the window.
+pub(crate) fn compact_dedup(db: &DB) -> Result<()> {
+    let cf = db
+        .cf_handle(CF_DEDUP)
+        .ok_or_else(|| StorageError::Corruption("missing dedup column family".into()))?;
+    db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    Ok(())
+}
+
+/// Wall-clock time in ms since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

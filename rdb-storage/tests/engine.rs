@@ -1,13 +1,22 @@
 //! Engine behaviour: versions, CAS, batches, scans, durability across reopen,
-//! group commit under concurrency.
+//! group commit under concurrency, range deletion, exactly-once writes.
 
-use rdb_storage::{Engine, EngineOptions, Expected, OpResult, ScanOptions, StorageError, WriteOp};
+use std::time::Duration;
+
+use rdb_storage::{
+    Engine, EngineOptions, Expected, OpResult, RequestId, ScanOptions, StorageError, WriteOp,
+};
 
 fn open(dir: &std::path::Path) -> Engine {
+    open_with_window(dir, EngineOptions::default().dedup_window)
+}
+
+fn open_with_window(dir: &std::path::Path, dedup_window: Duration) -> Engine {
     Engine::open(
         dir,
         EngineOptions {
             sync: false,
+            dedup_window,
             ..Default::default()
         },
     )
@@ -256,4 +265,318 @@ fn write_stats_count_groups_and_requests() {
     // A failed request is not counted as acknowledged.
     assert!(e.write_blocking(vec![put(b"", b"v")]).is_err());
     assert_eq!(e.write_stats(), (5, 5));
+}
+
+fn delete_range(start: &[u8], end: &[u8]) -> WriteOp {
+    WriteOp::DeleteRange {
+        start: start.to_vec(),
+        end: end.to_vec(),
+    }
+}
+
+/// Every key of the engine, in order.
+fn keys(e: &Engine) -> Vec<Vec<u8>> {
+    e.scan(b"", b"", ScanOptions::default())
+        .unwrap()
+        .into_iter()
+        .map(|x| x.key)
+        .collect()
+}
+
+fn put_version(r: &[OpResult]) -> u64 {
+    match r {
+        [OpResult::Put(v)] => *v,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn delete_range_writes_one_range_tombstone_not_one_per_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let keys: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| format!("k{i:04}").into_bytes())
+        .collect();
+    e.write_blocking(keys.iter().map(|k| put(k, b"v")).collect())
+        .unwrap();
+    let r = e.write_blocking(vec![delete_range(b"k", b"l")]).unwrap();
+    assert_eq!(r, vec![OpResult::DeleteRange(1000)]);
+    // No point tombstones (a tombstone per key would be 1000 of them).
+    assert_eq!(
+        e.int_property("rocksdb.num-deletes-active-mem-table"),
+        Some(0)
+    );
+    assert!(e.scan(b"", b"", ScanOptions::default()).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_do_not_wait_behind_a_large_delete_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    const N: u32 = 300_000;
+    for chunk in 0..(N / 10_000) {
+        let ops = (0..10_000)
+            .map(|i| put(format!("r{:07}", chunk * 10_000 + i).as_bytes(), b"v"))
+            .collect();
+        e.write(ops).await.unwrap();
+    }
+    let e2 = e.clone();
+    let range = tokio::spawn(async move { e2.write(vec![delete_range(b"r", b"s")]).await });
+    // Let the range deletion reach the writer first.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let v = e.put(b"other".to_vec(), b"v".to_vec()).await.unwrap();
+    assert!(
+        !range.is_finished(),
+        "the put waited until the range deletion was done"
+    );
+    assert_eq!(
+        range.await.unwrap().unwrap(),
+        vec![OpResult::DeleteRange(N as u64)]
+    );
+    assert!(v > 0);
+}
+
+#[test]
+fn keys_recreated_after_a_delete_range_get_higher_versions_and_cas_sees_them_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let v1 = put_version(&e.write_blocking(vec![put(b"k1", b"a")]).unwrap());
+    let v2 = put_version(&e.write_blocking(vec![put(b"k2", b"b")]).unwrap());
+    assert_eq!(
+        e.write_blocking(vec![delete_range(b"k", b"")]).unwrap(),
+        vec![OpResult::DeleteRange(2)]
+    );
+    // The old version no longer matches: the key is absent.
+    let r = e
+        .write_blocking(vec![WriteOp::Cas {
+            key: b"k1".to_vec(),
+            expected: Expected::Version(v1),
+            new: Some(b"x".to_vec()),
+        }])
+        .unwrap();
+    assert!(matches!(&r[0], OpResult::Cas(o) if !o.succeeded && o.current.is_none()));
+    drop(e);
+    let e = open(tmp.path());
+    assert_eq!(e.get(b"k1").unwrap(), None);
+    let r = e
+        .write_blocking(vec![WriteOp::Cas {
+            key: b"k1".to_vec(),
+            expected: Expected::Absent,
+            new: Some(b"again".to_vec()),
+        }])
+        .unwrap();
+    let OpResult::Cas(o) = &r[0] else {
+        panic!("{r:?}")
+    };
+    assert!(o.succeeded);
+    assert!(o.new_version.unwrap() > v2, "{o:?} after {v2}");
+    assert_eq!(
+        e.get(b"k1").unwrap().unwrap().version,
+        o.new_version.unwrap()
+    );
+}
+
+#[test]
+fn delete_range_in_one_request_counts_and_deletes_its_earlier_puts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    e.write_blocking(vec![
+        put(b"a", b"1"),
+        put(b"b", b"2"),
+        put(b"\xff\xff", b"3"),
+    ])
+    .unwrap();
+    let r = e
+        .write_blocking(vec![
+            put(b"c", b"in the range"),
+            put(b"\xff\xff\xff", b"in the range"),
+            delete_range(b"b", b""),
+            WriteOp::Delete { key: b"c".to_vec() },
+            put(b"d", b"after"),
+            delete_range(b"a", b"b"),
+        ])
+        .unwrap();
+    assert_eq!(r[2], OpResult::DeleteRange(4));
+    assert_eq!(r[3], OpResult::Delete(false));
+    assert_eq!(r[5], OpResult::DeleteRange(1));
+    assert_eq!(keys(&e), vec![b"d".to_vec()]);
+}
+
+/// Concurrent puts of distinct keys and range deletions: every key is
+/// counted by the one deletion that removed it, so the counts and the keys
+/// left add up to the keys written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_range_counts_add_up_under_concurrent_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let mut writers = Vec::new();
+    for w in 0..4u32 {
+        let e = e.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..500u32 {
+                let key = format!("{}{w}{i:04}", (b'a' + (i % 4) as u8) as char);
+                e.put(key.into_bytes(), b"v".to_vec()).await.unwrap();
+            }
+        }));
+    }
+    let mut deleters = Vec::new();
+    for d in 0..3u8 {
+        let e = e.clone();
+        deleters.push(tokio::spawn(async move {
+            let mut deleted = 0;
+            for i in 0..40u8 {
+                let (start, end) = match (d + i) % 3 {
+                    0 => (b"a".to_vec(), b"c".to_vec()),
+                    1 => (b"b".to_vec(), b"d".to_vec()),
+                    _ => (b"c".to_vec(), Vec::new()),
+                };
+                match e
+                    .write(vec![WriteOp::DeleteRange { start, end }])
+                    .await
+                    .unwrap()[..]
+                {
+                    [OpResult::DeleteRange(n)] => deleted += n,
+                    ref other => panic!("{other:?}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            deleted
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut deleted = 0;
+    for d in deleters {
+        deleted += d.await.unwrap();
+    }
+    let left = e.scan(b"", b"", ScanOptions::default()).unwrap().len() as u64;
+    assert_eq!(deleted + left, 2000, "{deleted} deleted, {left} left");
+}
+
+// Exactly-once writes: a request id applied once, answered the same way
+// every time, across a reopen, and forgotten only after the window.
+
+const ID: RequestId = RequestId {
+    client: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+    seq: 1,
+};
+
+#[tokio::test]
+async fn same_request_id_twice_is_applied_once_with_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let first = e
+        .write_once(
+            ID,
+            vec![put(b"k", b"1"), WriteOp::Delete { key: b"x".to_vec() }],
+        )
+        .await
+        .unwrap();
+    // Meanwhile another client writes the key.
+    let later = e.put(b"k".to_vec(), b"2".to_vec()).await.unwrap();
+    let again = e
+        .write_once(
+            ID,
+            vec![put(b"k", b"1"), WriteOp::Delete { key: b"x".to_vec() }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let got = e.get(b"k").unwrap().unwrap();
+    assert_eq!((got.value.as_slice(), got.version), (&b"2"[..], later));
+    // Another id (or no id) is applied.
+    let next = RequestId { seq: 2, ..ID };
+    let other = e.write_once(next, vec![put(b"k", b"3")]).await.unwrap();
+    assert!(matches!(other[..], [OpResult::Put(v)] if v > later));
+    assert_eq!(e.get(b"k").unwrap().unwrap().value, b"3");
+}
+
+#[tokio::test]
+async fn request_ids_survive_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let first = e.write_once(ID, vec![put(b"k", b"1")]).await.unwrap();
+    drop(e);
+    let e = open(tmp.path());
+    e.expire_request_records().unwrap();
+    assert_eq!(
+        e.write_once(ID, vec![put(b"k", b"other")]).await.unwrap(),
+        first
+    );
+    assert_eq!(e.get(b"k").unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test]
+async fn re_sent_delete_range_keeps_its_count_and_deletes_nothing_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    e.write(vec![put(b"a1", b""), put(b"a2", b"")])
+        .await
+        .unwrap();
+    let range = || {
+        vec![WriteOp::DeleteRange {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+        }]
+    };
+    assert_eq!(
+        e.write_once(ID, range()).await.unwrap(),
+        vec![OpResult::DeleteRange(2)]
+    );
+    e.put(b"a3".to_vec(), b"written after".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.write_once(ID, range()).await.unwrap(),
+        vec![OpResult::DeleteRange(2)]
+    );
+    assert!(e.get(b"a3").unwrap().is_some());
+}
+
+#[tokio::test]
+async fn record_past_the_window_is_dropped_by_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open_with_window(tmp.path(), Duration::from_millis(50));
+    let first = e.write_once(ID, vec![put(b"k", b"1")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Until compaction removes it, an old record still answers.
+    assert_eq!(
+        e.write_once(ID, vec![put(b"k", b"2")]).await.unwrap(),
+        first
+    );
+    e.expire_request_records().unwrap();
+    let again = e.write_once(ID, vec![put(b"k", b"2")]).await.unwrap();
+    assert_ne!(again, first, "the expired id was not applied again");
+    assert_eq!(e.get(b"k").unwrap().unwrap().value, b"2");
+}
+
+#[tokio::test]
+async fn record_within_the_window_survives_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let first = e.write_once(ID, vec![put(b"k", b"1")]).await.unwrap();
+    e.flush().unwrap();
+    e.expire_request_records().unwrap();
+    assert_eq!(
+        e.write_once(ID, vec![put(b"k", b"2")]).await.unwrap(),
+        first
+    );
+    assert_eq!(e.get(b"k").unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test]
+async fn reclaim_range_deletes_the_range_and_keeps_the_next_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let mut ops: Vec<_> = (0..100u32)
+        .map(|i| put(format!("a{i:03}").as_bytes(), b"v"))
+        .collect();
+    ops.push(put(b"b", b"first key of the next region"));
+    e.write(ops).await.unwrap();
+    e.flush().unwrap();
+    e.reclaim_range(b"a".to_vec(), b"b".to_vec()).await.unwrap();
+    assert_eq!(keys(&e), vec![b"b".to_vec()]);
+    e.reclaim_range(b"a".to_vec(), Vec::new()).await.unwrap();
+    assert!(e.scan(b"", b"", ScanOptions::default()).unwrap().is_empty());
 }

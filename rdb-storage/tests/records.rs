@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use prost::Message;
 use rdb_proto::v1::{MoveRecord, Region, RegionEpoch, Store};
 use rdb_storage::check;
-use rdb_storage::codec::encode_record;
-use rdb_storage::Identity;
+use rdb_storage::codec::{encode_dedup, encode_record};
+use rdb_storage::{CasOutcome, Identity, OpResult, VersionedValue};
 
 /// Bytes that are sometimes a well-formed record: a tag that is often
 /// `0x01`, then anything (shorter or longer than the rest of the header).
@@ -22,6 +22,46 @@ fn record_like() -> impl Strategy<Value = Vec<u8>> {
             raw.extend(rest);
             raw
         })
+}
+
+fn op_result() -> impl Strategy<Value = OpResult> {
+    let versioned = (any::<u64>(), vec(any::<u8>(), 0..6))
+        .prop_map(|(version, value)| VersionedValue { version, value });
+    prop_oneof![
+        any::<u64>().prop_map(OpResult::Put),
+        any::<bool>().prop_map(OpResult::Delete),
+        (
+            any::<bool>(),
+            proptest::option::of(versioned),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(
+                |(succeeded, current, new_version)| OpResult::Cas(CasOutcome {
+                    succeeded,
+                    current,
+                    new_version
+                })
+            ),
+        any::<u64>().prop_map(OpResult::DeleteRange),
+        Just(OpResult::Done),
+    ]
+}
+
+/// Bytes that are often close to an exactly-once record: a real encoding,
+/// damaged, or with a random tail after a well-formed header.
+fn dedup_like() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (any::<u64>(), vec(op_result(), 0..4))
+            .prop_flat_map(|(t, results)| damaged(encode_dedup(t, &results))),
+        (any::<u64>(), 0u32..4, vec(any::<u8>(), 0..24)).prop_map(|(t, n, rest)| {
+            let mut raw = vec![0x01];
+            raw.extend_from_slice(&t.to_be_bytes());
+            raw.extend_from_slice(&n.to_be_bytes());
+            raw.extend(rest);
+            raw
+        }),
+        vec(any::<u8>(), 0..24),
+    ]
 }
 
 /// Lines of an `IDENTITY` file, mostly readable ones.
@@ -134,6 +174,16 @@ proptest! {
     }
 
     #[test]
+    fn dedup_records(raw in dedup_like()) {
+        check::dedup_bytes(&raw);
+    }
+
+    #[test]
+    fn dedup_record_round_trip(t in any::<u64>(), results in vec(op_result(), 0..6)) {
+        check::dedup_round_trip(t, &results);
+    }
+
+    #[test]
     fn meta_u64(raw in vec(any::<u8>(), 0..12), n in any::<u64>()) {
         check::meta_u64_bytes(&raw);
         check::meta_u64_round_trip(n);
@@ -205,4 +255,8 @@ fn inputs_reach_both_outcomes() {
     // Unknown fields are skipped, and dropped by re-encoding.
     assert!(check_move(&[0xf8, 0x01, 5]));
     check::record_bytes(&encode_record(9, b"v"));
+    let dedup = encode_dedup(5, &[OpResult::Put(1), OpResult::Delete(true)]);
+    assert!(rdb_storage::codec::decode_dedup(&dedup).is_ok());
+    assert!(rdb_storage::codec::decode_dedup(&dedup[..dedup.len() - 1]).is_err());
+    check::dedup_bytes(&dedup);
 }

@@ -1,0 +1,168 @@
+//! The operations of a write request and their results. Plain data, without
+//! RocksDB, so that [`codec`](crate::codec) can encode results for the
+//! exactly-once records.
+
+/// A value with the version the store gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedValue {
+    /// The version of the write that stored this value.
+    pub version: u64,
+    /// The value bytes.
+    pub value: Vec<u8>,
+}
+
+/// What a compare-and-swap expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// The key does not exist.
+    Absent,
+    /// The key exists with exactly this version.
+    Version(u64),
+    /// The key exists with exactly this value.
+    Value(Vec<u8>),
+}
+
+impl Expected {
+    /// Whether `current` satisfies the expectation.
+    pub fn matches(&self, current: Option<&VersionedValue>) -> bool {
+        match (self, current) {
+            (Expected::Absent, None) => true,
+            (Expected::Version(v), Some(cur)) => cur.version == *v,
+            (Expected::Value(v), Some(cur)) => &cur.value == v,
+            _ => false,
+        }
+    }
+}
+
+/// One operation of an atomic write request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Stores `value` under `key` with a new version.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes `key` (a no-op if it does not exist).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Writes `new` (or deletes, if `new` is `None`) only if the key's current
+    /// state matches `expected`.
+    Cas {
+        /// The key.
+        key: Vec<u8>,
+        /// The condition.
+        expected: Expected,
+        /// The new value, `None` to delete.
+        new: Option<Vec<u8>>,
+    },
+    /// Removes every key in `[start, end)`; an empty `end` means no upper
+    /// bound. One RocksDB range tombstone, whatever the size of the range;
+    /// the result is the exact number of keys removed, counted off the
+    /// writer thread (see the crate docs, "Range deletion").
+    DeleteRange {
+        /// First key of the range.
+        start: Vec<u8>,
+        /// End of the range (exclusive), empty for unbounded.
+        end: Vec<u8>,
+    },
+    /// Removes every key in `[start, end)` like [`WriteOp::DeleteRange`], but
+    /// counts nothing (result [`OpResult::Done`]): for internal clean-ups
+    /// such as the start of a region import or the data of a region that
+    /// moved away. See also [`Engine::reclaim_range`](crate::Engine::reclaim_range).
+    ClearRange {
+        /// First key of the range.
+        start: Vec<u8>,
+        /// End of the range (exclusive), empty for unbounded.
+        end: Vec<u8>,
+    },
+    /// Stores a record moved in from another store, keeping its version.
+    Import {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The version it had on the source store.
+        version: u64,
+    },
+    /// Stores a metadata entry (keys starting with 0x00 are reserved).
+    PutMeta {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes a metadata entry.
+    DeleteMeta {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// The outcome of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// Whether the condition held and the write was applied.
+    pub succeeded: bool,
+    /// The key's state the condition was checked against.
+    pub current: Option<VersionedValue>,
+    /// The version of the written value (`None` if nothing was written or the op deleted).
+    pub new_version: Option<u64>,
+}
+
+/// The result of one [`WriteOp`], in the same position as the op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// `Put`: the new version.
+    Put(u64),
+    /// `Delete`: whether the key existed.
+    Delete(bool),
+    /// `Cas`: the outcome.
+    Cas(CasOutcome),
+    /// `DeleteRange`: how many keys were removed.
+    DeleteRange(u64),
+    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`.
+    Done,
+}
+
+#[cfg(feature = "engine")]
+impl WriteOp {
+    /// The range `[start, end)` this op deletes, for the range deletions.
+    pub(crate) fn deleted_range(&self) -> Option<(&[u8], &[u8])> {
+        match self {
+            WriteOp::DeleteRange { start, end } | WriteOp::ClearRange { start, end } => {
+                Some((start, end))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Names one write request of one client, for exactly-once writes
+/// ([`Engine::write_once`](crate::Engine::write_once)). A client picks a
+/// random `client` once and numbers its requests with `seq`; a re-sent
+/// request carries the id of the first send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId {
+    /// The client, random and unique per client process.
+    pub client: u128,
+    /// The request number within the client.
+    pub seq: u64,
+}
+
+/// Length of a [`RequestId`] as a key of the `dedup` column family.
+pub const REQUEST_ID_LEN: usize = 24;
+
+impl RequestId {
+    /// The key of this id in the `dedup` column family: `client` then
+    /// `seq`, both big-endian.
+    pub fn to_key(&self) -> [u8; REQUEST_ID_LEN] {
+        let mut key = [0u8; REQUEST_ID_LEN];
+        key[..16].copy_from_slice(&self.client.to_be_bytes());
+        key[16..].copy_from_slice(&self.seq.to_be_bytes());
+        key
+    }
+}
