@@ -74,13 +74,11 @@ impl KvService {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<OpResult>, Status> {
         let engine = &self.node.engine;
-        // The id is checked here; the storage engine's de-duplication by
-        // id comes with the next change.
-        let _id = request_id(id)?;
-        engine
-            .write(ops)
-            .await
-            .map_err(|e| Status::from(ServerError::from(e)))
+        match request_id(id)? {
+            Some(id) => engine.write_once(id, ops).await,
+            None => engine.write(ops).await,
+        }
+        .map_err(|e| Status::from(ServerError::from(e)))
     }
 }
 
@@ -90,7 +88,7 @@ enum Reject {
 }
 
 /// The storage form of a request's id; a malformed one is INVALID_ARGUMENT.
-fn request_id(id: Option<RequestId>) -> Result<Option<(u128, u64)>, Status> {
+fn request_id(id: Option<RequestId>) -> Result<Option<rdb_storage::RequestId>, Status> {
     let Some(id) = id else { return Ok(None) };
     let client: [u8; 16] = id.client.as_slice().try_into().map_err(|_| {
         Status::invalid_argument(format!(
@@ -101,7 +99,10 @@ fn request_id(id: Option<RequestId>) -> Result<Option<(u128, u64)>, Status> {
     if id.seq == 0 {
         return Err(Status::invalid_argument("request_id.seq must not be 0"));
     }
-    Ok(Some((u128::from_be_bytes(client), id.seq)))
+    Ok(Some(rdb_storage::RequestId {
+        client: u128::from_be_bytes(client),
+        seq: id.seq,
+    }))
 }
 
 fn invalid(r: Result<(), String>) -> Result<(), Status> {
