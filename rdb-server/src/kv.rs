@@ -49,7 +49,7 @@ impl KvService {
             Ok(r) => r.clone(),
             Err(RegionCheck::Region(e)) => return Err(Reject::Region(e)),
             Err(RegionCheck::Invalid(m)) => {
-                return Err(Reject::Status(Status::invalid_argument(m)))
+                return Err(Reject::Status(ServerError::InvalidArgument(m).into()))
             }
         };
         Ok((guard, region))
@@ -81,7 +81,7 @@ enum Reject {
 }
 
 fn invalid(r: Result<(), String>) -> Result<(), Status> {
-    r.map_err(Status::invalid_argument)
+    r.map_err(|m| ServerError::InvalidArgument(m).into())
 }
 
 /// Enters the region named by the request's context, or returns the
@@ -135,8 +135,9 @@ with_region_error!(
     CompareAndSwapResponse
 );
 
+/// Logged with the result; the client gets a generic internal error.
 fn unexpected(r: impl std::fmt::Debug) -> Status {
-    Status::internal(format!("storage returned an unexpected result: {r:?}"))
+    ServerError::Internal(format!("storage returned an unexpected result: {r:?}")).into()
 }
 
 #[tonic::async_trait]
@@ -392,9 +393,10 @@ impl Kv for KvService {
                 Expected::Value(v.clone())
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "compare-and-swap needs an expected condition: absent, version or value",
-                ))
+                return Err(ServerError::InvalidArgument(
+                    "compare-and-swap needs an expected condition: absent, version or value".into(),
+                )
+                .into())
             }
         };
         let (_guard, region) = enter!(self, req, CompareAndSwapResponse);
