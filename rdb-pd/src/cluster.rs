@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::tso::now_ms;
 
 use prost::Message;
-use rdb_proto::v1::{Region, RegionEpoch, RegionRoute, Store, StoreState};
+use rdb_proto::v1::{Region, RegionRoute, Store, StoreState};
 use rdb_storage::{Engine, WriteOp};
 use tokio::sync::Mutex;
 
@@ -451,17 +451,10 @@ impl Cluster {
     }
 }
 
-/// The epoch a region gets when it moves to another store.
-pub fn moved_epoch(e: &RegionEpoch) -> RegionEpoch {
-    RegionEpoch {
-        version: e.version,
-        conf_ver: e.conf_ver + 1,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdb_proto::v1::RegionEpoch;
 
     fn region(id: u64, s: &[u8], e: &[u8], version: u64, conf_ver: u64, store_id: u64) -> Region {
         Region {

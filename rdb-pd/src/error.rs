@@ -1,7 +1,8 @@
 use tonic::{Code, Status};
 
 /// Errors of the Placement Driver. [`From<PdError> for Status`] is the one
-/// place they map to gRPC status codes.
+/// place they map to gRPC status codes: every status PD answers with is made
+/// there (an exhaustive match), and internal details only reach the log.
 #[derive(Debug, thiserror::Error)]
 pub enum PdError {
     /// PD's own storage failed.
@@ -37,6 +38,9 @@ pub enum PdError {
     /// The operation cannot run in the cluster's current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// PD cannot answer now (test builds: a failpoint that loses an answer).
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("corrupted metadata: {0}")]
     Corrupted(String),
@@ -52,7 +56,7 @@ impl From<PdError> for Status {
             | PdError::ClusterMismatch { .. } => Code::FailedPrecondition,
             PdError::AlreadyBootstrapped => Code::AlreadyExists,
             PdError::NotFound(_) => Code::NotFound,
-            PdError::StoreFailed(_) => Code::Unavailable,
+            PdError::StoreFailed(_) | PdError::Unavailable(_) => Code::Unavailable,
             PdError::MoveFailed(_) => Code::Aborted,
         };
         if code == Code::Internal {

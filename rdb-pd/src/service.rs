@@ -260,12 +260,13 @@ impl Pd for PdService {
         self.cluster.check_cluster(req.cluster_id)?;
         let region = req
             .region
-            .ok_or_else(|| Status::invalid_argument("bootstrap needs a region"))?;
+            .ok_or_else(|| PdError::InvalidArgument("bootstrap needs a region".into()))?;
         self.cluster.bootstrap(req.store_id, region).await?;
         // Test builds only: the bootstrap is applied, its answer never arrives.
-        fail::fail_point!("bootstrap-answer-lost", |_| Err(Status::unavailable(
-            "failpoint bootstrap-answer-lost"
-        )));
+        fail::fail_point!("bootstrap-answer-lost", |_| Err(PdError::Unavailable(
+            "failpoint bootstrap-answer-lost".into()
+        )
+        .into()));
         Ok(Response::new(BootstrapResponse {}))
     }
 
@@ -277,7 +278,7 @@ impl Pd for PdService {
         self.cluster.check_cluster(req.cluster_id)?;
         let store = req
             .store
-            .ok_or_else(|| Status::invalid_argument("PutStore needs a store"))?;
+            .ok_or_else(|| PdError::InvalidArgument("PutStore needs a store".into()))?;
         let store = self.cluster.put_store(store).await?;
         Ok(Response::new(PutStoreResponse {
             store: Some(store),
@@ -347,7 +348,7 @@ impl Pd for PdService {
         request: Request<ScanRegionsRequest>,
     ) -> Result<Response<ScanRegionsResponse>, Status> {
         let req = request.into_inner();
-        check_range(&req.start_key, &req.end_key).map_err(Status::invalid_argument)?;
+        check_range(&req.start_key, &req.end_key).map_err(PdError::InvalidArgument)?;
         let routes = self
             .cluster
             .scan_regions(&req.start_key, &req.end_key, req.limit as usize)

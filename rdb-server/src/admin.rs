@@ -10,6 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ServerError;
+
+/// What the handlers' helpers return: [`ServerError`] becomes a status in
+/// one place (`From<ServerError> for Status`).
+type Result<T, E = ServerError> = std::result::Result<T, E>;
 use crate::moves::{connect_store, put_move_op};
 use crate::node::Node;
 use crate::regions::{key_not_in_region, put_region_op, RegionCheck, RegionMap};
@@ -39,7 +43,7 @@ fn check(
     map: &RegionMap,
     region_id: u64,
     epoch: Option<RegionEpoch>,
-) -> Result<Region, Result<RegionError, Status>> {
+) -> Result<Region, Result<RegionError>> {
     let ctx = Context {
         region_id,
         region_epoch: epoch,
@@ -47,7 +51,7 @@ fn check(
     match map.check_context(Some(&ctx)) {
         Ok(r) => Ok(r.clone()),
         Err(RegionCheck::Region(e)) => Err(Ok(e)),
-        Err(RegionCheck::Invalid(m)) => Err(Err(Status::invalid_argument(m))),
+        Err(RegionCheck::Invalid(m)) => Err(Err(ServerError::InvalidArgument(m))),
     }
 }
 
@@ -80,9 +84,12 @@ impl AdminService {
     /// Streams the region's data to the target store. Returns how many keys
     /// were read here (0 if reading failed) and whether the target confirmed
     /// it imported exactly those and serves the region.
-    async fn send_region(&self, region: &Region, rec: &MoveRecord) -> (u64, Result<(), Status>) {
+    async fn send_region(&self, region: &Region, rec: &MoveRecord) -> (u64, Result<()>) {
         let Some(target) = rec.target.as_ref() else {
-            return (0, Err(Status::internal("move record without a target")));
+            return (
+                0,
+                Err(ServerError::Internal("move record without a target".into())),
+            );
         };
         let ch = match connect_store(&target.address, None, self.node.tls.as_ref()).await {
             Ok(ch) => ch,
@@ -96,7 +103,7 @@ impl AdminService {
         let (moved, move_id) = (rec.region.clone(), rec.move_id);
         let (start, end) = (region.start_key.clone(), region.end_key.clone());
         // Reads run on a blocking thread and feed the stream chunk by chunk.
-        let reader = tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
+        let reader = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut cursor = start;
             let mut first = true;
             let mut total = 0u64;
@@ -146,26 +153,22 @@ impl AdminService {
         let imported = client.import_region(ReceiverStream::new(rx)).await;
         let sent = match reader.await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => return (0, Err(Status::from(e))),
-            Err(e) => return (0, Err(Status::internal(e.to_string()))),
+            Ok(Err(e)) => return (0, Err(e)),
+            Err(e) => return (0, Err(ServerError::Internal(format!("move reader: {e}")))),
         };
         let result = match imported {
             Ok(r) if r.get_ref().imported_keys == sent => Ok(()),
-            Ok(r) => Err(Status::internal(format!(
+            Ok(r) => Err(ServerError::DataLoss(format!(
                 "sent {sent} keys but the target imported {}",
                 r.get_ref().imported_keys
             ))),
-            Err(s) => Err(s),
+            Err(s) => Err(ServerError::Peer(s)),
         };
         (sent, result)
     }
 
     /// Moves a paused region to `target` (see [`crate::moves`]).
-    async fn run_move(
-        &self,
-        region: Region,
-        target: Store,
-    ) -> Result<TransferRegionResponse, Status> {
+    async fn run_move(&self, region: Region, target: Store) -> Result<TransferRegionResponse> {
         let rec = MoveRecord {
             region: Some(moved_region(&region, target.id)),
             target: Some(target.clone()),
@@ -176,7 +179,7 @@ impl AdminService {
             if let Some(st) = self.node.regions.write().await.get_mut(region.id) {
                 st.moving = false;
             }
-            return Err(Status::from(ServerError::from(e)));
+            return Err(ServerError::from(e));
         }
         tracing::info!(
             region_id = region.id,
@@ -187,7 +190,7 @@ impl AdminService {
         let (moved_keys, sent) = self.send_region(&region, &rec).await;
         if let Err(s) = sent {
             // The target may or may not serve the region now: settle first.
-            tracing::warn!(region_id = region.id, error = %s.message(), "moving region failed; settling");
+            tracing::warn!(region_id = region.id, error = %s, "moving region failed; settling");
             match self.node.settle_move(&rec).await {
                 Ok(true) => {
                     tracing::info!(region_id = region.id, "the target serves the region: moved");
@@ -195,14 +198,14 @@ impl AdminService {
                 Ok(false) => return Err(s),
                 Err(e) => {
                     self.node.settle_in_background(rec);
-                    return Err(Status::unavailable(format!(
+                    return Err(ServerError::Remote(format!(
                         "moving region {} to store {} failed ({}) and whether the target \
                          serves it is not known yet ({}); the region stays paused until \
                          store {} settles it",
                         region.id,
                         target.id,
-                        s.message(),
-                        e.message(),
+                        s.client_message(),
+                        e.client_message(),
                         self.node.store_id
                     )));
                 }
@@ -231,7 +234,7 @@ impl StoreAdmin for AdminService {
         request: Request<ApplySplitRequest>,
     ) -> Result<Response<ApplySplitResponse>, Status> {
         let req = request.into_inner();
-        rdb_proto::limits::check_key(&req.split_key).map_err(Status::invalid_argument)?;
+        rdb_proto::limits::check_key(&req.split_key).map_err(ServerError::InvalidArgument)?;
         let mut map = self.node.regions.write().await;
         let region = match check(&map, req.region_id, req.epoch) {
             Ok(r) => r,
@@ -241,7 +244,7 @@ impl StoreAdmin for AdminService {
                     ..Default::default()
                 }))
             }
-            Err(Err(s)) => return Err(s),
+            Err(Err(e)) => return Err(e.into()),
         };
         if req.split_key == region.start_key || !region.contains(&req.split_key) {
             return Ok(Response::new(ApplySplitResponse {
@@ -250,10 +253,11 @@ impl StoreAdmin for AdminService {
             }));
         }
         if req.new_region_id == 0 || map.get(req.new_region_id).is_some() {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServerError::InvalidArgument(format!(
                 "new region id {} is 0 or already used",
                 req.new_region_id
-            )));
+            ))
+            .into());
         }
         let epoch = region.epoch_or_default();
         let new_epoch = RegionEpoch {
@@ -277,7 +281,7 @@ impl StoreAdmin for AdminService {
             .engine
             .write(vec![put_region_op(&left), put_region_op(&right)])
             .await
-            .map_err(|e| Status::from(ServerError::from(e)))?;
+            .map_err(ServerError::from)?;
         map.insert(left.clone());
         map.insert(right.clone());
         tracing::info!(
@@ -299,9 +303,11 @@ impl StoreAdmin for AdminService {
         let req = request.into_inner();
         let target = req
             .target
-            .ok_or_else(|| Status::invalid_argument("transfer needs a target store"))?;
+            .ok_or_else(|| ServerError::InvalidArgument("transfer needs a target store".into()))?;
         if target.id == self.node.store_id {
-            return Err(Status::invalid_argument("the target store is this store"));
+            return Err(
+                ServerError::InvalidArgument("the target store is this store".into()).into(),
+            );
         }
         let region = {
             let mut map = self.node.regions.write().await;
@@ -313,7 +319,7 @@ impl StoreAdmin for AdminService {
                         ..Default::default()
                     }))
                 }
-                Err(Err(s)) => return Err(s),
+                Err(Err(e)) => return Err(e.into()),
             };
             if let Some(s) = map.get_mut(region.id) {
                 s.moving = true;
@@ -325,8 +331,9 @@ impl StoreAdmin for AdminService {
         let this = self.clone();
         tokio::spawn(async move { this.run_move(region, target).await })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| ServerError::Internal(format!("move task: {e}")))?
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn import_region(
@@ -336,34 +343,36 @@ impl StoreAdmin for AdminService {
         let mut stream = request.into_inner();
         let first = stream
             .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty import stream"))?;
-        let region = first
-            .region
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first import message needs the region"))?;
+            .await
+            .map_err(ServerError::Peer)?
+            .ok_or_else(|| ServerError::InvalidArgument("empty import stream".into()))?;
+        let region = first.region.clone().ok_or_else(|| {
+            ServerError::InvalidArgument("the first import message needs the region".into())
+        })?;
         let move_id = first.move_id;
         if move_id == 0 {
-            return Err(Status::invalid_argument(
-                "the first import message needs a move id",
-            ));
+            return Err(ServerError::InvalidArgument(
+                "the first import message needs a move id".into(),
+            )
+            .into());
         }
         if region.store_id != self.node.store_id {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServerError::InvalidArgument(format!(
                 "region {} is addressed to store {}, this is store {}",
                 region.id, region.store_id, self.node.store_id
-            )));
+            ))
+            .into());
         }
         let r = region.clone();
-        let check = move |map: &RegionMap| -> Result<(), Status> {
+        let check = move |map: &RegionMap| -> Result<()> {
             if map.is_called_off(move_id) {
-                return Err(Status::aborted(format!(
+                return Err(ServerError::Aborted(format!(
                     "move {move_id} of region {} was called off by its source",
                     r.id
                 )));
             }
             match map.overlaps(&r.start_key, &r.end_key) {
-                Some(id) => Err(Status::failed_precondition(format!(
+                Some(id) => Err(ServerError::FailedPrecondition(format!(
                     "region {} overlaps region {id} already served here",
                     r.id
                 ))),
@@ -377,23 +386,25 @@ impl StoreAdmin for AdminService {
         engine
             .reclaim_range(region.start_key.clone(), region.end_key.clone())
             .await
-            .map_err(|e| Status::from(ServerError::from(e)))?;
+            .map_err(ServerError::from)?;
         let mut imported = 0u64;
         let mut total = None;
         let mut msg = Some(first);
         while let Some(m) = msg {
             if total.is_some() {
-                return Err(Status::invalid_argument(
-                    "import message after the one marked last",
-                ));
+                return Err(ServerError::InvalidArgument(
+                    "import message after the one marked last".into(),
+                )
+                .into());
             }
             for p in &m.pairs {
                 if !region.contains(&p.key) {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ServerError::InvalidArgument(format!(
                         "imported key {} is outside region {}",
                         rdb_proto::region::display_key(&p.key),
                         region.id
-                    )));
+                    ))
+                    .into());
                 }
             }
             imported += m.pairs.len() as u64;
@@ -410,25 +421,24 @@ impl StoreAdmin for AdminService {
                 })
                 .collect();
             if !ops.is_empty() {
-                engine
-                    .write(ops)
-                    .await
-                    .map_err(|e| Status::from(ServerError::from(e)))?;
+                engine.write(ops).await.map_err(ServerError::from)?;
             }
-            msg = stream.message().await?;
+            msg = stream.message().await.map_err(ServerError::Peer)?;
         }
         match total {
             None => {
-                return Err(Status::aborted(format!(
+                return Err(ServerError::Aborted(format!(
                     "the import stream of region {} ended before its last message; not served",
                     region.id
-                )))
+                ))
+                .into())
             }
             Some(t) if t != imported => {
-                return Err(Status::data_loss(format!(
+                return Err(ServerError::DataLoss(format!(
                     "received {imported} keys of region {}, the source sent {t}; not served",
                     region.id
-                )))
+                ))
+                .into())
             }
             Some(_) => {}
         }
@@ -444,12 +454,12 @@ impl StoreAdmin for AdminService {
             node.engine
                 .write(vec![put_region_op(&served)])
                 .await
-                .map_err(|e| Status::from(ServerError::from(e)))?;
+                .map_err(ServerError::from)?;
             map.insert(served);
-            Ok::<(), Status>(())
+            Ok::<(), ServerError>(())
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| ServerError::Internal(format!("import task: {e}")))??;
         tracing::info!(region_id = region.id, imported, move_id, "imported region");
         // Test builds only (feature `failpoints`): a crash right after the
         // region is served here, and an answer that never reaches the source.
@@ -457,9 +467,10 @@ impl StoreAdmin for AdminService {
             tracing::error!("failpoint import-crash-after-serving: aborting");
             std::process::abort()
         });
-        fail::fail_point!("import-answer-lost", |_| Err(Status::unavailable(
-            "failpoint import-answer-lost"
-        )));
+        fail::fail_point!("import-answer-lost", |_| Err(ServerError::Remote(
+            "failpoint import-answer-lost".into()
+        )
+        .into()));
         Ok(Response::new(ImportRegionResponse {
             imported_keys: imported,
         }))
@@ -471,7 +482,7 @@ impl StoreAdmin for AdminService {
     ) -> Result<Response<SettleImportResponse>, Status> {
         let req = request.into_inner();
         if req.move_id == 0 {
-            return Err(Status::invalid_argument("settling needs a move id"));
+            return Err(ServerError::InvalidArgument("settling needs a move id".into()).into());
         }
         let epoch = req.epoch.unwrap_or_default();
         let mut map = self.node.regions.write().await;

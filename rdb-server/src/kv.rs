@@ -49,7 +49,7 @@ impl KvService {
             Ok(r) => r.clone(),
             Err(RegionCheck::Region(e)) => return Err(Reject::Region(e)),
             Err(RegionCheck::Invalid(m)) => {
-                return Err(Reject::Status(Status::invalid_argument(m)))
+                return Err(Reject::Status(ServerError::InvalidArgument(m).into()))
             }
         };
         Ok((guard, region))
@@ -91,13 +91,13 @@ enum Reject {
 fn request_id(id: Option<RequestId>) -> Result<Option<rdb_storage::RequestId>, Status> {
     let Some(id) = id else { return Ok(None) };
     let client: [u8; 16] = id.client.as_slice().try_into().map_err(|_| {
-        Status::invalid_argument(format!(
+        Status::from(ServerError::InvalidArgument(format!(
             "request_id.client must be 16 bytes, got {}",
             id.client.len()
-        ))
+        )))
     })?;
     if id.seq == 0 {
-        return Err(Status::invalid_argument("request_id.seq must not be 0"));
+        return Err(ServerError::InvalidArgument("request_id.seq must not be 0".into()).into());
     }
     Ok(Some(rdb_storage::RequestId {
         client: u128::from_be_bytes(client),
@@ -106,7 +106,7 @@ fn request_id(id: Option<RequestId>) -> Result<Option<rdb_storage::RequestId>, S
 }
 
 fn invalid(r: Result<(), String>) -> Result<(), Status> {
-    r.map_err(Status::invalid_argument)
+    r.map_err(|m| ServerError::InvalidArgument(m).into())
 }
 
 /// Enters the region named by the request's context, or returns the
@@ -204,8 +204,9 @@ fn batch_get_page(
     }
 }
 
+/// Logged with the result; the client gets a generic internal error.
 fn unexpected(r: impl std::fmt::Debug) -> Status {
-    Status::internal(format!("storage returned an unexpected result: {r:?}"))
+    ServerError::Internal(format!("storage returned an unexpected result: {r:?}")).into()
 }
 
 #[tonic::async_trait]
@@ -374,10 +375,11 @@ impl Kv for KvService {
         let req = request.into_inner();
         invalid(self.limits.check_range(&req.start_key, &req.end_key))?;
         if req.limit > MAX_SCAN_LIMIT {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServerError::InvalidArgument(format!(
                 "scan limit {} is over the API maximum of {MAX_SCAN_LIMIT}",
                 req.limit
-            )));
+            ))
+            .into());
         }
         // One answer holds at most max-scan-limit pairs; has_more tells the
         // caller to continue after the last one.
@@ -457,9 +459,10 @@ impl Kv for KvService {
                 Expected::Value(v.clone())
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "compare-and-swap needs an expected condition: absent, version or value",
-                ))
+                return Err(ServerError::InvalidArgument(
+                    "compare-and-swap needs an expected condition: absent, version or value".into(),
+                )
+                .into())
             }
         };
         let (_guard, region) = enter!(self, req, CompareAndSwapResponse);

@@ -32,9 +32,8 @@ use rdb_proto::v1::store_admin_client::StoreAdminClient;
 use rdb_proto::v1::*;
 use rdb_storage::{Engine, WriteOp};
 use tonic::transport::Channel;
-use tonic::Status;
 
-use crate::error::Result;
+use crate::error::{Result, ServerError};
 use crate::node::Node;
 use crate::regions::load_records;
 
@@ -74,16 +73,16 @@ pub async fn connect_store(
     address: &str,
     timeout: Option<Duration>,
     tls: Option<&rdb_proto::tls::ClientTls>,
-) -> std::result::Result<Channel, Status> {
+) -> Result<Channel> {
     let mut ep = rdb_proto::tls::endpoint(address, tls)
-        .map_err(|e| Status::invalid_argument(format!("store address: {e}")))?
+        .map_err(|e| ServerError::InvalidArgument(format!("store address: {e}")))?
         .connect_timeout(Duration::from_secs(3));
     if let Some(t) = timeout {
         ep = ep.timeout(t);
     }
     ep.connect()
         .await
-        .map_err(|e| Status::unavailable(format!("cannot reach store at {address}: {e}")))
+        .map_err(|e| ServerError::Remote(format!("cannot reach store at {address}: {e}")))
 }
 
 /// Whether the move happened: asks the target (which calls the import off
@@ -92,9 +91,11 @@ async fn settle(
     rec: &MoveRecord,
     pd: &mut PdClient<Channel>,
     tls: Option<&rdb_proto::tls::ClientTls>,
-) -> std::result::Result<bool, Status> {
+) -> Result<bool> {
     let (Some(region), Some(target)) = (rec.region.as_ref(), rec.target.as_ref()) else {
-        return Err(Status::internal("move record without region or target"));
+        return Err(ServerError::Internal(
+            "move record without region or target".into(),
+        ));
     };
     // The target may have restarted on another address: PD knows the latest.
     let address = match pd
@@ -117,7 +118,8 @@ async fn settle(
             epoch: region.epoch,
             move_id: rec.move_id,
         })
-        .await?
+        .await
+        .map_err(ServerError::Peer)?
         .into_inner()
         .serving;
     if serving {
@@ -129,7 +131,8 @@ async fn settle(
         .get_region_by_id(GetRegionByIdRequest {
             region_id: region.id,
         })
-        .await?
+        .await
+        .map_err(ServerError::Peer)?
         .into_inner()
         .route
         .and_then(|r| r.region);
@@ -141,7 +144,7 @@ impl Node {
     /// `Ok(true)`: the region moved and is no longer served here;
     /// `Ok(false)`: it did not and is served here again; `Err`: the outcome
     /// is still unknown and the region stays paused.
-    pub async fn settle_move(&self, rec: &MoveRecord) -> std::result::Result<bool, Status> {
+    pub async fn settle_move(&self, rec: &MoveRecord) -> Result<bool> {
         let moved = settle(rec, &mut self.pd.clone(), self.tls.as_ref()).await?;
         if moved {
             self.finish_move(rec).await;
@@ -197,7 +200,7 @@ impl Node {
                         return;
                     }
                     Err(s) if attempts == 1 || attempts.is_multiple_of(60) => {
-                        tracing::warn!(region_id = id, attempts, error = %s.message(),
+                        tracing::warn!(region_id = id, attempts, error = %s,
                             "region paused: cannot learn yet whether its move happened");
                     }
                     Err(_) => {}
