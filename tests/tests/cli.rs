@@ -157,6 +157,49 @@ fn cli_commands_json_and_exit_codes() {
 }
 
 #[test]
+fn put_without_a_value_reads_standard_input() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let cluster = TestCluster::start(1);
+    let put_stdin = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new(binary("rdb-cli"))
+            .arg("--pd")
+            .arg(&cluster.pd.addr)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Larger than the 128 KiB a single shell argument may hold, and binary.
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 256) as u8).collect();
+    ok(&put_stdin(&["put", "big"], &big));
+    ok(&put_stdin(&["put", "dash", "-"], b"from stdin"));
+    ok(&put_stdin(&["--hex", "put", "6869"], b"  00ff10\n"));
+    let c = tokio::runtime::Runtime::new().unwrap();
+    c.block_on(async {
+        let client = cluster.client().await;
+        assert!(client.get(b"big".to_vec()).await.unwrap().unwrap().value == big);
+        assert_eq!(
+            client.get(b"dash".to_vec()).await.unwrap().unwrap().value,
+            b"from stdin"
+        );
+        assert_eq!(
+            client.get(b"hi".to_vec()).await.unwrap().unwrap().value,
+            vec![0x00, 0xff, 0x10]
+        );
+    });
+    // Bad hex on standard input is a usage error, and nothing is written.
+    assert_eq!(
+        put_stdin(&["--hex", "put", "6868"], b"zz").status.code(),
+        Some(2)
+    );
+}
+
+#[test]
 fn cli_unreachable_pd_exits_5() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
