@@ -495,7 +495,7 @@ impl Engine {
 }
 
 fn unexpected(r: Option<OpResult>) -> StorageError {
-    StorageError::Corruption(format!("writer returned an unexpected result {r:?}"))
+    StorageError::Internal(format!("writer returned an unexpected result {r:?}"))
 }
 
 fn data_cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {

@@ -36,6 +36,9 @@ pub enum StorageError {
         /// What does not match.
         message: String,
     },
+    /// An invariant of the engine broke (a bug, not bad data on disk).
+    #[error("internal storage error: {0}")]
+    Internal(String),
     /// A caller passed something the engine cannot store.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

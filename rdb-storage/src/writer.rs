@@ -688,7 +688,7 @@ impl Writer {
             }
         }
         (base + now).checked_sub(then).ok_or_else(|| {
-            StorageError::Corruption(format!(
+            StorageError::Internal(format!(
                 "range count {base} + {now} - {then} is negative: the snapshot and the writer disagree"
             ))
         })
