@@ -66,7 +66,7 @@ pub struct SecurityArgs {
 
 impl SecurityArgs {
     /// Lays the given flags over `security`.
-    pub fn apply(self, security: &mut rdb_proto::tls::Security) {
+    pub fn apply(self, security: &mut crate::tls::Security) {
         let a = self;
         overlay!(a => security:
             ca_path => ca_path,

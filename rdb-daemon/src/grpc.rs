@@ -2,7 +2,7 @@
 //! the HTTP/2 stream cap per connection, and the request layer of
 //! [`crate::metrics`] around every service.
 
-use rdb_proto::tls::NodeTls;
+use crate::tls::NodeTls;
 use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use rdb_daemon::config::ConfigError;
 use rdb_daemon::process::LogFormat;
-use rdb_proto::tls::Security;
+use rdb_daemon::tls::Security;
 
 /// The documented default config file (`rdb-pd --print-default-config`).
 pub const DEFAULT_CONFIG: &str = include_str!("../rdb-pd.default.toml");
@@ -47,7 +47,7 @@ pub struct PdLimits {
 
 impl Default for PdLimits {
     fn default() -> Self {
-        let api = rdb_proto::limits::API_LIMITS;
+        let api = rdb_daemon::limits::API_LIMITS;
         PdLimits {
             max_message_size: api.max_message_size,
             max_concurrent_streams: api.max_concurrent_streams,
@@ -86,7 +86,7 @@ impl PdSettings {
             ));
         }
         self.status_socket()?;
-        rdb_proto::limits::Limits {
+        rdb_daemon::limits::Limits {
             max_message_size: self.limits.max_message_size,
             max_concurrent_streams: self.limits.max_concurrent_streams,
             ..Default::default()

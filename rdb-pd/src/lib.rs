@@ -98,7 +98,7 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
-    rdb_proto::net::warn_if_exposed("rdb-pd", addr, tls.is_some());
+    rdb_daemon::net::warn_if_exposed("rdb-pd", addr, tls.is_some());
     let svc = service::PdService::new(tso, cluster.clone(), tls.as_ref().map(|t| t.client.clone()));
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, cluster.clone())?;
@@ -108,13 +108,13 @@ pub async fn run(
         "rdb-pd listening on {addr} cluster_id={}",
         cluster.cluster_id()
     ));
-    let (health, health_service) = rdb_proto::net::health();
+    let (health, health_service) = rdb_daemon::net::health();
     // What reflection lists and health reports: exactly what is served.
     let services = vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME];
     let (reflection_v1, reflection_v1alpha) =
-        rdb_proto::net::reflection(rdb_proto::PD_FILE_DESCRIPTOR_SET, &services)
+        rdb_daemon::net::reflection(rdb_proto::PD_FILE_DESCRIPTOR_SET, &services)
             .map_err(|e| RunError::Reflection(e.to_string()))?;
-    let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
+    let (shutdown, deadline) = rdb_daemon::net::graceful_shutdown(
         shutdown,
         health,
         services,
@@ -131,8 +131,8 @@ pub async fn run(
                     .max_decoding_message_size(cfg.limits.max_message_size)
                     .max_encoding_message_size(cfg.limits.max_message_size),
             )
-            .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
-    let served = rdb_proto::net::serve_until(serve, deadline).await;
+            .serve_with_incoming_shutdown(rdb_daemon::net::incoming(listener), shutdown);
+    let served = rdb_daemon::net::serve_until(serve, deadline).await;
     drop(status);
     if let Some(served) = served {
         served?;

@@ -1,4 +1,7 @@
-//! FlareDB's gRPC contracts (protobuf package `flaredb.v1`): the public API.
+//! FlareDB's gRPC contracts (protobuf package `flaredb.v1`): the public API,
+//! and only what a client needs with it. Server-side pieces (health,
+//! reflection, server TLS, configurable caps) are in rdb-daemon, so that a
+//! client build pulls no server code beyond tonic's generated servers.
 //!
 //! # Layout
 //! - `proto/flaredb/v1/*.proto`: the contracts themselves, every message and
@@ -7,16 +10,18 @@
 //!   service of rdb-pd), `admin.proto` (the `StoreAdmin` service that PD and
 //!   stores use to split and move regions).
 //! - [`v1`]: the generated Rust types, clients (`*_client`) and servers (`*_server`).
-//! - [`limits`]: the API size limits, and the caps a store can lower them to.
-//! - [`net`]: transport settings and the standard services (health, reflection, shutdown).
-//! - [`tls`]: TLS and mutual TLS settings for servers and clients.
+//! - [`limits`]: the API size limits, the checks against them (or a lower
+//!   cap), and the timestamp layout.
+//! - [`tls`]: the client side of TLS and mutual TLS ([`tls::ClientTls`], and
+//!   [`tls::endpoint`], the endpoint every client dials).
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file;
 //!   [`PD_FILE_DESCRIPTOR_SET`] and [`STORE_FILE_DESCRIPTOR_SET`]: those of
-//!   each daemon's services, for its gRPC reflection.
+//!   each daemon's services, for its gRPC reflection (plain bytes, no
+//!   dependency: they stay here because the build script that compiles the
+//!   protos makes them).
 
 pub mod limits;
-pub mod net;
 pub mod region;
 pub mod tls;
 
@@ -31,7 +36,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flaredb_descriptor.bin"));
 
 /// The encoded `FileDescriptorSet` of what rdb-pd serves: `pd.proto` and
-/// the files it imports (service `flaredb.v1.Pd`).
+/// the files it imports (service `flaredb.v1.Pd`), for rdb-daemon's
+/// `net::reflection`.
 pub const PD_FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/pd_descriptor.bin"));
 

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use rdb_daemon::config::ConfigError;
+use rdb_daemon::limits::Limits;
 use rdb_daemon::process::LogFormat;
-use rdb_proto::limits::Limits;
-use rdb_proto::tls::Security;
+use rdb_daemon::tls::Security;
 
 /// The documented default config file (`rdb-server --print-default-config`).
 pub const DEFAULT_CONFIG: &str = include_str!("../rdb-server.default.toml");

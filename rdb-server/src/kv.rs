@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use rdb_proto::limits::{Limits, MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
+use rdb_daemon::limits::Limits;
+use rdb_proto::limits::{MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;

@@ -94,7 +94,7 @@ pub async fn run(
         addr: cfg.listen,
         source,
     })?;
-    rdb_proto::net::warn_if_exposed("rdb-server", local, tls.is_some());
+    rdb_daemon::net::warn_if_exposed("rdb-server", local, tls.is_some());
     let address = if cfg.advertise_addr.is_empty() {
         local.to_string()
     } else {
@@ -134,16 +134,16 @@ pub async fn run(
         "rdb-server listening on {local} store_id={}",
         node.store_id
     ));
-    let (health, health_service) = rdb_proto::net::health();
+    let (health, health_service) = rdb_daemon::net::health();
     // What reflection lists and health reports: exactly what is served.
     let services = vec![
         <KvServer<kv::KvService> as tonic::server::NamedService>::NAME,
         <StoreAdminServer<admin::AdminService> as tonic::server::NamedService>::NAME,
     ];
     let (reflection_v1, reflection_v1alpha) =
-        rdb_proto::net::reflection(rdb_proto::STORE_FILE_DESCRIPTOR_SET, &services)
+        rdb_daemon::net::reflection(rdb_proto::STORE_FILE_DESCRIPTOR_SET, &services)
             .map_err(|e| RunError::Reflection(e.to_string()))?;
-    let (shutdown, deadline) = rdb_proto::net::graceful_shutdown(
+    let (shutdown, deadline) = rdb_daemon::net::graceful_shutdown(
         shutdown,
         health,
         services,
@@ -165,8 +165,8 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(rdb_proto::net::incoming(listener), shutdown);
-    let served = rdb_proto::net::serve_until(served, deadline).await;
+        .serve_with_incoming_shutdown(rdb_daemon::net::incoming(listener), shutdown);
+    let served = rdb_daemon::net::serve_until(served, deadline).await;
     hb.abort();
     drop(status);
     if let Some(served) = served {

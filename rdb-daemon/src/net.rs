@@ -39,7 +39,7 @@ pub const REFLECTION_SERVICES: [&str; 2] = [
 
 /// gRPC server reflection (`grpc.reflection.v1` and `v1alpha`) describing
 /// exactly what a daemon serves: `services` (its own, described by
-/// `descriptor_set`, e.g. [`crate::PD_FILE_DESCRIPTOR_SET`]), the health
+/// `descriptor_set`, e.g. [`rdb_proto::PD_FILE_DESCRIPTOR_SET`]), the health
 /// service and reflection itself, so that generic tools (grpcurl,
 /// grpc_health_probe, Postman) work without the .proto files and list
 /// nothing the daemon would answer with `UNIMPLEMENTED`.
