@@ -10,6 +10,12 @@ use crate::routing::*;
 use crate::types::*;
 use crate::{batch, Client};
 
+/// Checks a batch of keys against the API limits (count, then each key).
+fn check_batch_keys(keys: &[Vec<u8>]) -> Result<()> {
+    invalid(check_batch_len(keys.len()))?;
+    keys.iter().try_for_each(|k| invalid(check_key(k)))
+}
+
 impl Client {
     /// Reads a key; `None` if it does not exist.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Value>> {
@@ -157,10 +163,7 @@ impl Client {
     /// Reads many keys (from any regions); returns the pairs of the keys that
     /// exist, in the order of `keys`.
     pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<KvPair>> {
-        invalid(check_batch_len(keys.len()))?;
-        for k in &keys {
-            invalid(check_key(k))?;
-        }
+        check_batch_keys(&keys)?;
         let results = self
             .per_region(
                 keys,
@@ -246,10 +249,7 @@ impl Client {
 
     /// Deletes many keys; atomic per region. Returns how many existed.
     pub async fn batch_delete(&self, keys: Vec<Vec<u8>>) -> Result<u64> {
-        invalid(check_batch_len(keys.len()))?;
-        for k in &keys {
-            invalid(check_key(k))?;
-        }
+        check_batch_keys(&keys)?;
         let results = self
             .per_region(
                 keys,
