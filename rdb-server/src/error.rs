@@ -1,3 +1,5 @@
+//! The store's error type, and the one place it becomes a gRPC status.
+
 use tonic::{Code, Status};
 
 /// Errors of the store daemon. [`From<ServerError> for Status`] is the one
@@ -41,9 +43,7 @@ impl ServerError {
     pub(crate) fn remote(what: &str, s: &Status) -> Self {
         ServerError::Remote(format!("{what}: {} ({:?})", s.message(), s.code()))
     }
-}
 
-impl ServerError {
     /// The gRPC code this error is answered with.
     pub fn code(&self) -> Code {
         match self {

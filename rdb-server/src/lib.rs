@@ -1,22 +1,36 @@
 //! FlareDB store daemon: serves key ranges (regions) over gRPC.
 //!
+//! # Layout
+//!
 //! - [`config`]: the settings (config file, environment, flags).
-//! - [`node`]: registration with PD, bootstrap, heartbeats.
-//! - [`regions`]: the served regions and the routing checks of every request.
+//! - [`error`]: the store's error type and its one mapping to gRPC statuses.
+//! - [`node`]: the running store's state, and its start-up (registration
+//!   with PD).
+//! - [`bootstrap`]: creating the first region of a new cluster and settling
+//!   it with PD.
+//! - [`heartbeat`]: the heartbeats that tell PD the regions served here.
+//! - [`regions`]: the served regions, their records, and the routing checks
+//!   of every request.
 //! - [`kv`]: the `flaredb.v1.Kv` service.
-//! - [`admin`]: the `flaredb.v1.StoreAdmin` service (splits and moves ordered by PD).
-//! - [`moves`]: how a region moves between stores without ever being served twice.
+//! - [`admin`]: the `flaredb.v1.StoreAdmin` service (argument checks; the
+//!   work is in [`split`] and [`moves`]).
+//! - [`split`]: applying a split ordered by PD.
+//! - [`moves`]: how a region moves between stores without ever being served
+//!   twice (source, target, move records, recovery at start).
 //! - [`metrics`]: the store's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-server` binary).
 
 pub mod admin;
+pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod heartbeat;
 pub mod kv;
 pub mod metrics;
 pub mod moves;
 pub mod node;
 pub mod regions;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,17 +6,25 @@ use prost::Message;
 use rdb_proto::region::display_key;
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::{
-    Context, EpochNotMatch, KeyNotInRegion, Region, RegionError, RegionNotFound, ServerIsBusy,
+    Context, EpochNotMatch, KeyNotInRegion, Region, RegionEpoch, RegionError, RegionNotFound,
+    ServerIsBusy,
 };
 use rdb_storage::{Engine, WriteOp};
 
 use crate::error::{Result, ServerError};
 
+/// Prefix of the meta keys of region records.
 const REGION_PREFIX: &[u8] = b"region/";
 
 /// Meta key of a region record.
 pub fn region_meta_key(id: u64) -> Vec<u8> {
-    let mut k = REGION_PREFIX.to_vec();
+    record_key(REGION_PREFIX, id)
+}
+
+/// The meta key of the record of region `id` under `prefix`: the prefix,
+/// then the id big-endian (so records load in id order).
+pub fn record_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
@@ -63,7 +71,9 @@ pub struct RegionState {
 /// The regions of this store, by id and by start key.
 #[derive(Debug, Default)]
 pub struct RegionMap {
+    /// The regions, by id: what a request's context names.
     by_id: HashMap<u64, RegionState>,
+    /// Region ids by start key: the regions in key order (for heartbeats).
     by_start: BTreeMap<Vec<u8>, u64>,
     /// Move ids whose import was called off by SettleImport: never served.
     called_off: HashSet<u64>,
@@ -150,34 +160,43 @@ impl RegionMap {
                 "request has no context: set the region id and epoch (from PD's GetRegion)".into(),
             )
         })?;
-        let Some(state) = self.by_id.get(&ctx.region_id) else {
-            return Err(RegionCheck::Region(RegionError::new(
-                format!("region {} is not served by this store", ctx.region_id),
-                RegionErrorKind::RegionNotFound(RegionNotFound {
-                    region_id: ctx.region_id,
-                }),
-            )));
+        self.check(ctx.region_id, ctx.region_epoch)
+            .map_err(RegionCheck::Region)
+    }
+
+    /// Checks that region `region_id` is served here, at `epoch`, and is not
+    /// being moved. Returns the region.
+    pub fn check(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+    ) -> std::result::Result<&Region, RegionError> {
+        let Some(state) = self.by_id.get(&region_id) else {
+            return Err(RegionError::new(
+                format!("region {region_id} is not served by this store"),
+                RegionErrorKind::RegionNotFound(RegionNotFound { region_id }),
+            ));
         };
         let region = &state.region;
-        let epoch = ctx.region_epoch.unwrap_or_default();
+        let epoch = epoch.unwrap_or_default();
         if epoch != region.epoch_or_default() {
             let cur = region.epoch_or_default();
-            return Err(RegionCheck::Region(RegionError::new(
+            return Err(RegionError::new(
                 format!(
                     "region {} epoch is {{version {}, conf_ver {}}}, request has {{version {}, conf_ver {}}}",
                     region.id, cur.version, cur.conf_ver, epoch.version, epoch.conf_ver
                 ),
                 RegionErrorKind::EpochNotMatch(EpochNotMatch { current_regions: vec![region.clone()] }),
-            )));
+            ));
         }
         if state.moving {
-            return Err(RegionCheck::Region(RegionError::new(
+            return Err(RegionError::new(
                 format!("region {} is being moved to another store", region.id),
                 RegionErrorKind::ServerIsBusy(ServerIsBusy {
                     reason: format!("region {} is being moved", region.id),
                     backoff_ms: 50,
                 }),
-            )));
+            ));
         }
         Ok(region)
     }
@@ -254,7 +273,6 @@ pub fn clamp_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdb_proto::v1::RegionEpoch;
 
     fn region(id: u64, s: &[u8], e: &[u8]) -> Region {
         Region {

@@ -1,89 +1,23 @@
-//! Moving a region to another store without ever serving it on two stores.
-//!
-//! Source store S moves region R to target store T:
-//!
-//! 1. S pauses R (requests get `ServerIsBusy`) and persists a [`MoveRecord`].
-//! 2. S streams R's data to T's `ImportRegion`. T serves R (with the new
-//!    epoch) only if the stream was complete (its last message arrived and
-//!    the key count matches) and the move was not called off (step 4).
-//! 3. If T answers success, S stops serving R and deletes R's data, its
-//!    region record and the move record in one batch.
-//! 4. Otherwise S does not know whether T serves R (the answer may have been
-//!    lost after T committed). S asks T with `SettleImport`: T answers
-//!    whether it serves R at the new epoch or later, and if not, calls that
-//!    import off so it can never start serving afterwards. If T does not
-//!    serve R, S also asks PD: T may have served R and split or moved it on,
-//!    which PD learned from T's heartbeat before it could happen. Only when
-//!    both say no does S serve R again. While T or PD cannot be reached, R
-//!    stays paused and S keeps asking in the background.
-//! 5. A store that restarts with a move record keeps R paused and goes on
-//!    with step 4.
-//!
-//! A target that never comes back leaves R paused: without replication the
-//! only copy of an acknowledged write may be on the target, so serving the
-//! source's copy again could lose it.
+//! Settling a move whose outcome the source store does not know (a lost
+//! answer, a target crash, a restart mid-move): ask the target, then PD;
+//! then delete the region here or serve it again. Until both answer, the
+//! region stays paused and the source keeps asking in the background.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::store_admin_client::StoreAdminClient;
-use rdb_proto::v1::*;
-use rdb_storage::{Engine, WriteOp};
+use rdb_proto::v1::{GetRegionByIdRequest, GetStoreRequest, MoveRecord, SettleImportRequest};
 use tonic::transport::Channel;
 
+use super::record::{delete_move_op, move_region_id};
+use super::source::connect_store;
 use crate::error::{Result, ServerError};
 use crate::node::Node;
-use crate::regions::load_records;
-
-const MOVE_PREFIX: &[u8] = b"move/";
 
 /// How long to wait between attempts to settle a move in the background.
 const SETTLE_RETRY: Duration = Duration::from_secs(1);
-
-/// Meta key of the move record of a region.
-pub fn move_meta_key(region_id: u64) -> Vec<u8> {
-    let mut k = MOVE_PREFIX.to_vec();
-    k.extend_from_slice(&region_id.to_be_bytes());
-    k
-}
-
-/// The write that persists a move record.
-pub fn put_move_op(rec: &MoveRecord) -> WriteOp {
-    WriteOp::PutMeta {
-        key: move_meta_key(move_region_id(rec)),
-        value: rec.encode_to_vec(),
-    }
-}
-
-/// Loads the move records of a store's engine.
-pub fn load_moves(engine: &Engine) -> Result<Vec<MoveRecord>> {
-    load_records(engine, MOVE_PREFIX, "move")
-}
-
-/// The id of the region a move record is about.
-pub fn move_region_id(rec: &MoveRecord) -> u64 {
-    rec.region.as_ref().map_or(0, |r| r.id)
-}
-
-/// A channel to another store (over TLS with `tls`); `timeout` bounds each
-/// call on it.
-pub async fn connect_store(
-    address: &str,
-    timeout: Option<Duration>,
-    tls: Option<&rdb_proto::tls::ClientTls>,
-) -> Result<Channel> {
-    let mut ep = rdb_proto::tls::endpoint(address, tls)
-        .map_err(|e| ServerError::InvalidArgument(format!("store address: {e}")))?
-        .connect_timeout(Duration::from_secs(3));
-    if let Some(t) = timeout {
-        ep = ep.timeout(t);
-    }
-    ep.connect()
-        .await
-        .map_err(|e| ServerError::Remote(format!("cannot reach store at {address}: {e}")))
-}
 
 /// Whether the move happened: asks the target (which calls the import off
 /// if it does not serve the region), then PD. `Err` when either cannot say.
@@ -154,28 +88,10 @@ impl Node {
         Ok(moved)
     }
 
-    /// The target serves the region: stop serving it here and delete it.
-    pub async fn finish_move(&self, rec: &MoveRecord) {
-        let Some(region) = rec.region.as_ref() else {
-            return;
-        };
-        if let Err(e) = self.drop_local_region(region).await {
-            // No longer served here; the move record stays, so the next
-            // start settles the move again and retries the delete.
-            tracing::error!(region_id = region.id, error = %e, "moved region not deleted here; not served");
-        }
-    }
-
     /// The move did not happen: serve the region here again.
-    pub async fn cancel_move(&self, rec: &MoveRecord) {
+    async fn cancel_move(&self, rec: &MoveRecord) {
         let id = move_region_id(rec);
-        if let Err(e) = self
-            .engine
-            .write(vec![WriteOp::DeleteMeta {
-                key: move_meta_key(id),
-            }])
-            .await
-        {
+        if let Err(e) = self.engine.write(vec![delete_move_op(id)]).await {
             // Harmless: settling again after a restart gives the same answer.
             tracing::warn!(region_id = id, error = %e, "cannot delete a settled move record");
         }

@@ -1,0 +1,58 @@
+//! Heartbeats to PD: the regions served here and the store's approximate
+//! size, sent at a fixed interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdb_proto::v1::StoreHeartbeatRequest;
+
+use crate::error::{Result, ServerError};
+use crate::node::Node;
+
+impl Node {
+    /// Sends one heartbeat with the regions served here.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let regions = self.regions.read().await.regions();
+        let engine = self.engine.clone();
+        let (keys, size) = tokio::task::spawn_blocking(move || engine.approximate_stats())
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        self.pd
+            .clone()
+            .store_heartbeat(StoreHeartbeatRequest {
+                cluster_id: self.cluster_id,
+                store_id: self.store_id,
+                regions,
+                approximate_keys: keys,
+                approximate_size: size,
+            })
+            .await
+            .map_err(|s| ServerError::remote("heartbeat", &s))?;
+        Ok(())
+    }
+
+    /// Heartbeats every `interval` until the process stops.
+    pub async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let result = self.heartbeat().await;
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
+            match result {
+                Ok(()) if failing => {
+                    tracing::info!("heartbeats to PD work again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "heartbeat to PD failed");
+                    failing = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat to PD failed"),
+            }
+        }
+    }
+}
