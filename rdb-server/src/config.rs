@@ -33,6 +33,10 @@ pub struct ServerSettings {
     pub pd_wait_secs: u64,
     /// fsync the WAL before acknowledging writes.
     pub sync: bool,
+    /// Seconds the store remembers a write's request id, so that a re-sent
+    /// copy is answered instead of applied again (at least 120: clients
+    /// re-send for at most 60 s, half the shortest window).
+    pub dedup_window_secs: u64,
     /// Seconds open requests and streams get to finish at shutdown.
     pub shutdown_grace_secs: u64,
     /// Log line format on stderr.
@@ -54,6 +58,7 @@ impl Default for ServerSettings {
             heartbeat_ms: 1000,
             pd_wait_secs: 60,
             sync: true,
+            dedup_window_secs: 600,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
             security: Security::default(),
@@ -80,6 +85,12 @@ impl ServerSettings {
             return invalid(format!(
                 "heartbeat-ms = {} is too small: at least 10",
                 self.heartbeat_ms
+            ));
+        }
+        if self.dedup_window_secs < 120 {
+            return invalid(format!(
+                "dedup-window-secs = {} is too small: at least 120 (rdb-client re-sends a write for up to 60 s)",
+                self.dedup_window_secs
             ));
         }
         self.status_socket()?;
@@ -134,6 +145,10 @@ pub struct ServerArgs {
     /// Seconds to keep retrying PD at start before giving up [default: 60].
     #[arg(long, env = "FLAREDB_SERVER_PD_WAIT_SECS")]
     pub pd_wait_secs: Option<u64>,
+    /// Seconds a write's request id is remembered, so a re-sent copy is not
+    /// applied again; at least 120 [default: 600].
+    #[arg(long, env = "FLAREDB_SERVER_DEDUP_WINDOW_SECS")]
+    pub dedup_window_secs: Option<u64>,
     /// Acknowledge writes before the WAL is fsynced: faster, but an OS crash or
     /// power loss can lose the last acknowledged writes (a process crash cannot).
     #[arg(long, env = "FLAREDB_SERVER_NO_SYNC")]
@@ -186,6 +201,7 @@ impl ServerArgs {
             status_addr => status_addr,
             heartbeat_ms => heartbeat_ms,
             pd_wait_secs => pd_wait_secs,
+            dedup_window_secs => dedup_window_secs,
             shutdown_grace_secs => shutdown_grace_secs,
             log_format => log_format,
             max_key_size => limits.max_key_size,
@@ -257,6 +273,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("heartbeat-ms"), "{e}");
+        let e = ServerSettings {
+            dedup_window_secs: 60,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("dedup-window-secs"), "{e}");
         let e = ServerSettings {
             status_addr: "nowhere".into(),
             ..base.clone()

@@ -95,6 +95,7 @@ pub async fn run(
         dir.path().join("db"),
         EngineOptions {
             sync: cfg.sync,
+            dedup_window: std::time::Duration::from_secs(cfg.dedup_window_secs),
             ..Default::default()
         },
     )?;
