@@ -40,9 +40,12 @@ pub struct Args {
     /// Requests in flight (one worker task each).
     #[arg(short, long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Independent client connections; workers are spread over them.
-    #[arg(long, default_value_t = 1)]
-    pub connections: usize,
+    /// Independent client objects, each with its own connections (and, for
+    /// FlareDB, its own coalescer and region cache), as separate application
+    /// processes would have; the requests in flight are spread evenly over
+    /// them. `--clients 8 --concurrency 64` is 8 clients with 8 in flight each.
+    #[arg(long, visible_alias = "connections", default_value_t = 1)]
+    pub clients: usize,
     /// Number of distinct keys.
     #[arg(short, long, default_value_t = 10_000)]
     pub keys: u64,
@@ -94,8 +97,8 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Run the workers on N single-threaded runtimes, one OS thread each
-    /// (thread-per-core), each with its own client connections; workers and
-    /// --connections are spread over them (--connections must be at least N).
+    /// (thread-per-core), each with its own clients; workers and --clients
+    /// are spread over them (--clients must be at least N).
     /// 0: all workers on one multi-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub per_core_runtimes: usize,
@@ -109,6 +112,11 @@ pub struct Args {
     /// FlareDB: PEM private key of --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Server processes whose CPU time to report per operation
+    /// (PID[,PID...]; read from /proc/PID/stat before and after the measured
+    /// interval). The local cluster's daemons are measured without it.
+    #[arg(long, value_delimiter = ',', value_name = "PID")]
+    pub server_pid: Vec<u32>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -120,10 +128,10 @@ pub fn validate(args: &Args) -> Result<(), BenchError> {
     if args.concurrency == 0 {
         return usage("--concurrency must be at least 1".into());
     }
-    if args.connections == 0 || args.connections > args.concurrency {
+    if args.clients == 0 || args.clients > args.concurrency {
         return usage(format!(
-            "--connections must be between 1 and --concurrency ({}), got {}",
-            args.concurrency, args.connections
+            "--clients must be between 1 and --concurrency ({}), got {}",
+            args.concurrency, args.clients
         ));
     }
     if !(args.duration > 0.0 && args.duration.is_finite()) && args.ops.is_none() {
@@ -144,10 +152,10 @@ pub fn validate(args: &Args) -> Result<(), BenchError> {
     if args.threads == Some(0) {
         return usage("--threads must be at least 1".into());
     }
-    if args.per_core_runtimes > 0 && args.connections < args.per_core_runtimes {
+    if args.per_core_runtimes > 0 && args.clients < args.per_core_runtimes {
         return usage(format!(
-            "--connections ({}) must be at least --per-core-runtimes ({})",
-            args.connections, args.per_core_runtimes
+            "--clients ({}) must be at least --per-core-runtimes ({})",
+            args.clients, args.per_core_runtimes
         ));
     }
     if args.coalesce_in_flight == 0 {

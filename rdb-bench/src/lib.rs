@@ -5,9 +5,11 @@
 //! Layout: `args` (the command line and its checks), `runner` (one run:
 //! preload, workers, clock, report), `workload` (key and operation
 //! pickers), `target` (FlareDB or etcd behind one interface), `report`
-//! (histograms and the text/JSON report), `local` (a local PD and store).
+//! (histograms and the text/JSON report), `cpu` (CPU time of the servers
+//! and the client from /proc), `local` (a local PD and store).
 
 pub mod args;
+pub mod cpu;
 pub mod local;
 pub mod report;
 pub mod runner;

@@ -162,6 +162,13 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// The process ids of its daemons (PD first), for CPU accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         // Stores first, then PD.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::CpuReport;
 use crate::workload::Op;
 
 /// Longest latency the histograms hold (longer ones are clamped to it).
@@ -121,7 +122,11 @@ pub struct RunInfo {
     pub workload: crate::workload::Workload,
     pub mix: Option<String>,
     pub concurrency: usize,
-    pub connections: usize,
+    /// Independent client objects the requests in flight were spread over.
+    pub clients: usize,
+    /// FlareDB: whether the client coalesced concurrent gets and puts into
+    /// batch RPCs (`false` with --no-coalesce; always `false` for etcd).
+    pub coalesce: bool,
     /// Single-threaded runtimes the workers ran on (0: one multi-threaded runtime).
     pub per_core_runtimes: usize,
     pub keys: u64,
@@ -158,6 +163,9 @@ pub struct Report {
     pub cas_conflicts: u64,
     /// Rows returned by scans.
     pub scanned_rows: u64,
+    /// CPU time of the watched server processes and of this client over
+    /// the measured interval, per completed operation.
+    pub cpu: CpuReport,
 }
 
 fn per_sec(n: u64, secs: f64) -> f64 {
@@ -169,7 +177,14 @@ fn per_sec(n: u64, secs: f64) -> f64 {
 }
 
 impl Report {
-    pub fn new(info: RunInfo, stats: &Stats, elapsed: Duration) -> Report {
+    /// The report of a run; `cpu` gives the CPU figures for the number of
+    /// completed operations.
+    pub fn new(
+        info: RunInfo,
+        stats: &Stats,
+        elapsed: Duration,
+        cpu: impl FnOnce(u64) -> CpuReport,
+    ) -> Report {
         let secs = elapsed.as_secs_f64();
         let all = stats.all();
         let by_op = Op::ALL
@@ -200,6 +215,7 @@ impl Report {
             cas_swapped_per_sec: per_sec(stats.cas_swapped, secs),
             cas_conflicts: stats.cas_conflicts,
             scanned_rows: stats.scanned_rows,
+            cpu: cpu(all.len()),
         }
     }
 
@@ -207,13 +223,18 @@ impl Report {
     pub fn text(&self) -> String {
         let i = &self.info;
         let mut out = format!(
-            "{} {} on {}{}: {} in flight over {} connection(s){}, {} {} keys of {} bytes, values of {} bytes{}\n",
+            "{} {} on {}{}: {} in flight over {} client(s){}{}, {} {} keys of {} bytes, values of {} bytes{}\n",
             i.system.label(),
             i.workload,
             i.endpoints.join(","),
             if i.local_cluster { " (local cluster)" } else { "" },
             i.concurrency,
-            i.connections,
+            i.clients,
+            match (i.system, i.coalesce) {
+                (crate::target::System::Flaredb, false) => ", not coalesced",
+                (crate::target::System::Flaredb, true) => ", coalesced",
+                _ => "",
+            },
             if i.per_core_runtimes > 0 {
                 format!(" on {} single-threaded runtimes", i.per_core_runtimes)
             } else {
@@ -264,6 +285,27 @@ impl Report {
                 self.cas_swapped,
                 group(self.cas_swapped_per_sec as u64),
                 self.cas_conflicts
+            );
+        }
+        let c = &self.cpu;
+        if c.server_cpu_us_per_op.is_some() || c.client_cpu_us_per_op.is_some() {
+            let servers = c
+                .servers
+                .iter()
+                .map(|s| format!("{} {:.1}", s.name, s.cpu_us_per_op))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out += &format!(
+                "  CPU per op: servers {} us{}, client {} us\n",
+                c.server_cpu_us_per_op
+                    .map_or("-".to_string(), |x| format!("{x:.1}")),
+                if servers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({servers})")
+                },
+                c.client_cpu_us_per_op
+                    .map_or("-".to_string(), |x| format!("{x:.1}")),
             );
         }
         for m in &self.error_messages {

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use rdb_client::ClientConfig;
 
 use crate::args::{validate, Args};
+use crate::cpu::{self, CpuReport, Watched};
 use crate::local;
 use crate::report::{group, Report, RunInfo, Stats};
 use crate::target::{BenchError, CasOutcome, System, Target};
@@ -69,7 +70,16 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
     } else {
         None
     };
-    let mut targets = Vec::with_capacity(args.connections);
+    // The daemons whose CPU time is reported per operation.
+    let watched = args
+        .server_pid
+        .iter()
+        .copied()
+        .chain(local.iter().flat_map(|c| c.pids()))
+        .map(Watched::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BenchError::Usage)?;
+    let mut targets = Vec::with_capacity(args.clients);
     let tls = match &args.ca {
         Some(ca) => Some(
             rdb_client::ClientTls::from_pem_files(ca, args.cert.as_deref(), args.key.as_deref())
@@ -83,7 +93,7 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
         tls,
         ..ClientConfig::default()
     };
-    for _ in 0..args.connections {
+    for _ in 0..args.clients {
         targets.push(Target::connect(system, &endpoints, &flare).await?);
     }
 
@@ -129,7 +139,7 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
                 endpoints.clone(),
                 flare.clone(),
             );
-            let (connections, concurrency) = (args.connections, args.concurrency);
+            let (clients, concurrency) = (args.clients, args.concurrency);
             let thread = std::thread::Builder::new()
                 .name(format!("rdb-bench-{r}"))
                 .spawn(move || -> Result<Vec<WorkerEnd>, BenchError> {
@@ -139,7 +149,7 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
                         .map_err(|e| BenchError::Local(format!("runtime: {e}")))?;
                     rt.block_on(async move {
                         let mut targets = Vec::new();
-                        for _ in (r..connections).step_by(n) {
+                        for _ in (r..clients).step_by(n) {
                             targets.push(Target::connect(system, &endpoints, &flare).await?);
                         }
                         let ids = (r..concurrency).step_by(n);
@@ -177,9 +187,10 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
     )
     .await;
     let done_before = shared.done.load(Ordering::Relaxed);
+    let cpu_before = cpu::sample(&watched);
     shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let elapsed = match args.ops {
+    let (elapsed, cpu_after) = match args.ops {
         None => {
             tick(
                 &shared,
@@ -190,7 +201,8 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
             )
             .await;
             shared.stop.store(true, Ordering::SeqCst);
-            started.elapsed()
+            let elapsed = started.elapsed();
+            (elapsed, cpu::sample(&watched))
         }
         Some(_) => {
             // Until the workers have used up the budget (the measured time
@@ -205,7 +217,7 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
                 )
                 .await;
             }
-            started.elapsed()
+            (started.elapsed(), cpu::sample(&watched))
         }
     };
     let mut stats = Stats::default();
@@ -239,7 +251,8 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
             workload: args.workload,
             mix: (args.workload == Workload::Mixed).then(|| args.mix.to_string()),
             concurrency: args.concurrency,
-            connections: args.connections,
+            clients: args.clients,
+            coalesce: system == System::Flaredb && !args.no_coalesce,
             per_core_runtimes: args.per_core_runtimes,
             keys: args.keys,
             distribution: args.distribution,
@@ -251,6 +264,7 @@ pub async fn run(args: Args) -> Result<Report, BenchError> {
         },
         &stats,
         elapsed,
+        |ops| CpuReport::between(&watched, &cpu_before, &cpu_after, ops),
     );
     drop(targets);
     drop(local);

@@ -523,6 +523,11 @@ impl Etcd {
 }
 
 impl Etcd {
+    /// The etcd process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether etcd's `/health` endpoint says it can serve (leader elected).
     fn healthy(&self) -> bool {
         use std::io::{Read, Write};

@@ -30,7 +30,7 @@ fn smoke(target: &[&str], workload: &str, system: &str) -> Value {
         "0.1",
         "--concurrency",
         "4",
-        "--connections",
+        "--clients",
         "2",
         "--keys",
         "200",
@@ -64,6 +64,7 @@ fn smoke(target: &[&str], workload: &str, system: &str) -> Value {
         "{ctx}"
     );
     assert_eq!(r["concurrency"], 4, "{ctx}");
+    assert_eq!(r["clients"], 2, "{ctx}");
     let ops = r["ops"].as_u64().expect("ops");
     assert!(ops > 0, "{ctx}");
     let elapsed = r["elapsed_secs"].as_f64().expect("elapsed_secs");
@@ -156,6 +157,55 @@ fn every_workload_against_a_cluster() {
     assert_eq!(n, Some(200), "{rows}");
 }
 
+/// The CPU figures of a report: the named server processes were measured
+/// and spent some CPU, and so did the client.
+fn check_cpu(r: &Value, servers: &[&str]) {
+    let cpu = &r["cpu"];
+    let names: Vec<&str> = cpu["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, servers, "{cpu:#}");
+    let us = |v: &Value| v.as_f64().unwrap_or(-1.0);
+    // 2 cores for the measured interval is the most a process can use.
+    let most = 2.0 * r["elapsed_secs"].as_f64().unwrap_or(0.0) * 1e6
+        / r["ops"].as_f64().unwrap_or(1.0).max(1.0);
+    let total = us(&cpu["server_cpu_us_per_op"]);
+    assert!(total > 0.0 && total <= 2.0 * most, "{cpu:#}");
+    let sum: f64 = cpu["servers"]
+        .as_array()
+        .map(|a| a.iter().map(|s| us(&s["cpu_us_per_op"])).sum())
+        .unwrap_or(0.0);
+    assert!(
+        (sum - total).abs() <= 0.1 * servers.len() as f64 + total * 0.01,
+        "{cpu:#}"
+    );
+    let client = us(&cpu["client_cpu_us_per_op"]);
+    assert!(client > 0.0 && client <= most, "{cpu:#}");
+}
+
+#[test]
+fn reports_cpu_per_operation_of_the_servers_and_the_client() {
+    // The local cluster's own daemons are measured without being named.
+    let r = smoke(&["--no-coalesce"], "get", "flaredb");
+    assert_eq!(r["coalesce"], false);
+    check_cpu(&r, &["rdb-pd", "rdb-server"]);
+    // A cluster given with --pd: the processes named with --server-pid.
+    let cluster = TestCluster::start(1);
+    let pid = cluster.stores[0].pid().expect("store pid").to_string();
+    let r = smoke(
+        &["--pd", &cluster.pd.addr, "--server-pid", &pid],
+        "put",
+        "flaredb",
+    );
+    assert_eq!(r["coalesce"], true);
+    check_cpu(&r, &["rdb-server"]);
+    // Without --server-pid nothing is claimed about the servers.
+    let r = smoke(&["--pd", &cluster.pd.addr], "put", "flaredb");
+    assert!(r["cpu"]["server_cpu_us_per_op"].is_null(), "{r:#}");
+    assert!(r["cpu"]["client_cpu_us_per_op"].as_f64().unwrap_or(0.0) > 0.0);
+}
+
 #[test]
 fn starts_its_own_cluster_without_pd() {
     let r = smoke(&[], "put", "flaredb");
@@ -168,8 +218,10 @@ fn starts_its_own_cluster_without_pd() {
 #[test]
 fn every_workload_against_etcd() {
     let etcd = Etcd::start();
+    let pid = etcd.pid().to_string();
     for w in WORKLOADS.iter().filter(|w| **w != "tso") {
-        smoke(&["--etcd", &etcd.addr], w, "etcd");
+        let r = smoke(&["--etcd", &etcd.addr, "--server-pid", &pid], w, "etcd");
+        check_cpu(&r, &["etcd"]);
     }
     // tso is FlareDB only: a usage error (exit 2), not a run.
     let out = bench(&["tso", "--etcd", &etcd.addr, "--duration", "0.1"]);
@@ -184,9 +236,15 @@ fn bad_options_are_refused_with_the_reason() {
         (vec!["put", "--key-size", "4"], "--key-size 4 is too small"),
         (vec!["mixed", "--mix", "get=1,del=2"], "del"),
         (
-            vec!["put", "--connections", "9", "--concurrency", "8"],
-            "--connections",
+            vec!["put", "--clients", "9", "--concurrency", "8"],
+            "--clients",
         ),
+        // The old name of --clients still works.
+        (
+            vec!["put", "--connections", "9", "--concurrency", "8"],
+            "--clients",
+        ),
+        (vec!["put", "--server-pid", "4000000000"], "4000000000"),
         (vec!["put", "--duration", "0"], "--duration"),
         (
             vec!["tso", "--per-core-runtimes", "3"],
