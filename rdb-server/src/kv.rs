@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::node::Node;
-use crate::regions::{check_keys, clamp_range, RegionCheck, RegionMap};
+use crate::regions::{check_keys, clamp_range, RegionCheck};
 
 /// The Kv service of one store.
 #[derive(Clone)]
@@ -37,23 +37,28 @@ impl KvService {
         }
     }
 
-    async fn enter(
-        &self,
-        ctx: Option<&Context>,
-    ) -> Result<(RwLockReadGuard<'_, RegionMap>, Region), Reject> {
+    /// Checks the request's context against the served regions and returns
+    /// the region, read-locked: a split or a move waits until the request
+    /// is done with it.
+    async fn enter(&self, ctx: Option<&Context>) -> Result<RwLockReadGuard<'_, Region>, Reject> {
         if let Some(c) = ctx {
             // The request's span (see rdb_daemon::metrics) carries its region.
             tracing::Span::current().record("region_id", c.region_id);
         }
         let guard = self.node.regions.read().await;
-        let region = match guard.check_context(ctx) {
-            Ok(r) => r.clone(),
+        let id = match guard.check_context(ctx) {
+            Ok(r) => r.id,
             Err(RegionCheck::Region(e)) => return Err(Reject::Region(e)),
             Err(RegionCheck::Invalid(m)) => {
                 return Err(Reject::Status(ServerError::InvalidArgument(m).into()))
             }
         };
-        Ok((guard, region))
+        // The region was just found under this same guard.
+        RwLockReadGuard::try_map(guard, |m| m.get(id).map(|s| &s.region)).map_err(|_| {
+            Reject::Status(
+                ServerError::Internal(format!("region {id} vanished under its lock")).into(),
+            )
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -215,10 +220,20 @@ impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
-        let (_guard, region) = enter!(self, req, GetResponse);
+        let region = enter!(self, req, GetResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
-        let key = req.key;
-        let got = self.blocking(move |e| e.get(&key)).await?;
+        // A read served from the memtables and the block cache runs right
+        // here (a few microseconds); one that needs the disk goes to the
+        // blocking pool, so that no runtime thread waits for I/O.
+        let got = match self.node.engine.get_cached(&req.key) {
+            Ok(Some(got)) => got,
+            Ok(None) => {
+                let key = req.key;
+                self.blocking(move |e| e.get(&key)).await?
+            }
+            Err(e) => return Err(ServerError::from(e).into()),
+        };
+        drop(region);
         Ok(Response::new(match got {
             Some(v) => GetResponse {
                 region_error: None,
@@ -239,7 +254,7 @@ impl Kv for KvService {
         for k in &req.keys {
             invalid(self.limits.check_key(k))?;
         }
-        let (_guard, region) = enter!(self, req, BatchGetResponse);
+        let region = enter!(self, req, BatchGetResponse);
         in_region!(
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchGetResponse
@@ -261,7 +276,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
         invalid(self.limits.check_value(&req.value))?;
-        let (_guard, region) = enter!(self, req, PutResponse);
+        let region = enter!(self, req, PutResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), PutResponse);
         match self
             .write(
@@ -292,7 +307,7 @@ impl Kv for KvService {
             invalid(self.limits.check_key(&p.key))?;
             invalid(self.limits.check_value(&p.value))?;
         }
-        let (_guard, region) = enter!(self, req, BatchPutResponse);
+        let region = enter!(self, req, BatchPutResponse);
         in_region!(
             check_keys(&region, req.pairs.iter().map(|p| p.key.as_slice())),
             BatchPutResponse
@@ -326,7 +341,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
-        let (_guard, region) = enter!(self, req, DeleteResponse);
+        let region = enter!(self, req, DeleteResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), DeleteResponse);
         match self
             .write(req.request_id, vec![WriteOp::Delete { key: req.key }])
@@ -350,7 +365,7 @@ impl Kv for KvService {
         for k in &req.keys {
             invalid(self.limits.check_key(k))?;
         }
-        let (_guard, region) = enter!(self, req, BatchDeleteResponse);
+        let region = enter!(self, req, BatchDeleteResponse);
         in_region!(
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchDeleteResponse
@@ -388,7 +403,7 @@ impl Kv for KvService {
             0 => self.limits.max_scan_limit,
             n => n.min(self.limits.max_scan_limit),
         } as usize;
-        let (_guard, region) = enter!(self, req, ScanResponse);
+        let region = enter!(self, req, ScanResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             ScanResponse
@@ -427,7 +442,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_range(&req.start_key, &req.end_key))?;
-        let (_guard, region) = enter!(self, req, DeleteRangeResponse);
+        let region = enter!(self, req, DeleteRangeResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             DeleteRangeResponse
@@ -466,7 +481,7 @@ impl Kv for KvService {
                 .into())
             }
         };
-        let (_guard, region) = enter!(self, req, CompareAndSwapResponse);
+        let region = enter!(self, req, CompareAndSwapResponse);
         in_region!(
             check_keys(&region, [req.key.as_slice()]),
             CompareAndSwapResponse

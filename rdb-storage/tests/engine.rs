@@ -57,6 +57,39 @@ fn versions_rise_across_delete_and_recreate_and_reopen() {
 }
 
 #[test]
+fn cached_reads_answer_from_memory_and_defer_reads_that_need_the_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    e.write_blocking(vec![put(b"a", b"1"), put(b"b", b"2")])
+        .unwrap();
+    // In the memtable: answered, found or not.
+    let got = e
+        .get_cached(b"a")
+        .unwrap()
+        .expect("answered from the memtable");
+    assert_eq!(got.map(|v| v.value), Some(b"1".to_vec()));
+    e.write_blocking(vec![WriteOp::Delete { key: b"b".to_vec() }])
+        .unwrap();
+    assert_eq!(
+        e.get_cached(b"b").unwrap(),
+        Some(None),
+        "deleted in the memtable"
+    );
+    // In an SST file whose block is not cached: not answered.
+    e.flush().unwrap();
+    drop(e);
+    let e = open(tmp.path());
+    assert_eq!(e.get_cached(b"a").unwrap(), None, "needs a file read");
+    assert_eq!(e.get(b"a").unwrap().map(|v| v.value), Some(b"1".to_vec()));
+    // The read brought the block into the cache.
+    let got = e
+        .get_cached(b"a")
+        .unwrap()
+        .expect("answered from the block cache");
+    assert_eq!(got.map(|v| v.value), Some(b"1".to_vec()));
+}
+
+#[test]
 fn cas_modes() {
     let tmp = tempfile::tempdir().unwrap();
     let e = open(tmp.path());
