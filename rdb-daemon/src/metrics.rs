@@ -1,15 +1,20 @@
 //! Prometheus metrics of a daemon, and the gRPC request layer.
 //!
-//! [`RpcLayer`] wraps a daemon's whole tonic server: every request gets a
-//! tracing span `rpc` (with the method, and a `region_id` field the handler
-//! fills in), and is counted and timed per method and gRPC status code
-//! (`flaredb_grpc_requests_total`, `flaredb_grpc_request_duration_seconds`).
+//! [`RpcLayer`] wraps a daemon's whole tonic server: every request is
+//! counted and timed per method and gRPC status code
+//! (`flaredb_grpc_requests_total`, `flaredb_grpc_request_duration_seconds`),
+//! and, when debug logging of this crate is on, runs in a tracing span `rpc`
+//! (with the method, and a `region_id` field the handler fills in). The span
+//! is debug-level because it is not free: creating, entering and closing a
+//! span with its formatted fields cost about 1-2.5 us of CPU per request in
+//! `bench/compare-etcd`'s spread layout (about a tenth of a point read's
+//! server CPU); below debug level it costs a check of a cached flag.
 //! The code is read from the response head: handlers' errors arrive there
 //! (trailers-only responses); a status sent in the trailers of a stream that
 //! already answered counts as OK.
 //!
-//! With `RUST_LOG=rdb_daemon=debug` every request also logs one `rpc` line
-//! (code, microseconds) inside its span.
+//! With `RUST_LOG=info,rdb_daemon=debug` every request runs in its span and
+//! also logs one `rpc` line (code, microseconds) inside it.
 //!
 //! The layer also answers an over-size request message with
 //! `RESOURCE_EXHAUSTED`, as other gRPC implementations do (tonic says
@@ -158,7 +163,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Cloning the URI shares its bytes (no copy of the path per request).
         let uri = req.uri().clone();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "rpc",
             method = uri.path(),
             region_id = tracing::field::Empty
