@@ -180,7 +180,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(rdb_daemon::net::incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(rdb_daemon::net::incoming_batched(listener), shutdown);
     let served = rdb_daemon::net::serve_until(served, deadline).await;
     hb.abort();
     drop(status);
