@@ -28,6 +28,9 @@ pub struct ClientConfig {
     /// Send concurrent single-key `get` and `put` calls to the same store as
     /// one `BatchGet` / `BatchPut` per region (default `true`). Each call
     /// keeps its own result, error and retries; only the RPCs are shared.
+    /// With `false`, every call is its own RPC, and the connections to the
+    /// stores gather the bytes of calls issued together into one write
+    /// instead (one system call for several requests).
     pub coalesce: bool,
     /// Most calls in one coalesced RPC (default 256).
     pub max_coalesced: usize,

@@ -38,14 +38,24 @@ pub(crate) enum PdFailure {
 
 /// A lazily connecting channel to `addr` with the timeouts and TLS of `cfg`.
 pub(crate) fn channel(addr: &str, cfg: &ClientConfig) -> Result<Channel> {
+    Ok(endpoint(addr, cfg)?.connect_lazy())
+}
+
+/// [`channel`] for a store when calls are not coalesced: its writes are
+/// batched (`rdb_proto::io`), so that calls issued together leave in one
+/// system call. PD's channel is not: its TSO stream is latency-bound.
+pub(crate) fn store_channel(addr: &str, cfg: &ClientConfig) -> Result<Channel> {
+    Ok(rdb_proto::io::batched_channel(&endpoint(addr, cfg)?))
+}
+
+fn endpoint(addr: &str, cfg: &ClientConfig) -> Result<tonic::transport::Endpoint> {
     Ok(rdb_proto::tls::endpoint(addr, cfg.tls.as_ref())
         .map_err(Error::InvalidArgument)?
         .connect_timeout(cfg.connect_timeout)
         .timeout(cfg.rpc_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
 impl PdConn {

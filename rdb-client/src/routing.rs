@@ -114,7 +114,16 @@ impl Client {
             return Ok(c.clone());
         }
         let cfg = &self.inner.config;
-        let c = KvClient::new(pd::channel(address, cfg)?)
+        // Without coalescing, every call is its own RPC: the connection
+        // gathers the bytes of calls issued together into one write. With
+        // it, the coalescer already sends them as one batch RPC, and a
+        // deferred flush would only delay each batch.
+        let channel = if cfg.coalesce {
+            pd::channel(address, cfg)?
+        } else {
+            pd::store_channel(address, cfg)?
+        };
+        let c = KvClient::new(channel)
             .max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE)
             .max_encoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE);
         stores.insert(address.to_string(), c.clone());

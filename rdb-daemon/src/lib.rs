@@ -1,8 +1,6 @@
 //! Plumbing shared by the FlareDB daemons (`rdb-pd`, `rdb-server`).
 //!
 //! # Layout
-//! - [`batched_io`]: a connection whose writes are gathered into fewer
-//!   system calls (one yield before each flush).
 //! - [`config`]: TOML config files (unknown keys and bad values refused by
 //!   name), and the check that a documented default file matches the code.
 //! - [`grpc`]: the tonic server every daemon runs (TLS, stream cap, request layer).
@@ -20,7 +18,6 @@
 //!   material a node serves with and calls its peers with (the client side,
 //!   `ClientTls`, is in `rdb_proto::tls`).
 
-pub mod batched_io;
 pub mod config;
 pub mod grpc;
 pub mod limits;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::batched_io::BatchedIo;
+use rdb_proto::io::BatchedIo;
 use tonic::transport::server::TcpIncoming;
 
 /// The accepted connections of `listener`, with `TCP_NODELAY` set on each.
@@ -19,7 +19,7 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// [`incoming`], with every connection's writes gathered into fewer system
-/// calls ([`BatchedIo`]): for servers answering many small requests per
+/// calls ([`BatchedIo`], `rdb_proto::io`): for servers answering many small requests per
 /// connection.
 pub fn incoming_batched(
     listener: TcpListener,

@@ -15,12 +15,15 @@
 //! - [`tls`]: the client side of TLS and mutual TLS ([`tls::ClientTls`], and
 //!   [`tls::endpoint`], the endpoint every client dials).
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
+//! - [`io`]: connections whose writes are gathered into fewer system calls
+//!   (the daemons' accepted connections, the client's store channels).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file;
 //!   [`PD_FILE_DESCRIPTOR_SET`] and [`STORE_FILE_DESCRIPTOR_SET`]: those of
 //!   each daemon's services, for its gRPC reflection (plain bytes, no
 //!   dependency: they stay here because the build script that compiles the
 //!   protos makes them).
 
+pub mod io;
 pub mod limits;
 pub mod region;
 pub mod tls;

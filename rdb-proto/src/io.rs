@@ -1,12 +1,14 @@
-//! A connection whose writes are gathered into fewer system calls.
+//! Connections whose writes are gathered into fewer system calls, for the
+//! daemons' servers ([`BatchedIo`]) and for clients ([`batched_connector`]).
 //!
-//! hyper's HTTP/2 server flushes its connection every time the connection
-//! task runs, and the task runs once for every response that a request task
-//! hands to it. With a few requests in flight per connection (many clients,
-//! each with a few calls open, coalescing off) every response then costs its
-//! own `sendmsg`; on loopback that call also runs the receiver's TCP input,
-//! and in the profiles of `bench/profile-server` the socket writes were a
-//! third of the store's CPU per point read.
+//! hyper's HTTP/2 code flushes its connection every time the connection
+//! task runs, and the task runs once for every response (server) or request
+//! (client) that another task hands to it. With a few calls in flight per
+//! connection (many clients, each with a few calls open, coalescing off)
+//! every message then costs its own `sendmsg`; on loopback that call also
+//! runs the receiver's TCP input, and in the profiles of
+//! `bench/profile-server` the socket writes were a third of the store's CPU
+//! per point read.
 //!
 //! [`BatchedIo`] keeps what the connection writes in a buffer and, the first
 //! time the connection asks for a flush, yields once instead (it wakes its
@@ -122,12 +124,55 @@ impl<T: AsyncWrite> AsyncWrite for BatchedIo<T> {
     }
 }
 
+/// The servers accept connections of this type (rdb-daemon).
+#[cfg(feature = "server")]
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for BatchedIo<T> {
     type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
+}
+
+/// The connector of [`batched_channel`]: a TCP connection to the URI's host
+/// and port with `TCP_NODELAY`, wrapped in [`BatchedIo`]. tonic lays TLS over
+/// it when the endpoint has TLS settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchedConnector;
+
+impl tower_service::Service<http::Uri> for BatchedConnector {
+    type Response = hyper_util::rt::TokioIo<BatchedIo<tokio::net::TcpStream>>;
+    type Error = io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(async move {
+            let host = uri.host().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
+            })?;
+            // IPv6 literals come bracketed in URIs.
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let stream = tokio::net::TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(BatchedIo::new(stream)))
+        })
+    }
+}
+
+/// A lazily connecting channel over [`BatchedConnector`] (its writes
+/// batched, see the module docs) with `endpoint`'s settings (timeouts, TLS).
+pub fn batched_channel(endpoint: &tonic::transport::Endpoint) -> tonic::transport::Channel {
+    endpoint.connect_with_connector_lazy(BatchedConnector)
 }
 
 #[cfg(test)]
