@@ -12,7 +12,7 @@ use rdb_proto::limits::{MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;
-use rdb_storage::{Engine, Expected, OpResult, ScanOptions, WriteOp};
+use rdb_storage::{Engine, Expected, OpResult, ScanOptions, VersionedValue, WriteOp};
 use tokio::sync::RwLockReadGuard;
 use tonic::{Request, Response, Status};
 
@@ -171,36 +171,34 @@ with_region_error!(
 const BATCH_GET_CHUNK: usize = 16;
 
 /// Reads `keys` in order into an answer of at most `max_bytes` key and value
-/// bytes (the first found pair always goes in). Returns the found pairs and,
-/// when the budget stopped it early, how many of the leading keys the
-/// answer covers (the caller asks again for the rest).
+/// bytes (the first found pair always goes in), `BATCH_GET_CHUNK` keys at a
+/// time through `fetch`. Returns the found pairs and, when the budget stopped
+/// it early, how many of the leading keys the answer covers (the caller asks
+/// again for the rest); `None` when `fetch` said a chunk needs the disk.
 fn batch_get_page(
-    e: &Engine,
-    keys: Vec<Vec<u8>>,
+    keys: &[Vec<u8>],
     max_bytes: usize,
-) -> rdb_storage::Result<(Vec<KvPair>, Option<u32>)> {
+    mut fetch: impl FnMut(&[Vec<u8>]) -> rdb_storage::Result<Option<Vec<Option<VersionedValue>>>>,
+) -> rdb_storage::Result<Option<(Vec<KvPair>, Option<u32>)>> {
     let mut pairs = Vec::new();
     let mut bytes = 0usize;
     let mut answered = 0usize;
-    let mut keys = keys.into_iter();
-    loop {
-        let chunk: Vec<Vec<u8>> = keys.by_ref().take(BATCH_GET_CHUNK).collect();
-        if chunk.is_empty() {
-            return Ok((pairs, None));
-        }
-        let values = e.batch_get(&chunk)?;
-        for (key, v) in chunk.into_iter().zip(values) {
+    for chunk in keys.chunks(BATCH_GET_CHUNK) {
+        let Some(values) = fetch(chunk)? else {
+            return Ok(None);
+        };
+        for (key, v) in chunk.iter().zip(values) {
             if let Some(v) = v {
                 let size = key.len() + v.value.len() + PAIR_OVERHEAD_BYTES;
                 if !pairs.is_empty() && bytes.saturating_add(size) > max_bytes {
                     // Keys are answered in order: this one and the rest wait
                     // for the next call. `answered` fits: batches are capped
                     // far below u32::MAX keys.
-                    return Ok((pairs, Some(answered as u32)));
+                    return Ok(Some((pairs, Some(answered as u32))));
                 }
                 bytes = bytes.saturating_add(size);
                 pairs.push(KvPair {
-                    key,
+                    key: key.clone(),
                     value: v.value,
                     version: v.version,
                 });
@@ -208,6 +206,7 @@ fn batch_get_page(
             answered += 1;
         }
     }
+    Ok(Some((pairs, None)))
 }
 
 /// Logged with the result; the client gets a generic internal error.
@@ -260,10 +259,28 @@ impl Kv for KvService {
             BatchGetResponse
         );
         let max_bytes = self.limits.max_response_bytes;
-        let keys = req.keys;
-        let (pairs, answered) = self
-            .blocking(move |e| batch_get_page(e, keys, max_bytes))
-            .await?;
+        // As for Get: answered here when the memtables and the block cache
+        // hold every key's answer, else on the blocking pool.
+        let cached = batch_get_page(&req.keys, max_bytes, |chunk| {
+            self.node.engine.batch_get_cached(chunk)
+        })
+        .map_err(|e| Status::from(ServerError::from(e)))?;
+        let (pairs, answered) = match cached {
+            Some(page) => page,
+            None => {
+                let keys = req.keys;
+                self.blocking(move |e| {
+                    batch_get_page(&keys, max_bytes, |chunk| e.batch_get(chunk).map(Some))
+                })
+                .await?
+                .ok_or_else(|| {
+                    Status::from(ServerError::Internal(
+                        "a blocking batch read asked for the disk".into(),
+                    ))
+                })?
+            }
+        };
+        drop(region);
         Ok(Response::new(BatchGetResponse {
             region_error: None,
             pairs,

@@ -377,6 +377,28 @@ impl Engine {
         }
     }
 
+    /// [`batch_get`](Engine::batch_get) if that needs no I/O (see
+    /// [`get_cached`](Engine::get_cached)); `Ok(None)` when some key's
+    /// answer would need a file read.
+    pub fn batch_get_cached(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<Option<Vec<Option<VersionedValue>>>> {
+        let db = &self.inner.db;
+        let mut ro = ReadOptions::default();
+        ro.set_read_tier(rocksdb::ReadTier::BlockCache);
+        let mut out = Vec::with_capacity(keys.len());
+        for r in db.batched_multi_get_cf_opt(data_cf(db)?, keys.iter(), false, &ro) {
+            match r {
+                Ok(Some(raw)) => out.push(Some(decode_versioned(&raw)?)),
+                Ok(None) => out.push(None),
+                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Reads many keys; one entry per key, `None` for missing keys.
     pub fn batch_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<VersionedValue>>> {
         let cf = data_cf(&self.inner.db)?;
