@@ -265,12 +265,22 @@ mod tests {
     use rdb_proto::v1::GetRequest;
     use std::time::Duration;
 
-    async fn get_status(addr: std::net::SocketAddr) -> Status {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+    /// A Get to `addr` through the client's own channel: plain (PD, a
+    /// coalescing client's stores) or batched (a store of a client that
+    /// does not coalesce).
+    async fn get_status(addr: std::net::SocketAddr, batched: bool) -> Status {
+        let cfg = crate::ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            rpc_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let addr = addr.to_string();
+        let ch = if batched {
+            crate::pd::store_channel(&addr, &cfg)
+        } else {
+            crate::pd::channel(&addr, &cfg)
+        }
+        .expect("channel");
         KvClient::new(ch)
             .get(GetRequest::default())
             .await
@@ -279,38 +289,48 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_was_never_sent() {
-        let addr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let s = get_status(addr).await;
-        assert_eq!(classify(&s), Failure::NeverSent, "{s:?}");
+        for batched in [false, true] {
+            let addr = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap()
+            };
+            let s = get_status(addr, batched).await;
+            assert_eq!(classify(&s), Failure::NeverSent, "batched={batched}: {s:?}");
+        }
     }
 
     #[tokio::test]
     async fn a_connection_cut_after_the_request_may_have_been_applied() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let (mut conn, _) = l.accept().await.unwrap();
-            // Read the client's preface and request, then hang up unanswered.
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            while got < 60 {
-                match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => got += n,
-                    _ => break,
+        for batched in [false, true] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let (mut conn, _) = l.accept().await.unwrap();
+                // Read the client's preface and request, then hang up unanswered.
+                let mut buf = vec![0u8; 4096];
+                let mut got = 0;
+                while got < 60 {
+                    match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => got += n,
+                        _ => break,
+                    }
                 }
-            }
-            got
-        });
-        let s = get_status(addr).await;
-        assert!(
-            server.await.unwrap() >= 60,
-            "the request reached the server"
-        );
-        assert_eq!(classify(&s), Failure::Unreachable, "{s:?}");
+                got
+            });
+            let s = get_status(addr, batched).await;
+            assert!(
+                server.await.unwrap() >= 60,
+                "batched={batched}: the request reached the server"
+            );
+            assert_eq!(
+                classify(&s),
+                Failure::Unreachable,
+                "batched={batched}: {s:?}"
+            );
+        }
     }
 
     #[test]
