@@ -367,14 +367,11 @@ impl Engine {
     /// enough to call on an async runtime thread.
     pub fn get_cached(&self, key: &[u8]) -> Result<Option<Option<VersionedValue>>> {
         let db = &self.inner.db;
-        let mut ro = ReadOptions::default();
-        ro.set_read_tier(rocksdb::ReadTier::BlockCache);
-        match db.get_pinned_cf_opt(data_cf(db)?, key, &ro) {
-            Ok(Some(raw)) => decode_versioned(&raw).map(|v| Some(Some(v))),
-            Ok(None) => Ok(Some(None)),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let Some(raw) = from_memory(db.get_pinned_cf_opt(data_cf(db)?, key, &memory_only()))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(raw.map(|r| decode_versioned(&r)).transpose()?))
     }
 
     /// [`batch_get`](Engine::batch_get) if that needs no I/O (see
@@ -385,16 +382,12 @@ impl Engine {
         keys: &[Vec<u8>],
     ) -> Result<Option<Vec<Option<VersionedValue>>>> {
         let db = &self.inner.db;
-        let mut ro = ReadOptions::default();
-        ro.set_read_tier(rocksdb::ReadTier::BlockCache);
         let mut out = Vec::with_capacity(keys.len());
-        for r in db.batched_multi_get_cf_opt(data_cf(db)?, keys.iter(), false, &ro) {
-            match r {
-                Ok(Some(raw)) => out.push(Some(decode_versioned(&raw)?)),
-                Ok(None) => out.push(None),
-                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
+        for r in db.batched_multi_get_cf_opt(data_cf(db)?, keys.iter(), false, &memory_only()) {
+            let Some(raw) = from_memory(r)? else {
+                return Ok(None);
+            };
+            out.push(raw.map(|r| decode_versioned(&r)).transpose()?);
         }
         Ok(Some(out))
     }
@@ -542,6 +535,23 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Read options that answer from the memtables and the block cache only.
+fn memory_only() -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_read_tier(rocksdb::ReadTier::BlockCache);
+    ro
+}
+
+/// The result of a [`memory_only`] read: `None` when it would have needed
+/// a file read (RocksDB's `Incomplete`).
+fn from_memory<T>(r: std::result::Result<T, rocksdb::Error>) -> Result<Option<T>> {
+    match r {
+        Ok(x) => Ok(Some(x)),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
