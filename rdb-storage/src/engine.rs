@@ -22,6 +22,8 @@ use crate::{
 pub(crate) const CF_DATA: &str = "data";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_DEDUP: &str = "dedup";
+/// Raft logs and votes (`rdb-raft`).
+pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const LAST_VERSION_KEY: &[u8] = b"\x00last_version";
 
 /// Options of [`Engine::open`].
@@ -182,6 +184,7 @@ impl Engine {
             ColumnFamilyDescriptor::new(CF_DATA, cf_opts()),
             ColumnFamilyDescriptor::new(CF_META, cf_opts()),
             ColumnFamilyDescriptor::new(CF_DEDUP, dedup_opts),
+            ColumnFamilyDescriptor::new(CF_RAFT, cf_opts()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, path, cfs)?);
         let last_version = {
@@ -495,6 +498,40 @@ impl Engine {
         Ok(out)
     }
 
+    /// Reads an entry of the `raft` column family.
+    pub fn get_raft(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = &self.inner.db;
+        let cf = db.cf_handle(CF_RAFT).ok_or_else(|| missing(CF_RAFT))?;
+        Ok(db.get_cf(cf, key)?)
+    }
+
+    /// Entries of the `raft` column family in `[start, end)`, in key order
+    /// (the last one first if `reverse`), at most `limit`.
+    pub fn scan_raft(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let db = &self.inner.db;
+        let cf = db.cf_handle(CF_RAFT).ok_or_else(|| missing(CF_RAFT))?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(start.to_vec());
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        let mut out = Vec::new();
+        for item in db.iterator_cf_opt(cf, opts, mode).take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Approximate (number of keys, bytes) of user data, from RocksDB's estimates.
     pub fn approximate_stats(&self) -> (u64, u64) {
         let db = &self.inner.db;
@@ -517,7 +554,7 @@ impl Engine {
     pub fn int_property(&self, name: &str) -> Option<u64> {
         let db = &self.inner.db;
         let mut total = None;
-        for cf in [CF_DATA, CF_META, CF_DEDUP] {
+        for cf in [CF_DATA, CF_META, CF_DEDUP, CF_RAFT] {
             let Some(cf) = db.cf_handle(cf) else { continue };
             if let Ok(Some(v)) = db.property_int_value_cf(cf, name) {
                 total = Some(total.unwrap_or(0) + v);
@@ -529,7 +566,7 @@ impl Engine {
     /// Flushes memtables to SST files.
     pub fn flush(&self) -> Result<()> {
         let db = &self.inner.db;
-        for name in [CF_DATA, CF_META, CF_DEDUP] {
+        for name in [CF_DATA, CF_META, CF_DEDUP, CF_RAFT] {
             if let Some(cf) = db.cf_handle(name) {
                 db.flush_cf(cf)?;
             }
@@ -615,3 +652,7 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+fn missing(cf: &str) -> StorageError {
+    StorageError::Corruption(format!("missing {cf} column family"))
+}

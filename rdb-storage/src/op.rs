@@ -100,6 +100,22 @@ pub enum WriteOp {
         /// The key.
         key: Vec<u8>,
     },
+    /// Stores an entry of the `raft` column family (Raft logs and votes,
+    /// written by `rdb-raft`; any key).
+    PutRaft {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes the entries of the `raft` column family in `[start, end)`
+    /// (`start < end`; one range tombstone).
+    DeleteRaftRange {
+        /// First key of the range.
+        start: Vec<u8>,
+        /// End of the range (exclusive).
+        end: Vec<u8>,
+    },
 }
 
 /// The outcome of a compare-and-swap.
@@ -124,7 +140,7 @@ pub enum OpResult {
     Cas(CasOutcome),
     /// `DeleteRange`: how many keys were removed.
     DeleteRange(u64),
-    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`.
+    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`, `PutRaft`, `DeleteRaftRange`.
     Done,
 }
 

@@ -22,7 +22,7 @@ use rocksdb::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{decode_dedup, decode_record, encode_dedup, encode_record};
-use crate::engine::{now_ms, CF_DATA, CF_DEDUP, CF_META, LAST_VERSION_KEY};
+use crate::engine::{now_ms, CF_DATA, CF_DEDUP, CF_META, CF_RAFT, LAST_VERSION_KEY};
 use crate::fatal::{CommitError, Hooks};
 use crate::{CasOutcome, OpResult, RequestId, Result, StorageError, VersionedValue, WriteOp};
 
@@ -136,6 +136,10 @@ enum Mutation {
     Meta(Vec<u8>, Option<Vec<u8>>),
     /// The exactly-once record of a request: id and encoded results.
     Dedup(RequestId, Vec<u8>),
+    /// An entry of the raft column family.
+    Raft(Vec<u8>, Vec<u8>),
+    /// A range tombstone over `[start, end)` of the raft column family.
+    RaftRange(Vec<u8>, Vec<u8>),
 }
 
 /// Why a request was not applied in this group.
@@ -312,7 +316,10 @@ impl<'db> Deferred<'db> {
                             j.stale = true;
                         }
                     }
-                    Mutation::Meta(..) | Mutation::Dedup(..) => {}
+                    Mutation::Meta(..)
+                    | Mutation::Dedup(..)
+                    | Mutation::Raft(..)
+                    | Mutation::RaftRange(..) => {}
                 }
             }
         }
@@ -578,7 +585,7 @@ impl Writer {
 
     fn stage(&self, batch: &mut WriteBatch, muts: &[Mutation]) -> Result<()> {
         let cf = |name: &'static str| self.db.cf_handle(name).ok_or_else(|| missing_cf(name));
-        let (data, meta, dedup) = (cf(CF_DATA)?, cf(CF_META)?, cf(CF_DEDUP)?);
+        let (data, meta, dedup, raft) = (cf(CF_DATA)?, cf(CF_META)?, cf(CF_DEDUP)?, cf(CF_RAFT)?);
         for m in muts {
             match m {
                 Mutation::Data(k, Some(v)) => {
@@ -589,6 +596,8 @@ impl Writer {
                 Mutation::Meta(k, Some(v)) => batch.put_cf(meta, k, v),
                 Mutation::Meta(k, None) => batch.delete_cf(meta, k),
                 Mutation::Dedup(id, v) => batch.put_cf(dedup, id.to_key(), v),
+                Mutation::Raft(k, v) => batch.put_cf(raft, k, v),
+                Mutation::RaftRange(s, e) => batch.delete_range_cf(raft, s, e),
             }
         }
         Ok(())
@@ -812,6 +821,20 @@ impl Writer {
                 WriteOp::DeleteMeta { key } => {
                     check_meta_key(key)?;
                     muts.push(Mutation::Meta(key.clone(), None));
+                    OpResult::Done
+                }
+                WriteOp::PutRaft { key, value } => {
+                    muts.push(Mutation::Raft(key.clone(), value.clone()));
+                    OpResult::Done
+                }
+                WriteOp::DeleteRaftRange { start, end } => {
+                    if start >= end {
+                        return Err(StorageError::InvalidArgument(
+                            "raft range deletion needs start < end".into(),
+                        )
+                        .into());
+                    }
+                    muts.push(Mutation::RaftRange(start.clone(), end.clone()));
                     OpResult::Done
                 }
             };

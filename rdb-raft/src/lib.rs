@@ -1,0 +1,539 @@
+//! FlareDB's Raft groups: [openraft] 0.9 behind one small API.
+//!
+//! No other crate of the workspace sees openraft's types. A user (PD now,
+//! the replicated regions next) gives a [`StateMachine`] and gets a
+//! [`Group`]: it proposes commands ([`Group::write`]), asks whether it is a
+//! leader whose lease holds ([`Group::lease_valid`]), changes the
+//! membership, and watches the group's [`Status`].
+//!
+//! - [`log`]: the Raft log and vote of every group in the `raft` column
+//!   family of an `rdb_storage::Engine`; one synced write batch per append.
+//! - [`sm`]: the adapter from openraft's state machine interface to
+//!   [`StateMachine`]; the applied log id, the membership and the last
+//!   snapshot are written with each applied batch in the `meta` column family.
+//! - [`net`]: the gRPC transport (service `flaredb.v1.Raft`): outgoing
+//!   connections shared by every group of the process, and the server that
+//!   hands incoming messages to the group they are for.
+//! - The leader lease (see [`Group::lease_valid`] and
+//!   `specs/005-ha-pd/spec.md`, "TSO fencing").
+//!
+//! Messages, log entries and snapshots are encoded with postcard.
+
+// openraft's storage traits fix the error type (`StorageError`, over 200
+// bytes); the helpers that build it return it as the traits do.
+#![allow(clippy::result_large_err)]
+
+pub mod log;
+pub mod net;
+pub mod sm;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use rdb_storage::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use net::{RaftServer, Transport};
+pub use sm::StateMachine;
+
+/// A Raft node id. Never reused within a group.
+pub type NodeId = u64;
+
+/// What the group knows of a member: its name and where it is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// A unique, human-chosen name (`pd1`).
+    pub name: String,
+    /// `HOST:PORT` of its gRPC server.
+    pub address: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.address)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for every FlareDB group: commands and
+    /// answers are bytes the [`StateMachine`] encodes and decodes.
+    pub TypeConfig:
+        D = Vec<u8>,
+        R = Vec<u8>,
+        Node = Member,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// Errors of a group.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This member is not the leader; the leader it knows, if any.
+    #[error("not the Raft leader{}", match .leader { Some((id, m)) => format!(" (the leader is {id}, {m})"), None => String::new() })]
+    NotLeader {
+        /// The leader's id and member record.
+        leader: Option<(NodeId, Member)>,
+    },
+    /// The group stopped (a storage error, or shut down).
+    #[error("the Raft group stopped: {0}")]
+    Stopped(String),
+    /// A request the group refuses (an unknown member, a change in flight).
+    #[error("{0}")]
+    Refused(String),
+    /// Storage trouble while starting.
+    #[error(transparent)]
+    Storage(#[from] rdb_storage::StorageError),
+    /// Data on disk that does not decode.
+    #[error("corrupted Raft state: {0}")]
+    Corrupted(String),
+    /// Bad settings.
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn from_raft<E: fmt::Display>(e: RaftError<NodeId, E>) -> Error {
+    match e {
+        RaftError::APIError(e) => Error::Refused(e.to_string()),
+        RaftError::Fatal(f) => Error::Stopped(f.to_string()),
+    }
+}
+
+fn from_write(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::Refused(c.to_string())
+        }
+        RaftError::Fatal(f) => Error::Stopped(f.to_string()),
+    }
+}
+
+/// Timing of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The leader's heartbeat interval (and lease renewal period).
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a random time in
+    /// `[election_min, election_max)` starts an election.
+    pub election_min: Duration,
+    /// See `election_min`. Also how long a follower refuses to vote after it
+    /// last heard from a leader, and how long a restarted member stays quiet.
+    pub election_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(800),
+            election_max: Duration::from_millis(1600),
+        }
+    }
+}
+
+impl Timing {
+    /// How long after the start of a successful leadership check the leader
+    /// may act as the only leader: 80% of `election_min` (the 20% margin
+    /// covers clocks running at different rates).
+    pub fn lease(&self) -> Duration {
+        self.election_min * 4 / 5
+    }
+}
+
+/// Settings of one group on one member.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// The group (0 = PD).
+    pub group_id: u64,
+    /// This member's node id.
+    pub node_id: NodeId,
+    /// Timing.
+    pub timing: Timing,
+    /// A snapshot is taken every this many applied entries; the log keeps
+    /// this many entries behind the snapshot too.
+    pub snapshot_every: u64,
+}
+
+/// A member's view of its group, published whenever it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This member's id.
+    pub id: NodeId,
+    /// Its current term.
+    pub term: u64,
+    /// Whether it is the leader.
+    pub is_leader: bool,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Voters and learners by id.
+    pub members: BTreeMap<NodeId, Member>,
+    /// The voters' ids (the rest of `members` are learners).
+    pub voters: BTreeSet<NodeId>,
+    /// The last log index on this member.
+    pub last_log_index: u64,
+    /// The last applied index on this member.
+    pub applied_index: u64,
+    /// For a leader: the last index known to be on each member.
+    pub matched: BTreeMap<NodeId, u64>,
+    /// Set when the group stopped on an error.
+    pub stopped: Option<String>,
+}
+
+impl Status {
+    /// The leader's member record, if known.
+    pub fn leader_member(&self) -> Option<(NodeId, &Member)> {
+        let id = self.leader?;
+        self.members.get(&id).map(|m| (id, m))
+    }
+}
+
+/// The leader lease: the instant (nanoseconds after `base`) until which
+/// this member may act as the only leader of `term`.
+struct Lease {
+    base: Instant,
+    term: AtomicU64,
+    until_ns: AtomicU64,
+}
+
+impl Lease {
+    fn valid(&self, term: u64) -> bool {
+        self.term.load(Ordering::Acquire) == term
+            && (self.base.elapsed().as_nanos() as u64) < self.until_ns.load(Ordering::Acquire)
+    }
+    fn extend(&self, term: u64, from: Instant, lease: Duration) {
+        let until = (from + lease)
+            .saturating_duration_since(self.base)
+            .as_nanos() as u64;
+        if self.term.swap(term, Ordering::AcqRel) != term {
+            self.until_ns.store(until, Ordering::Release);
+        } else {
+            self.until_ns.fetch_max(until, Ordering::AcqRel);
+        }
+    }
+    fn clear(&self) {
+        self.until_ns.store(0, Ordering::Release);
+    }
+}
+
+/// One member of one Raft group.
+#[derive(Clone)]
+pub struct Group {
+    raft: Raft,
+    config: Arc<GroupConfig>,
+    status: watch::Receiver<Status>,
+    lease: Arc<Lease>,
+    transport: Transport,
+}
+
+impl Group {
+    /// Starts this member of the group: loads its log, vote and state from
+    /// `engine`, registers it with `transport` (so that it receives its
+    /// messages), and starts the lease keeper. A member that already has a
+    /// vote on disk (a restart) first stays quiet for `election_max`, so it
+    /// never votes inside a lease it granted before it stopped.
+    ///
+    /// A new group must then be [`initialize`](Group::initialize)d on its
+    /// first members; a member added later needs nothing more.
+    pub async fn start(
+        config: GroupConfig,
+        engine: Engine,
+        machine: Arc<dyn StateMachine>,
+        transport: Transport,
+    ) -> Result<Group> {
+        let t = config.timing;
+        let raft_config = openraft::Config {
+            cluster_name: format!("flaredb-group-{}", config.group_id),
+            heartbeat_interval: t.heartbeat.as_millis() as u64,
+            election_timeout_min: t.election_min.as_millis() as u64,
+            election_timeout_max: t.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let logs = log::LogStore::new(engine.clone(), config.group_id);
+        let machine = sm::Adapter::open(engine, config.group_id, machine)?;
+        // A member alone in its group grants no lease to anyone.
+        if logs.has_vote()? && machine.voters() > 1 {
+            tracing::info!(
+                group = config.group_id,
+                quiet_ms = t.election_max.as_millis() as u64,
+                "restarting Raft member: quiet for one election timeout first"
+            );
+            tokio::time::sleep(t.election_max).await;
+        }
+        let network = transport.factory(config.group_id, config.node_id);
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            logs,
+            machine,
+        )
+        .await
+        .map_err(|e| Error::Stopped(e.to_string()))?;
+        transport.register(config.group_id, config.node_id, raft.clone());
+        let (tx, status) = watch::channel(Status::default());
+        let lease = Arc::new(Lease {
+            base: Instant::now(),
+            term: AtomicU64::new(0),
+            until_ns: AtomicU64::new(0),
+        });
+        tokio::spawn(publish_status(raft.metrics(), tx));
+        tokio::spawn(keep_lease(raft.clone(), status.clone(), lease.clone(), t));
+        Ok(Group {
+            raft,
+            config: Arc::new(config),
+            status,
+            lease,
+            transport,
+        })
+    }
+
+    /// Creates the group with `members` as its voters. Every initial member
+    /// may call it with the same members; a member that already has a log
+    /// (it was initialized before, or joined) ignores it.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<()> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(from_raft(e)),
+        }
+    }
+
+    /// This member's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Whether this member is the leader, as far as it knows (cheap).
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().is_leader
+    }
+
+    /// The leader this member knows, with its record (cheap).
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let st = self.status.borrow();
+        st.leader_member().map(|(id, m)| (id, m.clone()))
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Proposes `command`; answers the state machine's answer once the
+    /// command is committed and applied here. Only the leader accepts
+    /// commands ([`Error::NotLeader`] otherwise). An error other than
+    /// `NotLeader` leaves the outcome unknown: the command may still commit.
+    pub async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(from_write)
+    }
+
+    /// Confirms this member is the leader with a round of heartbeats a
+    /// quorum answers, and waits until everything committed before the
+    /// round is applied here (ReadIndex). On success the lease is extended
+    /// from the start of the round.
+    pub async fn ensure_leader(&self) -> Result<()> {
+        let term = self.raft.metrics().borrow().current_term;
+        let started = Instant::now();
+        match self.raft.ensure_linearizable().await {
+            Ok(_) if self.raft.metrics().borrow().current_term == term => {
+                self.lease.extend(term, started, self.config.timing.lease());
+                Ok(())
+            }
+            Ok(_) => Err(Error::Refused(
+                "the term changed during the leadership check; retry".into(),
+            )),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(e) => Err(from_raft(e)),
+        }
+    }
+
+    /// Whether this member is the leader of `term` and its lease holds: no
+    /// other member can have been elected since the lease started. Cheap
+    /// (two atomic loads and a clock read): meant for every request.
+    pub fn lease_valid(&self, term: u64) -> bool {
+        self.lease.valid(term)
+    }
+
+    /// Adds `member` as a learner with a new id `id` (the caller allocates
+    /// ids through its state machine, never reusing one). Does not wait for
+    /// the learner to catch up.
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<()> {
+        let st = self.status();
+        if let Some((other, _)) = st
+            .members
+            .iter()
+            .find(|(i, m)| **i != id && (m.name == member.name || m.address == member.address))
+        {
+            return Err(Error::Refused(format!(
+                "member {other} already has the name {:?} or the address {}",
+                member.name, member.address
+            )));
+        }
+        self.raft
+            .add_learner(id, member, false)
+            .await
+            .map(|_| ())
+            .map_err(from_write)
+    }
+
+    /// Makes the learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<()> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map(|_| ())
+            .map_err(from_write)
+    }
+
+    /// Removes member `id` (voter or learner) from the group.
+    pub async fn remove(&self, id: NodeId) -> Result<()> {
+        let st = self.status();
+        if !st.members.contains_key(&id) {
+            return Err(Error::Refused(format!("{id} is not a member")));
+        }
+        if st.voters.contains(&id) {
+            if st.voters.len() == 1 {
+                return Err(Error::Refused("cannot remove the last voter".into()));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(from_write)?;
+        }
+        if self.status().members.contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(from_write)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the member (unregisters it from the transport first).
+    pub async fn shutdown(&self) {
+        self.transport
+            .unregister(self.config.group_id, self.config.node_id);
+        self.lease.clear();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "stopping the Raft group");
+        }
+    }
+}
+
+async fn publish_status(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    tx: watch::Sender<Status>,
+) {
+    loop {
+        let st = {
+            let m = metrics.borrow_and_update();
+            let mem = m.membership_config.membership();
+            Status {
+                id: m.id,
+                term: m.current_term,
+                is_leader: m.state == ServerState::Leader,
+                leader: m.current_leader,
+                members: mem.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+                voters: mem.voter_ids().collect(),
+                last_log_index: m.last_log_index.unwrap_or(0),
+                applied_index: m.last_applied.map_or(0, |l| l.index),
+                matched: m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
+            }
+        };
+        tx.send_if_modified(|cur| {
+            if *cur != st {
+                *cur = st;
+                true
+            } else {
+                false
+            }
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// While this member leads, confirms its leadership every heartbeat
+/// interval and extends the lease from the start of each confirmed round.
+async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Lease>, t: Timing) {
+    let metrics = raft.metrics();
+    let mut tick = tokio::time::interval(t.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (is_leader, term, stopped) = {
+            let m = metrics.borrow();
+            (
+                m.state == ServerState::Leader,
+                m.current_term,
+                m.running_state.is_err(),
+            )
+        };
+        if status.has_changed().is_err() || stopped {
+            lease.clear();
+            return;
+        }
+        if !is_leader {
+            lease.clear();
+            continue;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(t.election_min, raft.ensure_linearizable()).await {
+            Ok(Ok(_)) if metrics.borrow().current_term == term => {
+                lease.extend(term, started, t.lease())
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "leadership check failed"),
+            Err(_) => tracing::debug!("leadership check timed out"),
+        }
+    }
+}
+
+/// Encodes a value with rdb-raft's encoding.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(v).map_err(|e| format!("encoding: {e}"))
+}
+
+/// Decodes a value encoded by [`encode`].
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(raw).map_err(|e| format!("decoding: {e}"))
+}

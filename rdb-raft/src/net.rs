@@ -1,0 +1,294 @@
+//! The gRPC transport of every group in the process (service
+//! `flaredb.v1.Raft`).
+//!
+//! Outgoing: one lazily connecting channel per peer address, shared by all
+//! groups; each message names its group, its sender and its target node, so
+//! a process that is not the target refuses it. Incoming: [`RaftServer`]
+//! hands each message to the group it names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use rdb_proto::tls::ClientTls;
+use rdb_proto::v1::raft_client::RaftClient;
+use rdb_proto::v1::{RaftRequest, RaftResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::{decode, encode, Member, NodeId, Raft, TypeConfig};
+
+/// Largest Raft message, encoded (a snapshot chunk is at most 3 MiB).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The groups of this process and the connections to their peers.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    groups: RwLock<HashMap<u64, (NodeId, Raft)>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientTls>,
+}
+
+impl Transport {
+    /// A transport whose outgoing connections use `tls` (mutual TLS when it
+    /// carries a client certificate).
+    pub fn new(tls: Option<ClientTls>) -> Transport {
+        Transport {
+            inner: Arc::new(Inner {
+                groups: RwLock::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
+                tls,
+            }),
+        }
+    }
+
+    /// The gRPC service to add to the process's server.
+    pub fn service(&self) -> rdb_proto::v1::raft_server::RaftServer<RaftServer> {
+        rdb_proto::v1::raft_server::RaftServer::new(RaftServer {
+            transport: self.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub(crate) fn register(&self, group: u64, node: NodeId, raft: Raft) {
+        self.inner
+            .groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, (node, raft));
+    }
+
+    pub(crate) fn unregister(&self, group: u64, node: NodeId) {
+        let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
+        if groups.get(&group).is_some_and(|(n, _)| *n == node) {
+            groups.remove(&group);
+        }
+    }
+
+    fn group(&self, group: u64, to: NodeId) -> Result<Raft, Status> {
+        let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner());
+        match groups.get(&group) {
+            Some((node, raft)) if *node == to => Ok(raft.clone()),
+            Some((node, _)) => Err(Status::failed_precondition(format!(
+                "this process is node {node} of Raft group {group}, not node {to}"
+            ))),
+            None => Err(Status::unavailable(format!(
+                "Raft group {group} is not running here"
+            ))),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut chans = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = chans.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = rdb_proto::tls::endpoint(addr, self.inner.tls.as_ref())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        chans.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub(crate) fn factory(&self, group: u64, from: NodeId) -> Factory {
+        Factory {
+            transport: self.clone(),
+            group,
+            from,
+        }
+    }
+}
+
+/// Test builds: whether this process's Raft traffic is cut (the file named
+/// by `FLAREDB_TEST_RAFT_CUT` exists), both ways. Always false otherwise.
+fn cut() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(p) = std::env::var_os("FLAREDB_TEST_RAFT_CUT") {
+            return std::path::Path::new(&p).exists();
+        }
+    }
+    false
+}
+
+/// openraft's connection factory for one group on this node.
+pub(crate) struct Factory {
+    transport: Transport,
+    group: u64,
+    from: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Factory {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Conn {
+        Conn {
+            client: self
+                .transport
+                .channel(&node.address)
+                .map(|c| RaftClient::new(c).max_decoding_message_size(MAX_MESSAGE)),
+            group: self.group,
+            from: self.from,
+            target,
+        }
+    }
+}
+
+/// openraft's connection to one peer of one group.
+pub(crate) struct Conn {
+    client: Result<RaftClient<Channel>, String>,
+    group: u64,
+    from: NodeId,
+    target: NodeId,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Conn {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let net = |e: String| RPCError::Network(NetworkError::new(&std::io::Error::other(e)));
+        if self.target == self.from {
+            return Err(net(format!("node {} would send to itself", self.from)));
+        }
+        if cut() {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("Raft traffic cut (test switch)"),
+            )));
+        }
+        let client = self.client.as_mut().map_err(|e| net(e.clone()))?;
+        let msg = RaftRequest {
+            group_id: self.group,
+            from: self.from,
+            to: self.target,
+            payload: encode(req).map_err(net)?,
+        };
+        let fut = async {
+            match rpc {
+                Rpc::Append => client.append_entries(msg).await,
+                Rpc::Vote => client.vote(msg).await,
+                Rpc::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => return Err(net("timed out".into())),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&s)))
+            }
+            Ok(Err(s)) => return Err(net(s.to_string())),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> = decode(&resp.payload).map_err(net)?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+/// The `flaredb.v1.Raft` service: hands each message to its group.
+#[derive(Clone)]
+pub struct RaftServer {
+    transport: Transport,
+}
+
+impl RaftServer {
+    fn open<T: DeserializeOwned>(&self, req: &RaftRequest) -> Result<(Raft, T), Status> {
+        if cut() {
+            return Err(Status::unavailable("Raft traffic cut (test switch)"));
+        }
+        let raft = self.transport.group(req.group_id, req.to)?;
+        let msg = decode(&req.payload).map_err(Status::invalid_argument)?;
+        Ok((raft, msg))
+    }
+}
+
+fn answer<T: Serialize>(v: &T) -> Result<Response<RaftResponse>, Status> {
+    Ok(Response::new(RaftResponse {
+        payload: encode(v).map_err(Status::internal)?,
+    }))
+}
+
+#[tonic::async_trait]
+impl rdb_proto::v1::raft_server::Raft for RaftServer {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftResponse>, Status> {
+        let (raft, msg) = self.open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())?;
+        answer(&raft.append_entries(msg).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
+        let (raft, msg) = self.open::<VoteRequest<NodeId>>(req.get_ref())?;
+        answer(&raft.vote(msg).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftResponse>, Status> {
+        let (raft, msg) = self.open::<InstallSnapshotRequest<TypeConfig>>(req.get_ref())?;
+        answer(&raft.install_snapshot(msg).await)
+    }
+}

@@ -1,0 +1,231 @@
+//! Three members of one group in this process, over real gRPC on loopback:
+//! election, replication, failover, a restart from disk, and a member
+//! added later that catches up (from the log or a snapshot).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdb_raft::{Group, GroupConfig, Member, StateMachine, Timing, Transport};
+use rdb_storage::{Engine, WriteOp};
+
+/// Sums the commands (u64, big-endian); answers the sum after each.
+#[derive(Default)]
+struct Sum(Mutex<u64>);
+
+impl StateMachine for Sum {
+    fn apply(&self, _index: u64, command: &[u8], batch: &mut Vec<WriteOp>) -> Vec<u8> {
+        let add = u64::from_be_bytes(command.try_into().unwrap_or([0; 8]));
+        let mut s = self.0.lock().unwrap();
+        *s += add;
+        batch.push(WriteOp::PutMeta {
+            key: b"sum".to_vec(),
+            value: s.to_be_bytes().to_vec(),
+        });
+        s.to_be_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.lock().unwrap().to_be_bytes().to_vec()
+    }
+    fn restore(&self, data: &[u8], batch: &mut Vec<WriteOp>) -> Result<(), String> {
+        let v = u64::from_be_bytes(data.try_into().map_err(|_| "bad snapshot".to_string())?);
+        *self.0.lock().unwrap() = v;
+        batch.push(WriteOp::PutMeta {
+            key: b"sum".to_vec(),
+            value: v.to_be_bytes().to_vec(),
+        });
+        Ok(())
+    }
+}
+
+struct Node {
+    group: Group,
+    sum: Arc<Sum>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn timing() -> Timing {
+    Timing {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+    }
+}
+
+async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener) -> Node {
+    let engine = Engine::open(dir, Default::default()).unwrap();
+    let sum = Arc::new(Sum(Mutex::new(
+        engine
+            .get_meta(b"sum")
+            .unwrap()
+            .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+            .unwrap_or(0),
+    )));
+    let transport = Transport::new(None);
+    let svc = transport.service();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    let group = Group::start(
+        GroupConfig {
+            group_id: 7,
+            node_id: id,
+            timing: timing(),
+            snapshot_every: 20,
+        },
+        engine.clone(),
+        sum.clone(),
+        transport,
+    )
+    .await
+    .unwrap();
+    Node { group, sum, server }
+}
+
+async fn leader(nodes: &[Option<Node>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(n) = n {
+                let st = n.group.status();
+                if st.is_leader && n.group.ensure_leader().await.is_ok() {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn converge(nodes: &[Option<Node>], want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sums: Vec<u64> = nodes
+            .iter()
+            .flatten()
+            .map(|n| *n.sum.0.lock().unwrap())
+            .collect();
+        if sums.iter().all(|s| *s == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sums {sums:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_replicate_fail_over_restart_and_grow() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for i in 0..4u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(
+            i + 1,
+            Member {
+                name: format!("n{}", i + 1),
+                address: l.local_addr().unwrap().to_string(),
+            },
+        );
+        listeners.push(Some(l));
+    }
+    let initial: BTreeMap<_, _> = members
+        .iter()
+        .filter(|(id, _)| **id <= 3)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(
+            start(i as u64 + 1, dirs[i].path(), listeners[i].take().unwrap()).await,
+        ));
+    }
+    for n in nodes.iter().flatten() {
+        n.group.initialize(initial.clone()).await.unwrap();
+    }
+    let l = leader(&nodes).await;
+    let mut total = 0;
+    for i in 1..=50u64 {
+        let answer = nodes[l]
+            .as_ref()
+            .unwrap()
+            .group
+            .write(i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        total += i;
+        assert_eq!(answer, total.to_be_bytes().to_vec());
+    }
+    converge(&nodes, total).await;
+    // A follower refuses writes and names the leader.
+    let f = (l + 1) % 3;
+    match nodes[f]
+        .as_ref()
+        .unwrap()
+        .group
+        .write(1u64.to_be_bytes().to_vec())
+        .await
+    {
+        Err(rdb_raft::Error::NotLeader {
+            leader: Some((id, _)),
+        }) => assert_eq!(id, l as u64 + 1),
+        other => panic!("follower write: {other:?}"),
+    }
+
+    // The leader stops: the other two elect a new one and keep going.
+    let old = nodes[l].take().unwrap();
+    let old_term = old.group.status().term;
+    old.group.shutdown().await;
+    old.server.abort();
+    let addr = members[&(l as u64 + 1)].address.clone();
+    drop(old);
+    let l2 = leader(&nodes).await;
+    assert_ne!(l2, l);
+    assert!(nodes[l2].as_ref().unwrap().group.status().term > old_term);
+    for i in 1..=30u64 {
+        nodes[l2]
+            .as_ref()
+            .unwrap()
+            .group
+            .write(i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        total += i;
+    }
+    // The old leader restarts from its disk (same address) and catches up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    nodes[l] = Some(start(l as u64 + 1, dirs[l].path(), listener).await);
+    converge(&nodes, total).await;
+
+    // A fourth member joins as a learner, catches up, becomes a voter.
+    let n4 = start(4, dirs[3].path(), listeners[3].take().unwrap()).await;
+    nodes.push(Some(n4));
+    let l3 = leader(&nodes).await;
+    let g = nodes[l3].as_ref().unwrap().group.clone();
+    g.add_learner(4, members[&4].clone()).await.unwrap();
+    converge(&nodes, total).await;
+    g.promote(4).await.unwrap();
+    assert!(g.status().voters.contains(&4));
+    // Ids and names are unique.
+    assert!(g.add_learner(5, members[&4].clone()).await.is_err());
+    // Removing a member.
+    let victim = (1..=3u64).find(|id| *id != l3 as u64 + 1).unwrap();
+    g.remove(victim).await.unwrap();
+    assert!(!g.status().members.contains_key(&victim));
+    g.write(5u64.to_be_bytes().to_vec()).await.unwrap();
+    total += 5;
+    let rest: Vec<Option<Node>> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| if i as u64 + 1 == victim { None } else { n })
+        .collect();
+    converge(&rest, total).await;
+    for n in rest.iter().flatten() {
+        n.group.shutdown().await;
+    }
+}
