@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs FlareDB on this host as systemd services and starts them.
 #
-#   sudo bash deploy/install.sh --host ADDR --pd PD_ADDR:2379 [--with-pd]
+#   sudo bash deploy/install.sh --host ADDR --pd PD_ADDR:2379[,...] [--with-pd
+#        [--pd-name NAME --pd-initial-cluster NAME=ADDR,...]]
 #        [--tls-dir DIR [--mutual-tls]] [--bin-dir DIR]
 #
 # --host        this host's address as the other hosts reach it
-# --pd          the PD's client address (HOST:2379)
+# --pd          the PD members' client addresses (HOST:2379), comma-separated
 # --with-pd     also run rdb-pd on this host (on --host:2379)
+# --pd-name     with --with-pd: this PD member's name (default pd1)
+# --pd-initial-cluster
+#               with --with-pd: every PD member as NAME=HOST:2379, the same
+#               list on each PD host (a PD of three members); omitted: a PD
+#               of one member
 # --tls-dir     serve and connect over TLS with DIR/ca.pem, DIR/node.pem and
 #               DIR/node.key (node.pem must name --host; see docs/operations.md)
 # --mutual-tls  also require client certificates signed by ca.pem
@@ -25,16 +31,18 @@
 set -euo pipefail
 
 say() { printf 'install: %s\n' "$*" >&2; }
-HOST="" PD="" WITH_PD=0 BIN_DIR="${CARGO_TARGET_DIR:-target}/dist" TLS_DIR="" MUTUAL=0
+HOST="" PD="" WITH_PD=0 PD_NAME=pd1 PD_INITIAL="" BIN_DIR="${CARGO_TARGET_DIR:-target}/dist" TLS_DIR="" MUTUAL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --host) HOST="$2"; shift 2 ;;
     --pd) PD="$2"; shift 2 ;;
     --with-pd) WITH_PD=1; shift ;;
+    --pd-name) PD_NAME="$2"; shift 2 ;;
+    --pd-initial-cluster) PD_INITIAL="$2"; shift 2 ;;
     --bin-dir) BIN_DIR="$2"; shift 2 ;;
     --tls-dir) TLS_DIR="$2"; shift 2 ;;
     --mutual-tls) MUTUAL=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) say "unknown option $1 (see --help)"; exit 2 ;;
   esac
 done
@@ -69,7 +77,8 @@ fi
 
 units=()
 if [ "$WITH_PD" -eq 1 ]; then
-  printf 'FLAREDB_PD_LISTEN=%s:2379\n%s\n' "$HOST" "$tls_env" > /etc/default/flaredb-pd
+  printf 'FLAREDB_PD_LISTEN=%s:2379\nFLAREDB_PD_NAME=%s\nFLAREDB_PD_INITIAL_CLUSTER=%s\n%s\n' \
+    "$HOST" "$PD_NAME" "$PD_INITIAL" "$tls_env" > /etc/default/flaredb-pd
   units+=(rdb-pd)
 fi
 cat > /etc/default/flaredb-server <<CONF

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/flaredb/v1/kv.proto",
     "proto/flaredb/v1/pd.proto",
     "proto/flaredb/v1/admin.proto",
+    "proto/flaredb/v1/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# Starts a local FlareDB cluster (one PD and two stores on loopback), shows it
+# Starts a local FlareDB cluster (PD and stores on loopback), shows it
 # working with rdb-cli, and keeps it running until Ctrl-C.
 #
-#   bash scripts/local-cluster.sh [--data-dir DIR] [--pd-port N] [--demo-only]
+#   bash scripts/local-cluster.sh [--data-dir DIR] [--pd-port N]
+#                                 [--pd-members 1|3|5] [--stores N] [--demo-only]
 #
 # Data goes under DIR (default: a new temporary directory, kept afterwards).
-# --demo-only stops the cluster after the demo instead of waiting for Ctrl-C.
+# --pd-members 3 starts a PD of three members (ports N, N+100, N+200) that
+# keeps serving when any one of them stops; default 1. --stores: how many
+# stores (default 2). --demo-only stops the cluster after the demo instead
+# of waiting for Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA_DIR=""
 PD_PORT=2379
 DEMO_ONLY=0
+PD_MEMBERS=1
+STORES=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --pd-port) PD_PORT="$2"; shift 2 ;;
+    --pd-members) PD_MEMBERS="$2"; shift 2 ;;
+    --stores) STORES="$2"; shift 2 ;;
     --demo-only) DEMO_ONLY=1; shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$PD_MEMBERS" in 1|3|5) ;; *) echo "local-cluster.sh: --pd-members must be 1, 3 or 5" >&2; exit 2 ;; esac
+case "$STORES" in ''|*[!0-9]*|0) echo "local-cluster.sh: --stores must be a positive number" >&2; exit 2 ;; esac
 [ -n "$DATA_DIR" ] || DATA_DIR="$(mktemp -d -t flaredb-XXXXXX)"
 mkdir -p "$DATA_DIR"
 
@@ -37,21 +47,25 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start NAME READY_PREFIX CMD... : runs a daemon, waits for its ready line,
-# sets ADDR to the address it serves on. (Not run in a subshell, so that
-# PIDS keeps the daemon for cleanup.)
-start() {
-  local name="$1" prefix="$2"; shift 2
-  local out="$DATA_DIR/$name.out"
-  : > "$out"
-  "$@" > "$out" 2> "$DATA_DIR/$name.log" &
+# launch NAME CMD... : runs a daemon in the background. (Not in a subshell,
+# so that PIDS keeps the daemon for cleanup.)
+launch() {
+  local name="$1"; shift
+  : > "$DATA_DIR/$name.out"
+  "$@" > "$DATA_DIR/$name.out" 2> "$DATA_DIR/$name.log" &
   PIDS+=($!)
-  for _ in $(seq 1 300); do
+}
+
+# wait_ready NAME READY_PREFIX PID: waits for the daemon's ready line, sets
+# ADDR to the address it serves on.
+wait_ready() {
+  local name="$1" prefix="$2" pid="$3" out="$DATA_DIR/$1.out"
+  for _ in $(seq 1 600); do
     if grep -q "^$prefix" "$out"; then
       ADDR=$(sed -n "s/^$prefix \([^ ]*\).*/\1/p" "$out" | head -n1)
       return 0
     fi
-    if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then break; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.1
   done
   echo "local-cluster: $name did not start; its log:" >&2
@@ -59,14 +73,38 @@ start() {
   exit 1
 }
 
+start() {
+  local name="$1" prefix="$2"; shift 2
+  launch "$name" "$@"
+  wait_ready "$name" "$prefix" "${PIDS[-1]}"
+}
+
 ADDR=""
-start pd "rdb-pd listening on" "$BIN/rdb-pd" --listen "127.0.0.1:$PD_PORT" --data-dir "$DATA_DIR/pd"
-PD="$ADDR"
-start store1 "rdb-server listening on" "$BIN/rdb-server" --listen 127.0.0.1:0 --pd "$PD" --data-dir "$DATA_DIR/store1"
-S1="$ADDR"
-start store2 "rdb-server listening on" "$BIN/rdb-server" --listen 127.0.0.1:0 --pd "$PD" --data-dir "$DATA_DIR/store2"
-S2="$ADDR"
-echo "local-cluster: PD on $PD, stores on $S1 and $S2, data in $DATA_DIR"
+# The PD members start together: each is ready once they have elected a leader.
+INITIAL=""
+for i in $(seq 1 "$PD_MEMBERS"); do
+  INITIAL="$INITIAL${INITIAL:+,}pd$i=127.0.0.1:$((PD_PORT + 100 * (i - 1)))"
+done
+PD_PIDS=()
+for i in $(seq 1 "$PD_MEMBERS"); do
+  member=(--name "pd$i")
+  [ "$PD_MEMBERS" = 1 ] || member+=(--initial-cluster "$INITIAL")
+  launch "pd$i" "$BIN/rdb-pd" --listen "127.0.0.1:$((PD_PORT + 100 * (i - 1)))" \
+    --data-dir "$DATA_DIR/pd$i" "${member[@]}"
+  PD_PIDS+=("${PIDS[-1]}")
+done
+PD=""
+for i in $(seq 1 "$PD_MEMBERS"); do
+  wait_ready "pd$i" "rdb-pd listening on" "${PD_PIDS[$((i - 1))]}"
+  PD="$PD${PD:+,}$ADDR"
+done
+STORE_ADDRS=""
+for i in $(seq 1 "$STORES"); do
+  start "store$i" "rdb-server listening on" "$BIN/rdb-server" --listen 127.0.0.1:0 --pd "$PD" \
+    --data-dir "$DATA_DIR/store$i"
+  STORE_ADDRS="$STORE_ADDRS${STORE_ADDRS:+, }$ADDR"
+done
+echo "local-cluster: PD on $PD, stores on $STORE_ADDRS, data in $DATA_DIR"
 
 CLI=("$BIN/rdb-cli" --pd "$PD")
 run() { echo "\$ rdb-cli --pd $PD $*"; "${CLI[@]}" "$@" || echo "(exit code $?)"; }
@@ -82,6 +120,7 @@ run regions
 run stores
 run scan ""
 run tso --count 3
+run pd members
 
 if [ "$DEMO_ONLY" = 1 ]; then
   echo "local-cluster: demo done"

@@ -131,6 +131,9 @@ pub enum Command {
     Stores,
     /// List the regions in key order with the store that serves each.
     Regions,
+    /// The PD members: list them, add one, remove one.
+    #[command(subcommand)]
+    Pd(PdCommand),
     /// Split the region holding KEY at KEY (PD moves the right half to another live store).
     Split {
         /// The split key: the first key of the new right region.
@@ -138,6 +141,28 @@ pub enum Command {
         /// Keep both halves on the current store.
         #[arg(long)]
         same_store: bool,
+    },
+}
+
+/// PD member commands. They talk to the members given with --pd directly,
+/// so `pd members` works even while the members have no leader.
+#[derive(Subcommand, Debug)]
+pub enum PdCommand {
+    /// List the members (id, name, address, voter or learner, leader) as the
+    /// first member that answers sees them.
+    Members,
+    /// Add a member to a running PD. It joins as a learner and becomes a
+    /// voter once it has caught up; prints the command to start it with.
+    AddMember {
+        /// Its name, unique among the members.
+        name: String,
+        /// The HOST:PORT it will serve on.
+        address: String,
+    },
+    /// Remove a member from the PD (its Raft id is never used again).
+    RemoveMember {
+        /// Its name.
+        name: String,
     },
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Layout: `cli` (flags and subcommands), `output` (text and JSON output,
 //! failures and exit codes), `cmd` (one function per command, grouped:
-//! `keys`, `range`, `cas`, `cluster`). This file connects and dispatches.
+//! `keys`, `range`, `cas`, `cluster`, `pd`). This file connects and dispatches.
 
 mod cli;
 mod cmd;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use rdb_client::{Client, ClientConfig};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, PdCommand};
 use output::{Failure, Out, EXIT_OTHER, EXIT_UNREACHABLE};
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -45,6 +45,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         (None, None) => None,
     };
+    if let Command::Pd(c) = cli.command {
+        let pd = cmd::pd::Pd {
+            endpoints,
+            tls,
+            timeout: Duration::from_secs(cli.timeout),
+        };
+        return match c {
+            PdCommand::Members => cmd::pd::members(&pd, &out).await,
+            PdCommand::AddMember { name, address } => {
+                cmd::pd::add_member(&pd, &out, name, address).await
+            }
+            PdCommand::RemoveMember { name } => cmd::pd::remove_member(&pd, &out, name).await,
+        };
+    }
     let config = ClientConfig {
         retry_deadline: Duration::from_secs(cli.timeout),
         connect_timeout: Duration::from_secs(cli.timeout.clamp(1, 3)),
@@ -84,6 +98,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Split { key, same_store } => {
             cmd::cluster::split(&client, &out, key, same_store).await?
         }
+        Command::Pd(_) => unreachable!("handled before connecting"),
     }
     Ok(())
 }

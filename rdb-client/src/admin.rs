@@ -26,7 +26,10 @@ impl Client {
             match self.inner.tso.get(count).await {
                 Ok(first) => return Ok(first..first + u64::from(count)),
                 Err(e) if e.is_unavailable() => {
-                    if !retry.next(cfg, None).await {
+                    // The PD members may be electing a leader: bounded by the
+                    // deadline, not the attempt count.
+                    let wait = retry.backoff.min(crate::pd::LEADER_CHANGE_POLL);
+                    if !retry.next(cfg, Some(wait)).await {
                         return Err(e);
                     }
                 }
@@ -84,7 +87,7 @@ impl Client {
             target_store_id: 0,
         };
         let r = self
-            .pd_call(|mut c| {
+            .pd_call_within(self.inner.config.rpc_timeout, |mut c| {
                 let req = req.clone();
                 async move { c.split_region(req).await }
             })

@@ -25,6 +25,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Timeout of one RPC.
     pub rpc_timeout: Duration,
+    /// Timeout of one call to PD, and longest wait for the answer to a
+    /// timestamp request (default 2 s). Past it the client moves to another
+    /// PD member: a paused or partitioned PD leader costs about this long.
+    pub pd_timeout: Duration,
     /// Send concurrent single-key `get` and `put` calls to the same store as
     /// one `BatchGet` / `BatchPut` per region (default `true`). Each call
     /// keeps its own result, error and retries; only the RPCs are shared.
@@ -69,6 +73,7 @@ impl Default for ClientConfig {
             max_resend_age: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(30),
+            pd_timeout: Duration::from_secs(2),
             coalesce: true,
             max_coalesced: 256,
             max_coalesced_in_flight: 4,

@@ -1,5 +1,12 @@
 //! Connection to PD, with fail-over across the given endpoints.
 //!
+//! PD may be a group of members of which only the leader serves (followers
+//! forward calls to it). Connecting to an endpoint first asks it for the
+//! members (`GetMembers`): the client then talks to the leader directly and
+//! remembers every member's address, so that it can fail over to members it
+//! was not given. A PD from before PD was replicated does not know
+//! `GetMembers`; the endpoint itself is used then.
+//!
 //! The first PD that answers pins the client to its cluster id; every other
 //! endpoint is checked against it before the client sends it anything else,
 //! so a client given the endpoints of two independent clusters refuses the
@@ -10,7 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use rdb_proto::v1::pd_client::PdClient;
-use rdb_proto::v1::IsBootstrappedRequest;
+use rdb_proto::v1::{GetMembersRequest, IsBootstrappedRequest};
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -18,8 +25,9 @@ use crate::error::{Error, Result};
 use crate::ClientConfig;
 
 pub(crate) struct PdConn {
-    /// The endpoints given by the user, tried in order.
-    endpoints: Vec<String>,
+    /// The endpoints given by the user, then members learned from PD, tried
+    /// in order.
+    endpoints: Mutex<Vec<String>>,
     /// The endpoint in use and, once its cluster id was checked, its client.
     current: Mutex<(usize, Option<PdClient<Channel>>)>,
     /// The cluster id of the first PD that answered, with that PD's address.
@@ -39,6 +47,19 @@ pub(crate) enum PdFailure {
 /// A lazily connecting channel to `addr` with the timeouts and TLS of `cfg`.
 pub(crate) fn channel(addr: &str, cfg: &ClientConfig) -> Result<Channel> {
     Ok(endpoint(addr, cfg)?.connect_lazy())
+}
+
+/// Runs a PD call with `limit`, answering `DEADLINE_EXCEEDED` past it.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = std::result::Result<T, Status>>,
+) -> std::result::Result<T, Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "PD did not answer within {limit:?}"
+        ))),
+    }
 }
 
 /// [`channel`] for a store when calls are not coalesced: its writes are
@@ -67,15 +88,52 @@ impl PdConn {
             channel(e, config)?;
         }
         Ok(PdConn {
-            endpoints,
+            endpoints: Mutex::new(endpoints),
             current: Mutex::new((0, None)),
             cluster: OnceLock::new(),
             config: config.clone(),
         })
     }
 
+    /// How long a PD call or a TSO request may take.
+    pub fn timeout(&self) -> Duration {
+        self.config.pd_timeout.min(self.config.rpc_timeout)
+    }
+
     pub fn endpoints(&self) -> String {
-        self.endpoints.join(",")
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join(",")
+    }
+
+    /// Asks `address` for the PD members; remembers their addresses and
+    /// answers the leader's address (`address` itself if it is the leader,
+    /// knows no leader, or is a PD without members).
+    async fn leader_of(&self, address: &str) -> std::result::Result<String, PdFailure> {
+        let ch = channel(address, &self.config).map_err(PdFailure::Fatal)?;
+        let answer = within(
+            self.timeout(),
+            PdClient::new(ch).get_members(GetMembersRequest {}),
+        )
+        .await;
+        let members = match answer {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(address.to_string()),
+            Err(s) if crate::error::is_transport(&s) => return Err(PdFailure::Transport(s)),
+            Err(s) => return Err(PdFailure::Fatal(Error::from_status(&s))),
+        };
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        for m in &members.members {
+            if !m.address.is_empty() && !endpoints.contains(&m.address) {
+                endpoints.push(m.address.clone());
+            }
+        }
+        Ok(if members.leader_address.is_empty() {
+            address.to_string()
+        } else {
+            members.leader_address
+        })
     }
 
     /// The cluster id this client is pinned to, once a PD has answered.
@@ -93,12 +151,15 @@ impl PdConn {
             }
             cur.0
         };
-        let address = &self.endpoints[index];
+        let given = {
+            let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            endpoints[index % endpoints.len()].clone()
+        };
+        let address = &self.leader_of(&given).await?;
         let ch = channel(address, &self.config).map_err(PdFailure::Fatal)?;
         let mut c =
             PdClient::new(ch).max_decoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE);
-        let got = c
-            .is_bootstrapped(IsBootstrappedRequest {})
+        let got = within(self.timeout(), c.is_bootstrapped(IsBootstrappedRequest {}))
             .await
             .map_err(|s| {
                 if crate::error::is_transport(&s) {
@@ -127,8 +188,23 @@ impl PdConn {
 
     /// Moves to the next endpoint after a failure.
     pub fn fail_over(&self) {
+        let n = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0 = (cur.0 + 1) % self.endpoints.len();
+        cur.0 = (cur.0 + 1) % n;
         cur.1 = None;
     }
+}
+
+/// Longest wait between retries while PD changes leaders: a new leader
+/// serves within seconds, and a caller should see it soon after.
+pub(crate) const LEADER_CHANGE_POLL: Duration = Duration::from_millis(200);
+
+/// Whether PD answered `UNAVAILABLE` itself (a member without a leader, or
+/// a leader not ready yet), as opposed to a connection that failed.
+pub(crate) fn changing_leader(s: &Status) -> bool {
+    s.code() == tonic::Code::Unavailable && std::error::Error::source(s).is_none()
 }

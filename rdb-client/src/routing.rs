@@ -46,8 +46,19 @@ pub(crate) fn region_of(route: &RegionRoute) -> Region {
 }
 
 impl Client {
-    /// Calls PD, failing over between endpoints and retrying while it is unreachable.
+    /// Calls PD, failing over between endpoints and retrying while it is
+    /// unreachable; each attempt may take `pd_timeout`.
     pub(crate) async fn pd_call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(rdb_proto::v1::pd_client::PdClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        self.pd_call_within(self.inner.pd.timeout(), f).await
+    }
+
+    /// [`pd_call`](Client::pd_call) whose attempts may take `limit` (a
+    /// split that moves a region's data takes longer than a lookup).
+    pub(crate) async fn pd_call_within<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T>
     where
         F: Fn(rdb_proto::v1::pd_client::PdClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
@@ -56,7 +67,7 @@ impl Client {
         let mut retry = Retry::new(cfg);
         loop {
             let result = match self.inner.pd.client().await {
-                Ok(c) => f(c).await,
+                Ok(c) => pd::within(limit, f(c)).await,
                 Err(pd::PdFailure::Transport(s)) => Err(s),
                 Err(pd::PdFailure::Fatal(e)) => return Err(e),
             };
@@ -65,7 +76,12 @@ impl Client {
                 Err(s) if is_transport(&s) => {
                     retry.last = error::describe(&s, cfg.tls.as_ref());
                     self.inner.pd.fail_over();
-                    if !retry.next(cfg, None).await {
+                    // PD answered that it cannot serve now (its members are
+                    // electing a leader): that ends within seconds, so the
+                    // wait does not count as an attempt (the deadline bounds it).
+                    let hint = pd::changing_leader(&s)
+                        .then_some(retry.backoff.min(pd::LEADER_CHANGE_POLL));
+                    if !retry.next(cfg, hint).await {
                         return Err(Error::PdUnavailable {
                             endpoints: self.inner.pd.endpoints(),
                             message: retry.last,

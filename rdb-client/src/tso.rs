@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rdb_proto::limits::MAX_TSO_COUNT;
 use rdb_proto::v1::{TsoRequest, TsoResponse};
@@ -61,7 +62,9 @@ async fn open(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
             return Err(tonic::Status::failed_precondition(e.to_string()))
         }
     };
-    let responses = client.tso(ReceiverStream::new(rx)).await?.into_inner();
+    let responses = crate::pd::within(pd.timeout(), client.tso(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
     Ok(Stream {
         requests,
         responses,
@@ -71,6 +74,8 @@ async fn open(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
 /// One request sent on the stream and not answered yet.
 struct Batch {
     count: u32,
+    /// When it was (last) sent.
+    sent: Instant,
     waiters: Vec<Waiter>,
     /// Already re-sent once after a broken stream.
     resent: bool,
@@ -132,6 +137,8 @@ async fn send(
             .is_ok(),
         None => false,
     };
+    let mut batch = batch;
+    batch.sent = Instant::now();
     if sent {
         in_flight.push_back(batch);
     } else {
@@ -153,6 +160,8 @@ async fn broken(
     status: tonic::Status,
 ) {
     *stream = None;
+    // The next stream goes to the leader the next member names.
+    pd.fail_over();
     let pending: Vec<Batch> = in_flight.drain(..).collect();
     let err = caller_error(pd, &status);
     for mut batch in pending {
@@ -175,9 +184,14 @@ fn answer(
     };
     if let Some(e) = response.error {
         // PD refused this request alone: its callers get the error, the
-        // stream and the requests after it go on.
+        // stream and the requests after it go on; unless PD said it cannot
+        // serve timestamps now (it lost its leader lease): then the stream
+        // is done with.
         let status = tonic::Status::new(tonic::Code::from(e.code), e.message);
         fail(batch, &Error::from_status(&status));
+        if status.code() == tonic::Code::Unavailable {
+            return Err(status);
+        }
         return Ok(());
     }
     if response.count != batch.count {
@@ -207,6 +221,12 @@ async fn run(pd: Arc<PdConn>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
         }
         let can_send = !closed && in_flight.len() < MAX_IN_FLIGHT;
         let waiting_for_answer = !in_flight.is_empty();
+        // A PD that does not answer the oldest request in time (paused,
+        // partitioned away) counts as a broken stream.
+        let answer_due = in_flight
+            .front()
+            .map(|b| b.sent + pd.timeout())
+            .unwrap_or_else(Instant::now);
         tokio::select! {
             biased;
             // Answers first: they free callers and slots.
@@ -224,6 +244,13 @@ async fn run(pd: Arc<PdConn>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
                 if let Err(status) = result {
                     broken(&pd, &mut stream, &mut in_flight, status).await;
                 }
+            }
+            _ = tokio::time::sleep_until(answer_due.into()), if waiting_for_answer => {
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "PD did not answer a timestamp request within {:?}",
+                    pd.timeout()
+                ));
+                broken(&pd, &mut stream, &mut in_flight, status).await;
             }
             first = async {
                 match carry.take() {
@@ -245,7 +272,7 @@ async fn run(pd: Arc<PdConn>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
                     count += w.0;
                     waiters.push(w);
                 }
-                let batch = Batch { count, waiters, resent: false };
+                let batch = Batch { count, waiters, resent: false, sent: Instant::now() };
                 send(&pd, &mut stream, &mut in_flight, batch).await;
             }
         }
@@ -263,6 +290,7 @@ mod tests {
             count,
             waiters: vec![(count, reply)],
             resent: false,
+            sent: Instant::now(),
         };
         (b, rx)
     }

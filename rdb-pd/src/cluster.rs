@@ -1,176 +1,121 @@
-//! Cluster metadata: the cluster id, stores, regions and the id allocator,
-//! persisted in PD's RocksDB (meta column family) and cached in memory.
+//! Cluster metadata: the cluster id, stores, regions and the id allocator.
+//!
+//! The state lives in the replicated [`Meta`] (every PD member has it);
+//! every change is a [`Command`] proposed through Raft and applied on every
+//! member. What only the leader needs (when each store last sent a
+//! heartbeat, the id window it hands ids from) is in the leader's memory and
+//! is reset by [`Cluster::on_leader`] when a member becomes leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::meta::{Command, Meta, MetaState};
 use crate::tso::now_ms;
 
 use prost::Message;
 use rdb_proto::v1::{Region, RegionRoute, Store, StoreState};
-use rdb_storage::{Engine, WriteOp};
 use tokio::sync::Mutex;
 
 use crate::error::{PdError, Result};
 
-const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
-const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
-const ID_END_KEY: &[u8] = b"id_alloc_end";
-const STORE_PREFIX: &[u8] = b"store/";
-const REGION_PREFIX: &[u8] = b"region/";
 /// Ids are reserved in steps of this many, persisted before being handed out.
 const ID_STEP: u64 = 1000;
-
-fn meta_key(prefix: &[u8], id: u64) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
 
 struct IdAlloc {
     next: u64,
     end: u64,
 }
 
-#[derive(Default)]
-struct State {
-    bootstrapped: bool,
-    stores: BTreeMap<u64, Store>,
-    /// When each store last sent a heartbeat (monotonic clock).
+/// The leader's memory: heartbeat times, since when it leads.
+struct Liveness {
     heartbeats: HashMap<u64, Instant>,
-    regions: BTreeMap<u64, Region>,
-    /// Region id by start key.
-    by_start: BTreeMap<Vec<u8>, u64>,
+    since: Instant,
 }
 
-impl State {
-    fn insert_region(&mut self, r: Region) {
-        if let Some(old) = self.regions.get(&r.id) {
-            if self.by_start.get(&old.start_key) == Some(&r.id) {
-                self.by_start.remove(&old.start_key.clone());
-            }
-        }
-        self.by_start.insert(r.start_key.clone(), r.id);
-        self.regions.insert(r.id, r);
-    }
-
-    fn remove_region(&mut self, id: u64) {
-        if let Some(old) = self.regions.remove(&id) {
-            if self.by_start.get(&old.start_key) == Some(&id) {
-                self.by_start.remove(&old.start_key);
-            }
-        }
-    }
-
-    fn region_for_key(&self, key: &[u8]) -> Option<&Region> {
-        let (_, id) = self.by_start.range(..=key.to_vec()).next_back()?;
-        self.regions.get(id).filter(|r| r.contains(key))
-    }
-}
-
-/// The cluster metadata of one PD.
+/// The cluster metadata, served by the PD leader.
 pub struct Cluster {
-    engine: Engine,
-    cluster_id: u64,
-    state: Mutex<State>,
+    meta: Arc<Meta>,
+    group: rdb_raft::Group,
+    /// Serializes the changes (check, propose, apply) of the metadata.
+    changes: Mutex<()>,
     ids: Mutex<IdAlloc>,
+    live: std::sync::Mutex<Liveness>,
     store_down_after: Duration,
-    started: Instant,
+}
+
+/// Proposes `cmd` through `group`; the answer of the state machine.
+pub(crate) async fn propose(group: &rdb_raft::Group, cmd: &Command) -> Result<u64> {
+    let raw = group.write(Meta::encode(cmd)).await.map_err(|e| match e {
+        rdb_raft::Error::NotLeader { .. } => {
+            PdError::Unavailable("this PD member is no longer the leader; retry".into())
+        }
+        e => PdError::Unavailable(format!("PD could not replicate a change: {e}")),
+    })?;
+    Meta::decode_answer(&raw)
 }
 
 impl Cluster {
-    /// Loads the metadata; creates a new cluster id on first start.
-    pub async fn open(engine: Engine, store_down_after: Duration) -> Result<Cluster> {
-        let cluster_id = match engine.get_meta(CLUSTER_ID_KEY)? {
-            Some(raw) => rdb_storage::codec::decode_u64(&raw, "cluster_id")?,
-            None => {
-                // Wall-clock seconds in the high bits, randomness in the low bits,
-                // so two clusters created by mistake do not share an id.
-                let id = (now_ms() / 1000) << 32 | u64::from(rand::random::<u32>());
-                engine
-                    .write(vec![WriteOp::PutMeta {
-                        key: CLUSTER_ID_KEY.to_vec(),
-                        value: id.to_be_bytes().to_vec(),
-                    }])
-                    .await?;
-                id
-            }
-        };
-        let mut state = State {
-            bootstrapped: engine.get_meta(BOOTSTRAPPED_KEY)?.is_some(),
-            ..Default::default()
-        };
-        for (k, v) in engine.scan_meta(STORE_PREFIX)? {
-            let store = Store::decode(v.as_slice()).map_err(|e| {
-                PdError::Corrupted(format!("store record {}: {e}", String::from_utf8_lossy(&k)))
-            })?;
-            state.stores.insert(store.id, store);
-        }
-        for (k, v) in engine.scan_meta(REGION_PREFIX)? {
-            let region = Region::decode(v.as_slice()).map_err(|e| {
-                PdError::Corrupted(format!(
-                    "region record {}: {e}",
-                    String::from_utf8_lossy(&k)
-                ))
-            })?;
-            state.insert_region(region);
-        }
-        let id_end = match engine.get_meta(ID_END_KEY)? {
-            Some(raw) => rdb_storage::codec::decode_counter(
-                &raw,
-                "id_alloc_end",
-                rdb_storage::codec::MAX_COUNTER,
-            )?,
-            None => 0,
-        };
-        tracing::info!(
-            cluster_id,
-            bootstrapped = state.bootstrapped,
-            stores = state.stores.len(),
-            regions = state.regions.len(),
-            "cluster metadata loaded"
-        );
-        Ok(Cluster {
-            engine,
-            cluster_id,
-            state: Mutex::new(state),
-            // Ids below the persisted end may have been handed out before a restart: skip them.
+    /// The metadata of `meta`, changed through `group`.
+    pub fn new(meta: Arc<Meta>, group: rdb_raft::Group, store_down_after: Duration) -> Cluster {
+        let id_end = meta.read().id_end;
+        Cluster {
+            meta,
+            group,
+            changes: Mutex::new(()),
             ids: Mutex::new(IdAlloc {
                 next: id_end + 1,
                 end: id_end,
             }),
+            live: std::sync::Mutex::new(Liveness {
+                heartbeats: HashMap::new(),
+                since: Instant::now(),
+            }),
             store_down_after,
-            started: Instant::now(),
-        })
+        }
     }
 
-    /// This cluster's id.
+    /// Called when this member became the leader and has applied every
+    /// earlier command: ids resume above the replicated window (the old
+    /// leader may have handed out ids up to it), and every store counts as
+    /// heard from now (heartbeats rebuild the picture).
+    pub async fn on_leader(&self) {
+        let id_end = self.meta.read().id_end;
+        *self.ids.lock().await = IdAlloc {
+            next: id_end + 1,
+            end: id_end,
+        };
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.heartbeats.clear();
+        live.since = Instant::now();
+    }
+
+    async fn propose(&self, cmd: &Command) -> Result<u64> {
+        propose(&self.group, cmd).await
+    }
+
+    /// This cluster's id (0 until the first leader has set it).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        self.meta.read().cluster_id
     }
 
     /// Fails unless `got` is this cluster's id.
     pub fn check_cluster(&self, got: u64) -> Result<()> {
-        if got != self.cluster_id {
-            return Err(PdError::ClusterMismatch {
-                got,
-                want: self.cluster_id,
-            });
+        let want = self.cluster_id();
+        if got != want {
+            return Err(PdError::ClusterMismatch { got, want });
         }
         Ok(())
     }
 
-    /// Allocates a cluster-unique id (never 0, never repeated, also across restarts).
+    /// Allocates a cluster-unique id (never 0, never repeated, also across
+    /// restarts and leader changes).
     pub async fn alloc_id(&self) -> Result<u64> {
         let mut ids = self.ids.lock().await;
         if ids.next > ids.end {
-            let end = ids.end.max(ids.next - 1) + ID_STEP;
-            self.engine
-                .write(vec![WriteOp::PutMeta {
-                    key: ID_END_KEY.to_vec(),
-                    value: end.to_be_bytes().to_vec(),
-                }])
-                .await?;
+            let want = ids.end.max(ids.next - 1) + ID_STEP;
+            let end = self.propose(&Command::SetIdEnd { end: want }).await?;
+            ids.next = ids.next.max(end + 1 - ID_STEP);
             ids.end = end;
         }
         let id = ids.next;
@@ -180,7 +125,7 @@ impl Cluster {
 
     /// Whether the cluster has its first region.
     pub async fn is_bootstrapped(&self) -> bool {
-        self.state.lock().await.bootstrapped
+        self.meta.read().bootstrapped
     }
 
     /// Records the first region, covering the whole key space, on `store_id`.
@@ -195,29 +140,26 @@ impl Cluster {
                 "the first region needs an id and must be on the bootstrapping store".into(),
             ));
         }
-        let mut st = self.state.lock().await;
-        if st.bootstrapped {
+        let _changes = self.changes.lock().await;
+        {
+            let st = self.meta.read();
+            if st.bootstrapped {
+                return Err(PdError::AlreadyBootstrapped);
+            }
+            if !st.stores.contains_key(&store_id) {
+                return Err(PdError::FailedPrecondition(format!(
+                    "store {store_id} must register (PutStore) before bootstrapping"
+                )));
+            }
+        }
+        let applied = self
+            .propose(&Command::Bootstrap {
+                region: region.encode_to_vec(),
+            })
+            .await?;
+        if applied == 0 {
             return Err(PdError::AlreadyBootstrapped);
         }
-        if !st.stores.contains_key(&store_id) {
-            return Err(PdError::FailedPrecondition(format!(
-                "store {store_id} must register (PutStore) before bootstrapping"
-            )));
-        }
-        self.engine
-            .write(vec![
-                WriteOp::PutMeta {
-                    key: meta_key(REGION_PREFIX, region.id),
-                    value: region.encode_to_vec(),
-                },
-                WriteOp::PutMeta {
-                    key: BOOTSTRAPPED_KEY.to_vec(),
-                    value: b"1".to_vec(),
-                },
-            ])
-            .await?;
-        st.bootstrapped = true;
-        st.insert_region(region.clone());
         tracing::info!(store_id, region_id = region.id, "cluster bootstrapped");
         Ok(())
     }
@@ -234,124 +176,103 @@ impl Cluster {
                 "store address must not be empty".into(),
             ));
         }
-        let mut st = self.state.lock().await;
-        if let Some(other) = st
-            .stores
-            .values()
-            .find(|s| s.address == store.address && s.id != store.id)
+        let _changes = self.changes.lock().await;
         {
-            if self.is_up(&st, other.id) {
-                return Err(PdError::FailedPrecondition(format!(
-                    "address {} is already used by live store {}",
-                    store.address, other.id
-                )));
+            let st = self.meta.read();
+            if let Some(other) = st
+                .stores
+                .values()
+                .find(|s| s.address == store.address && s.id != store.id)
+            {
+                if self.is_up(other.id) {
+                    return Err(PdError::FailedPrecondition(format!(
+                        "address {} is already used by live store {}",
+                        store.address, other.id
+                    )));
+                }
             }
         }
         store.state = StoreState::Up as i32;
-        store.last_heartbeat_ms = now_ms();
         let mut persisted = store.clone();
         persisted.last_heartbeat_ms = 0;
-        self.engine
-            .write(vec![WriteOp::PutMeta {
-                key: meta_key(STORE_PREFIX, store.id),
-                value: persisted.encode_to_vec(),
-            }])
-            .await?;
-        st.heartbeats.insert(store.id, Instant::now());
-        st.stores.insert(store.id, store.clone());
+        self.propose(&Command::PutStore {
+            store: persisted.encode_to_vec(),
+        })
+        .await?;
+        store.last_heartbeat_ms = now_ms();
+        self.touch(store.id);
         tracing::info!(store_id = store.id, address = %store.address, "store registered");
         Ok(store)
     }
 
-    fn is_up(&self, st: &State, id: u64) -> bool {
-        let last = st.heartbeats.get(&id).copied().unwrap_or(self.started);
-        last.elapsed() < self.store_down_after
+    fn touch(&self, store_id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeats
+            .insert(store_id, Instant::now());
     }
 
-    fn view_store(&self, st: &State, s: &Store) -> Store {
+    fn last_heard(&self, id: u64) -> Instant {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.heartbeats.get(&id).copied().unwrap_or(live.since)
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.last_heard(id).elapsed() < self.store_down_after
+    }
+
+    fn view_store(&self, s: &Store) -> Store {
         let mut s = s.clone();
-        s.state = if self.is_up(st, s.id) {
+        let last = self.last_heard(s.id);
+        s.state = if last.elapsed() < self.store_down_after {
             StoreState::Up
         } else {
             StoreState::Down
         } as i32;
+        s.last_heartbeat_ms = now_ms().saturating_sub(last.elapsed().as_millis() as u64);
         s
     }
 
     /// One store, with its state computed from heartbeats.
     pub async fn get_store(&self, id: u64) -> Result<Store> {
-        let st = self.state.lock().await;
-        let s = st
+        let s = self
+            .meta
+            .read()
             .stores
             .get(&id)
+            .cloned()
             .ok_or_else(|| PdError::NotFound(format!("store {id} is not registered")))?;
-        Ok(self.view_store(&st, s))
+        Ok(self.view_store(&s))
     }
 
     /// How many regions PD knows.
     pub async fn region_count(&self) -> usize {
-        self.state.lock().await.regions.len()
+        self.meta.read().regions.len()
     }
 
     /// All stores, ordered by id.
     pub async fn all_stores(&self) -> Vec<Store> {
-        let st = self.state.lock().await;
-        st.stores
-            .values()
-            .map(|s| self.view_store(&st, s))
-            .collect()
+        let stores: Vec<Store> = self.meta.read().stores.values().cloned().collect();
+        stores.iter().map(|s| self.view_store(s)).collect()
     }
 
     /// Records a heartbeat and adopts region updates the store reports
     /// (a region PD does not know yet, or a newer epoch of one it knows).
     pub async fn heartbeat(&self, store_id: u64, regions: Vec<Region>) -> Result<()> {
-        let mut st = self.state.lock().await;
-        let Some(store) = st.stores.get_mut(&store_id) else {
+        if !self.meta.read().stores.contains_key(&store_id) {
             return Err(PdError::NotFound(format!(
                 "store {store_id} is not registered"
             )));
-        };
-        store.last_heartbeat_ms = now_ms();
-        st.heartbeats.insert(store_id, Instant::now());
-        let mut writes = Vec::new();
-        let mut adopted = Vec::new();
-        for r in regions {
-            if r.store_id != store_id || r.id == 0 {
-                continue;
-            }
-            let epoch = r.epoch_or_default();
-            if let Some(known) = st.regions.get(&r.id) {
-                if !epoch.is_newer_than(&known.epoch_or_default()) {
-                    continue;
-                }
-            }
-            let overlapping: Vec<u64> = st
-                .regions
-                .values()
-                .filter(|o| o.id != r.id && o.overlaps(&r.start_key, &r.end_key))
-                .map(|o| o.id)
-                .collect();
-            if overlapping
-                .iter()
-                .any(|id| st.regions[id].epoch_or_default().version > epoch.version)
-            {
-                continue; // A newer split already covers this range: the report is stale.
-            }
-            for id in overlapping {
-                writes.push(WriteOp::DeleteMeta {
-                    key: meta_key(REGION_PREFIX, id),
-                });
-                st.remove_region(id);
-            }
-            writes.push(WriteOp::PutMeta {
-                key: meta_key(REGION_PREFIX, r.id),
-                value: r.encode_to_vec(),
-            });
-            adopted.push(r.id);
-            st.insert_region(r);
         }
-        if !writes.is_empty() {
-            self.engine.write(writes).await?;
+        self.touch(store_id);
+        let _changes = self.changes.lock().await;
+        let (put, delete, adopted) = {
+            let st = self.meta.read();
+            adopt(&st, store_id, regions)
+        };
+        if !put.is_empty() {
+            self.propose(&Command::PutRegions { put, delete }).await?;
             tracing::info!(store_id, regions = ?adopted, "adopted region updates from heartbeat");
         }
         Ok(())
@@ -359,37 +280,41 @@ impl Cluster {
 
     /// Stores region records (after a split or a move) and drops overlapping stale ones.
     pub async fn update_regions(&self, regions: Vec<Region>) -> Result<()> {
-        let mut st = self.state.lock().await;
-        let mut writes = Vec::new();
-        for r in regions {
-            if let Some(known) = st.regions.get(&r.id) {
-                if known
-                    .epoch_or_default()
-                    .is_newer_than(&r.epoch_or_default())
-                {
-                    continue;
-                }
-            }
-            writes.push(WriteOp::PutMeta {
-                key: meta_key(REGION_PREFIX, r.id),
-                value: r.encode_to_vec(),
-            });
-            st.insert_region(r);
+        let _changes = self.changes.lock().await;
+        let put: Vec<Vec<u8>> = {
+            let st = self.meta.read();
+            regions
+                .iter()
+                .filter(|r| {
+                    st.regions.get(&r.id).is_none_or(|known| {
+                        !known
+                            .epoch_or_default()
+                            .is_newer_than(&r.epoch_or_default())
+                    })
+                })
+                .map(|r| r.encode_to_vec())
+                .collect()
+        };
+        if !put.is_empty() {
+            self.propose(&Command::PutRegions {
+                put,
+                delete: Vec::new(),
+            })
+            .await?;
         }
-        self.engine.write(writes).await?;
         Ok(())
     }
 
-    fn route(&self, st: &State, r: &Region) -> RegionRoute {
+    fn route(&self, st: &MetaState, r: &Region) -> RegionRoute {
         RegionRoute {
             region: Some(r.clone()),
-            leader: st.stores.get(&r.store_id).map(|s| self.view_store(st, s)),
+            leader: st.stores.get(&r.store_id).map(|s| self.view_store(s)),
         }
     }
 
     /// The region that holds `key`.
     pub async fn region_by_key(&self, key: &[u8]) -> Result<RegionRoute> {
-        let st = self.state.lock().await;
+        let st = self.meta.read();
         if !st.bootstrapped {
             return Err(PdError::NotBootstrapped);
         }
@@ -404,7 +329,7 @@ impl Cluster {
 
     /// A region by id.
     pub async fn region_by_id(&self, id: u64) -> Result<RegionRoute> {
-        let st = self.state.lock().await;
+        let st = self.meta.read();
         let r = st
             .regions
             .get(&id)
@@ -414,7 +339,7 @@ impl Cluster {
 
     /// Regions overlapping `[start, end)` in key order (at most `limit`, 0 = all).
     pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<RegionRoute> {
-        let st = self.state.lock().await;
+        let st = self.meta.read();
         let first = st
             .region_for_key(start)
             .map(|r| r.start_key.clone())
@@ -431,24 +356,78 @@ impl Cluster {
 
     /// A live store other than `exclude`, preferring the one with the fewest regions.
     pub async fn pick_other_store(&self, exclude: u64) -> Option<Store> {
-        let st = self.state.lock().await;
+        let st = self.meta.read();
         st.stores
             .values()
-            .filter(|s| s.id != exclude && self.is_up(&st, s.id))
+            .filter(|s| s.id != exclude && self.is_up(s.id))
             .min_by_key(|s| {
                 (
                     st.regions.values().filter(|r| r.store_id == s.id).count(),
                     s.id,
                 )
             })
-            .map(|s| self.view_store(&st, s))
+            .map(|s| self.view_store(s))
     }
 
     /// Whether a store is registered and up.
     pub async fn store_is_up(&self, id: u64) -> bool {
-        let st = self.state.lock().await;
-        st.stores.contains_key(&id) && self.is_up(&st, id)
+        self.meta.read().stores.contains_key(&id) && self.is_up(id)
     }
+}
+
+/// The region records of a heartbeat from `store_id` that PD adopts: new
+/// regions and newer epochs, with the ids of the stale records they
+/// replace, and the adopted ids (for the log).
+fn adopt(
+    st: &MetaState,
+    store_id: u64,
+    regions: Vec<Region>,
+) -> (Vec<Vec<u8>>, Vec<u64>, Vec<u64>) {
+    // A working copy, so that later reports of the same heartbeat see the
+    // earlier ones.
+    let mut view = st.regions.clone();
+    let mut adopted = std::collections::BTreeSet::new();
+    let mut deleted = std::collections::BTreeSet::new();
+    for r in regions {
+        if r.store_id != store_id || r.id == 0 {
+            continue;
+        }
+        let epoch = r.epoch_or_default();
+        if let Some(known) = view.get(&r.id) {
+            if !epoch.is_newer_than(&known.epoch_or_default()) {
+                continue;
+            }
+        }
+        let overlapping: Vec<u64> = view
+            .values()
+            .filter(|o| o.id != r.id && o.overlaps(&r.start_key, &r.end_key))
+            .map(|o| o.id)
+            .collect();
+        if overlapping
+            .iter()
+            .any(|id| view[id].epoch_or_default().version > epoch.version)
+        {
+            continue; // A newer split already covers this range: the report is stale.
+        }
+        for id in overlapping {
+            view.remove(&id);
+            deleted.insert(id);
+        }
+        adopted.insert(r.id);
+        view.insert(r.id, r);
+    }
+    // Deletions are applied before the records, and a record adopted first
+    // may have been replaced by a later one of the same heartbeat.
+    let adopted: Vec<u64> = adopted
+        .into_iter()
+        .filter(|id| view.contains_key(id))
+        .collect();
+    let put = adopted.iter().map(|id| view[id].encode_to_vec()).collect();
+    let delete = deleted
+        .into_iter()
+        .filter(|id| !view.contains_key(id))
+        .collect();
+    (put, delete, adopted)
 }
 
 #[cfg(test)]
@@ -466,17 +445,18 @@ mod tests {
         }
     }
 
-    async fn cluster(dir: &std::path::Path) -> Cluster {
-        let engine = Engine::open(dir, Default::default()).unwrap();
-        Cluster::open(engine, Duration::from_secs(10))
-            .await
-            .unwrap()
+    async fn cluster(dir: &std::path::Path) -> (Cluster, rdb_raft::Group) {
+        let (meta, group) = crate::node::single_member_for_tests(dir).await;
+        (
+            Cluster::new(meta, group.clone(), Duration::from_secs(10)),
+            group,
+        )
     }
 
     #[tokio::test]
     async fn heartbeats_repair_the_region_map_and_everything_persists() {
         let tmp = tempfile::tempdir().unwrap();
-        let c = cluster(tmp.path()).await;
+        let (c, group) = cluster(tmp.path()).await;
         let store = |id| Store {
             id,
             address: format!("127.0.0.1:{id}"),
@@ -543,7 +523,10 @@ mod tests {
 
         let id = c.alloc_id().await.unwrap();
         drop(c);
-        let c = cluster(tmp.path()).await;
+        group.shutdown().await;
+        drop(group);
+        let (c, _group) = cluster(tmp.path()).await;
+        c.on_leader().await;
         assert!(c.is_bootstrapped().await);
         assert_eq!(c.all_stores().await.len(), 2);
         assert_eq!(c.scan_regions(b"", b"", 0).await.len(), 2);

@@ -20,6 +20,20 @@ pub struct PdSettings {
     pub listen: SocketAddr,
     /// Directory for PD's metadata (required).
     pub data_dir: PathBuf,
+    /// This member's name, unique in the PD group.
+    pub name: String,
+    /// The initial members of a PD group, `NAME=HOST:PORT,...` ("" = a
+    /// group of this member alone). Read at the first start only.
+    pub initial_cluster: String,
+    /// `new`: the members of `initial-cluster` form a new group; `existing`:
+    /// this member joins a running group that already lists it
+    /// (`rdb-cli pd add-member`).
+    pub initial_cluster_state: ClusterState,
+    /// The PD leader's Raft heartbeat interval, in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// A PD follower that hears nothing from the leader for a random time
+    /// between this and twice this starts an election (milliseconds).
+    pub raft_election_timeout_ms: u64,
     /// Address of the HTTP status endpoint serving `/metrics` ("" = none).
     pub status_addr: String,
     /// A store silent for this many seconds is shown as down (at least 1).
@@ -32,6 +46,18 @@ pub struct PdSettings {
     pub security: Security,
     /// Caps on requests.
     pub limits: PdLimits,
+}
+
+/// Whether a member starts a new PD group or joins a running one.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterState {
+    /// The members of `initial-cluster` form a new group.
+    New,
+    /// This member joins a running group (after `rdb-cli pd add-member`).
+    Existing,
 }
 
 /// PD's request caps (`[limits]`).
@@ -60,6 +86,11 @@ impl Default for PdSettings {
         PdSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 2379)),
             data_dir: PathBuf::new(),
+            name: "pd1".into(),
+            initial_cluster: String::new(),
+            initial_cluster_state: ClusterState::New,
+            raft_heartbeat_ms: 150,
+            raft_election_timeout_ms: 800,
             status_addr: String::new(),
             store_down_after_secs: 10,
             shutdown_grace_secs: 10,
@@ -80,6 +111,35 @@ impl PdSettings {
                     .into(),
             ));
         }
+        if self.name.is_empty() || self.name.contains([',', '=']) {
+            return Err(ConfigError::Invalid(format!(
+                "name = {:?}: must be non-empty, without ',' or '='",
+                self.name
+            )));
+        }
+        if !self.initial_cluster.is_empty() {
+            let members = crate::node::parse_initial_cluster(&self.initial_cluster)
+                .map_err(|e| ConfigError::Invalid(format!("initial-cluster: {e}")))?;
+            if !members.values().any(|m| m.name == self.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "initial-cluster does not list this member's name {:?} (set name)",
+                    self.name
+                )));
+            }
+        } else if self.initial_cluster_state == ClusterState::Existing {
+            return Err(ConfigError::Invalid(
+                "initial-cluster-state = existing needs initial-cluster (the running members)"
+                    .into(),
+            ));
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms < 3 * self.raft_heartbeat_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "raft-election-timeout-ms = {} must be at least 3 x raft-heartbeat-ms = {} (and \
+                 the heartbeat above 0)",
+                self.raft_election_timeout_ms, self.raft_heartbeat_ms
+            )));
+        }
         if self.store_down_after_secs == 0 {
             return Err(ConfigError::Invalid(
                 "store-down-after-secs = 0 is too small: at least 1".into(),
@@ -93,6 +153,15 @@ impl PdSettings {
         }
         .validate()
         .map_err(ConfigError::Invalid)
+    }
+
+    /// The Raft timing these settings give.
+    pub fn timing(&self) -> rdb_raft::Timing {
+        rdb_raft::Timing {
+            heartbeat: std::time::Duration::from_millis(self.raft_heartbeat_ms),
+            election_min: std::time::Duration::from_millis(self.raft_election_timeout_ms),
+            election_max: std::time::Duration::from_millis(2 * self.raft_election_timeout_ms),
+        }
     }
 
     /// The parsed `status-addr`, if set.
@@ -128,6 +197,26 @@ pub struct PdArgs {
     /// Directory for PD's metadata (created if missing; held exclusively while running).
     #[arg(long, env = "FLAREDB_PD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This member's name, unique in the PD group [default: pd1].
+    #[arg(long, env = "FLAREDB_PD_NAME")]
+    pub name: Option<String>,
+    /// The initial members of a PD group, NAME=HOST:PORT,... (three or
+    /// five; each member gets the same list); read at the first start only
+    /// [default: a group of this member alone].
+    #[arg(long, env = "FLAREDB_PD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// new: the members of --initial-cluster form a new group; existing: join
+    /// a running group after `rdb-cli pd add-member` [default: new].
+    #[arg(long, env = "FLAREDB_PD_INITIAL_CLUSTER_STATE", value_enum)]
+    pub initial_cluster_state: Option<ClusterState>,
+    /// The PD leader's Raft heartbeat interval in ms [default: 150].
+    #[arg(long, env = "FLAREDB_PD_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Election timeout in ms: a follower that hears nothing from the leader
+    /// for a random time between this and twice this starts an election
+    /// [default: 800].
+    #[arg(long, env = "FLAREDB_PD_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT; port 0 picks one) [default: off].
     #[arg(long, env = "FLAREDB_PD_STATUS_ADDR")]
     pub status_addr: Option<String>,
@@ -161,6 +250,11 @@ impl PdArgs {
         rdb_daemon::overlay!(a => s:
             listen => listen,
             data_dir => data_dir,
+            name => name,
+            initial_cluster => initial_cluster,
+            initial_cluster_state => initial_cluster_state,
+            raft_heartbeat_ms => raft_heartbeat_ms,
+            raft_election_timeout_ms => raft_election_timeout_ms,
             status_addr => status_addr,
             store_down_after_secs => store_down_after_secs,
             shutdown_grace_secs => shutdown_grace_secs,

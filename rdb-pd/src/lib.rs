@@ -1,6 +1,13 @@
 //! FlareDB Placement Driver: the timestamp oracle and the cluster's metadata.
 //!
-//! - [`tso`]: timestamps that never repeat or go back, also across restarts.
+//! PD runs as one member or as a Raft group of several (`rdb-raft`; see
+//! `specs/005-ha-pd/spec.md`).
+//!
+//! - [`meta`]: the replicated state and the commands that change it.
+//! - [`node`]: one member: its id, leadership, membership changes, and the
+//!   front that forwards calls from followers to the leader.
+//! - [`tso`]: timestamps that never repeat or go back, also across restarts
+//!   and leader changes.
 //! - [`cluster`]: stores, regions, the id allocator, bootstrap, heartbeats.
 //! - [`service`]: the `flaredb.v1.Pd` gRPC service, including split orchestration.
 //! - [`config`]: the settings (config file, environment, flags).
@@ -10,7 +17,9 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod meta;
 pub mod metrics;
+pub mod node;
 pub mod service;
 pub mod tso;
 
@@ -59,6 +68,9 @@ pub enum RunError {
     /// The status endpoint cannot listen.
     #[error(transparent)]
     Status(#[from] rdb_daemon::status::StatusError),
+    /// The Raft group could not start.
+    #[error("PD Raft group: {0}")]
+    Raft(#[from] rdb_raft::Error),
 }
 
 /// Runs PD until `shutdown` resolves.
@@ -72,22 +84,6 @@ pub async fn run(
     let dir = DataDir::open(&cfg.data_dir)?;
     let identity = dir.check_role("pd")?;
     let engine = Engine::open(dir.path().join("db"), EngineOptions::default())?;
-    let cluster = Arc::new(
-        cluster::Cluster::open(
-            engine.clone(),
-            Duration::from_secs(cfg.store_down_after_secs),
-        )
-        .await?,
-    );
-    match identity {
-        Some(id) => dir.check_cluster(&id, cluster.cluster_id())?,
-        None => dir.write_identity(&Identity {
-            role: "pd".into(),
-            cluster_id: cluster.cluster_id(),
-            node_id: 0,
-        })?,
-    }
-    let tso = Arc::new(tso::Tso::open(engine.clone()).await?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -99,15 +95,57 @@ pub async fn run(
         source,
     })?;
     rdb_daemon::net::warn_if_exposed("rdb-pd", addr, tls.is_some());
-    let svc = service::PdService::new(tso, cluster.clone(), tls.as_ref().map(|t| t.client.clone()));
+    let client_tls = tls.as_ref().map(|t| t.client.clone());
+    let placement = if cfg.initial_cluster.is_empty() {
+        node::Placement::Single
+    } else {
+        let members = node::parse_initial_cluster(&cfg.initial_cluster)
+            .map_err(|e| PdError::InvalidArgument(format!("initial-cluster: {e}")))?;
+        match cfg.initial_cluster_state {
+            config::ClusterState::New => node::Placement::New(members),
+            config::ClusterState::Existing => node::Placement::Join(
+                members
+                    .into_values()
+                    .filter(|m| m.name != cfg.name)
+                    .map(|m| m.address)
+                    .collect(),
+            ),
+        }
+    };
+    let (node_id, init) =
+        node::resolve_member(&engine, &cfg.name, placement, client_tls.as_ref()).await?;
+    let meta = Arc::new(meta::Meta::load(&engine)?);
+    let transport = rdb_raft::Transport::new(client_tls.clone());
+    let group = rdb_raft::Group::start(
+        rdb_raft::GroupConfig {
+            group_id: node::PD_GROUP,
+            node_id,
+            timing: cfg.timing(),
+            snapshot_every: 1000,
+        },
+        engine.clone(),
+        meta.clone(),
+        transport.clone(),
+    )
+    .await?;
+    if let Some(mut members) = init {
+        if members.is_empty() {
+            members = node::single(&cfg.name, addr);
+        }
+        group.initialize(members).await?;
+    }
+    let pd = node::PdNode::new(
+        group.clone(),
+        meta.clone(),
+        Duration::from_secs(cfg.store_down_after_secs),
+        client_tls.clone(),
+    );
+    tokio::spawn(pd.clone().lead());
+    let cluster = pd.cluster.clone();
+    let svc = service::PdService::new(pd.clone(), client_tls);
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, cluster.clone())?;
     let status = rdb_daemon::status::start("rdb-pd", status_addr, metrics.clone(), refresh).await?;
-    tracing::info!(%addr, cluster_id = cluster.cluster_id(), data_dir = %dir.path().display(), tls = tls.is_some(), "rdb-pd serving");
-    rdb_daemon::process::print_ready(&format!(
-        "rdb-pd listening on {addr} cluster_id={}",
-        cluster.cluster_id()
-    ));
     let (health, health_service) = rdb_daemon::net::health();
     // What reflection lists and health reports: exactly what is served.
     let services = vec![<PdServer<service::PdService> as tonic::server::NamedService>::NAME];
@@ -126,13 +164,45 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(transport.service())
+            .add_service(node::Front::new(
                 PdServer::new(svc)
                     .max_decoding_message_size(cfg.limits.max_message_size)
                     .max_encoding_message_size(cfg.limits.max_message_size),
-            )
+                pd.clone(),
+            ))
             .serve_with_incoming_shutdown(rdb_daemon::net::incoming(listener), shutdown);
-    let served = rdb_daemon::net::serve_until(serve, deadline).await;
+    let announce = async {
+        // Ready once this member knows its cluster (a leader has set the
+        // cluster id and this member has applied it) and can take calls:
+        // as the leader, fenced and holding its lease; as a follower,
+        // knowing the leader to forward to.
+        while !pd.announceable() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cluster_id = meta.read().cluster_id;
+        match &identity {
+            Some(id) => dir.check_cluster(id, cluster_id)?,
+            None => dir.write_identity(&Identity {
+                role: "pd".into(),
+                cluster_id,
+                node_id,
+            })?,
+        }
+        tracing::info!(%addr, cluster_id, node_id, name = %cfg.name, data_dir = %dir.path().display(), tls = tls.is_some(), "rdb-pd serving");
+        rdb_daemon::process::print_ready(&format!(
+            "rdb-pd listening on {addr} cluster_id={cluster_id}"
+        ));
+        std::future::pending::<Result<(), RunError>>().await
+    };
+    let served = tokio::select! {
+        served = rdb_daemon::net::serve_until(serve, deadline) => served,
+        failed = announce => {
+            failed?;
+            None
+        }
+    };
+    group.shutdown().await;
     drop(status);
     if let Some(served) = served {
         served?;

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::Cluster;
 use crate::error::PdError;
+use crate::node::PdNode;
 use crate::tso::Tso;
 
 /// Timeout of a call from PD to a store.
@@ -22,6 +23,7 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The PD gRPC service.
 #[derive(Clone)]
 pub struct PdService {
+    node: Arc<PdNode>,
     tso: Arc<Tso>,
     cluster: Arc<Cluster>,
     /// Serializes admin operations (splits and moves).
@@ -32,15 +34,12 @@ pub struct PdService {
 }
 
 impl PdService {
-    /// A service over an opened TSO and cluster; `tls` is how PD calls stores.
-    pub fn new(
-        tso: Arc<Tso>,
-        cluster: Arc<Cluster>,
-        tls: Option<rdb_proto::tls::ClientTls>,
-    ) -> Self {
+    /// The service of PD member `node`; `tls` is how PD calls stores.
+    pub fn new(node: Arc<PdNode>, tls: Option<rdb_proto::tls::ClientTls>) -> Self {
         PdService {
-            tso,
-            cluster,
+            tso: node.tso.clone(),
+            cluster: node.cluster.clone(),
+            node,
             admin_lock: Arc::default(),
             channels: Arc::default(),
             tls,
@@ -204,6 +203,7 @@ impl Pd for PdService {
         &self,
         request: Request<Streaming<TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
+        self.node.check_serving()?;
         let inbound = request.into_inner();
         let tso = self.tso.clone();
         let answers = futures::stream::unfold((inbound, tso), |(mut inbound, tso)| async move {
@@ -246,6 +246,7 @@ impl Pd for PdService {
         &self,
         _: Request<IsBootstrappedRequest>,
     ) -> Result<Response<IsBootstrappedResponse>, Status> {
+        self.node.check_serving()?;
         Ok(Response::new(IsBootstrappedResponse {
             bootstrapped: self.cluster.is_bootstrapped().await,
             cluster_id: self.cluster.cluster_id(),
@@ -256,6 +257,7 @@ impl Pd for PdService {
         &self,
         request: Request<BootstrapRequest>,
     ) -> Result<Response<BootstrapResponse>, Status> {
+        self.node.check_serving()?;
         let req = request.into_inner();
         self.cluster.check_cluster(req.cluster_id)?;
         let region = req
@@ -274,6 +276,7 @@ impl Pd for PdService {
         &self,
         request: Request<PutStoreRequest>,
     ) -> Result<Response<PutStoreResponse>, Status> {
+        self.node.check_serving()?;
         let req = request.into_inner();
         self.cluster.check_cluster(req.cluster_id)?;
         let store = req
@@ -290,6 +293,7 @@ impl Pd for PdService {
         &self,
         request: Request<GetStoreRequest>,
     ) -> Result<Response<GetStoreResponse>, Status> {
+        self.node.check_serving()?;
         let store = self
             .cluster
             .get_store(request.into_inner().store_id)
@@ -301,6 +305,7 @@ impl Pd for PdService {
         &self,
         _: Request<GetAllStoresRequest>,
     ) -> Result<Response<GetAllStoresResponse>, Status> {
+        self.node.check_serving()?;
         Ok(Response::new(GetAllStoresResponse {
             stores: self.cluster.all_stores().await,
         }))
@@ -310,6 +315,7 @@ impl Pd for PdService {
         &self,
         request: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
+        self.node.check_serving()?;
         let req = request.into_inner();
         let result = match self.cluster.check_cluster(req.cluster_id) {
             Ok(()) => self.cluster.heartbeat(req.store_id, req.regions).await,
@@ -325,6 +331,7 @@ impl Pd for PdService {
         &self,
         request: Request<GetRegionRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
+        self.node.check_serving()?;
         let route = self
             .cluster
             .region_by_key(&request.into_inner().key)
@@ -336,6 +343,7 @@ impl Pd for PdService {
         &self,
         request: Request<GetRegionByIdRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
+        self.node.check_serving()?;
         let route = self
             .cluster
             .region_by_id(request.into_inner().region_id)
@@ -347,6 +355,7 @@ impl Pd for PdService {
         &self,
         request: Request<ScanRegionsRequest>,
     ) -> Result<Response<ScanRegionsResponse>, Status> {
+        self.node.check_serving()?;
         let req = request.into_inner();
         check_range(&req.start_key, &req.end_key).map_err(PdError::InvalidArgument)?;
         let routes = self
@@ -360,6 +369,7 @@ impl Pd for PdService {
         &self,
         _: Request<AllocIdRequest>,
     ) -> Result<Response<AllocIdResponse>, Status> {
+        self.node.check_serving()?;
         Ok(Response::new(AllocIdResponse {
             id: self.cluster.alloc_id().await?,
         }))
@@ -369,6 +379,34 @@ impl Pd for PdService {
         &self,
         request: Request<SplitRegionRequest>,
     ) -> Result<Response<SplitRegionResponse>, Status> {
+        self.node.check_serving()?;
         Ok(Response::new(self.split(request.into_inner()).await?))
+    }
+
+    async fn get_members(
+        &self,
+        _: Request<GetMembersRequest>,
+    ) -> Result<Response<GetMembersResponse>, Status> {
+        Ok(Response::new(self.node.members()))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        let req = request.into_inner();
+        let (member, initial_cluster) = self.node.add_member(req.name, req.address).await?;
+        Ok(Response::new(AddMemberResponse {
+            member: Some(member),
+            initial_cluster,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let members = self.node.remove_member(&request.into_inner().name).await?;
+        Ok(Response::new(RemoveMemberResponse { members }))
     }
 }

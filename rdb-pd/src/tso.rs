@@ -1,34 +1,45 @@
 //! The timestamp oracle.
 //!
-//! A timestamp is `physical_ms << 18 | logical`. PD keeps a persisted
-//! high-water mark (`tso_window`, physical milliseconds) that is always ahead
-//! of every timestamp it has served: before serving a physical time at or past
-//! the mark, it durably moves the mark [`WINDOW`] ahead. After a restart it
-//! starts above the stored mark, so it never repeats or goes back, even if the
-//! wall clock moved backwards. This is the approach of TiKV's PD.
+//! A timestamp is `physical_ms << 18 | logical`. The replicated TSO window
+//! (`tso_window`, physical milliseconds) is always ahead of every timestamp
+//! any PD leader has served: before serving a physical time at or past the
+//! window's end, the leader commits a new end [`WINDOW`] ahead through Raft.
+//!
+//! Only the leader serves, only while its lease holds, and only after it is
+//! fenced ([`Tso::activate`]): a new leader first applies everything
+//! committed before its term, starts at `max(now, saved window + 1 ms)` and
+//! commits its first window before it serves. Since a new leader is elected
+//! only after the old one's lease ended, every timestamp of a later leader
+//! is above every timestamp of an earlier one, also when the wall clock
+//! moves backwards. This is the approach of TiKV's PD on etcd; see
+//! `specs/005-ha-pd/spec.md`, "TSO fencing".
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdb_proto::limits::{compose_timestamp, MAX_TSO_COUNT, TSO_LOGICAL_BITS};
-use rdb_storage::{Engine, WriteOp};
 use tokio::sync::Mutex;
 
+use crate::cluster::propose;
 use crate::error::{PdError, Result};
+use crate::meta::{Command, Meta};
 
-/// How far ahead of the served physical time the persisted mark is kept.
+/// How far ahead of the served physical time the replicated window is kept.
 pub const WINDOW: Duration = Duration::from_secs(3);
-const WINDOW_KEY: &[u8] = b"tso_window";
 const MAX_LOGICAL: u64 = 1 << TSO_LOGICAL_BITS;
 
 struct State {
+    /// The term this member leads and is fenced for (0: not serving).
+    term: u64,
     physical: u64,
     logical: u64,
     window_end: u64,
 }
 
-/// The timestamp oracle.
+/// The timestamp oracle of one PD member.
 pub struct Tso {
-    engine: Engine,
+    group: rdb_raft::Group,
+    meta: Arc<Meta>,
     state: Mutex<State>,
 }
 
@@ -41,47 +52,46 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Tso {
-    /// Loads the persisted mark and starts above it.
-    pub async fn open(engine: Engine) -> Result<Tso> {
-        let saved = match engine.get_meta(WINDOW_KEY)? {
-            // A physical part must fit its 64 - 18 bits.
-            Some(raw) => rdb_storage::codec::decode_counter(
-                &raw,
-                "tso_window",
-                (1 << (64 - TSO_LOGICAL_BITS)) - 2,
-            )?,
-            None => 0,
-        };
-        let physical = now_ms().max(saved + 1);
-        let tso = Tso {
-            engine,
+    /// An oracle that serves nothing until [`activate`](Tso::activate)d.
+    pub fn new(group: rdb_raft::Group, meta: Arc<Meta>) -> Tso {
+        Tso {
+            group,
+            meta,
             state: Mutex::new(State {
-                physical,
+                term: 0,
+                physical: 0,
                 logical: 0,
                 window_end: 0,
             }),
-        };
-        {
-            let mut st = tso.state.lock().await;
-            tso.persist_window(&mut st).await?;
         }
-        tracing::info!(
-            saved_window_ms = saved,
-            start_physical_ms = physical,
-            "TSO ready"
-        );
-        Ok(tso)
     }
 
-    async fn persist_window(&self, st: &mut State) -> Result<()> {
-        let end = st.physical + WINDOW.as_millis() as u64;
-        self.engine
-            .write(vec![WriteOp::PutMeta {
-                key: WINDOW_KEY.to_vec(),
-                value: end.to_be_bytes().to_vec(),
-            }])
-            .await?;
-        st.window_end = end;
+    /// Fences the oracle for leader term `term`. The caller has made sure
+    /// every command committed before the term is applied here.
+    pub async fn activate(&self, term: u64) -> Result<()> {
+        let mut st = self.state.lock().await;
+        st.term = 0;
+        let saved = self.meta.read().tso_window;
+        let physical = now_ms().max(saved + 1);
+        let end = propose(
+            &self.group,
+            &Command::SetTsoWindow {
+                end: physical + WINDOW.as_millis() as u64,
+            },
+        )
+        .await?;
+        *st = State {
+            term,
+            physical,
+            logical: 0,
+            window_end: end,
+        };
+        tracing::info!(
+            term,
+            saved_window_ms = saved,
+            start_physical_ms = physical,
+            "TSO fenced: serving as leader"
+        );
         Ok(())
     }
 
@@ -94,6 +104,12 @@ impl Tso {
         }
         let count = u64::from(count);
         let mut st = self.state.lock().await;
+        if st.term == 0 || !self.group.lease_valid(st.term) {
+            return Err(PdError::Unavailable(
+                "this PD member does not hold the leader lease; retry (the client finds the leader)"
+                    .into(),
+            ));
+        }
         let now = now_ms();
         if now > st.physical {
             st.physical = now;
@@ -105,7 +121,14 @@ impl Tso {
             st.logical = 0;
         }
         if st.physical >= st.window_end {
-            self.persist_window(&mut st).await?;
+            let want = st.physical + WINDOW.as_millis() as u64;
+            let end = propose(&self.group, &Command::SetTsoWindow { end: want }).await?;
+            st.window_end = end;
+            if !self.group.lease_valid(st.term) {
+                return Err(PdError::Unavailable(
+                    "this PD member lost the leader lease; retry".into(),
+                ));
+            }
         }
         let first = compose_timestamp(st.physical, st.logical);
         st.logical += count;
@@ -117,11 +140,15 @@ impl Tso {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    // Multi-threaded: the lease keeper must run while the loop allocates.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn strictly_increasing_and_above_the_window_after_reopen() {
         let tmp = tempfile::tempdir().unwrap();
-        let engine = Engine::open(tmp.path(), Default::default()).unwrap();
-        let tso = Tso::open(engine.clone()).await.unwrap();
+        let (meta, group) = crate::node::single_member_for_tests(tmp.path()).await;
+        let tso = Tso::new(group.clone(), meta.clone());
+        assert!(tso.allocate(1).await.is_err(), "not fenced yet");
+        let term = group.status().term;
+        tso.activate(term).await.unwrap();
         let mut last = 0;
         for i in 0..2000u32 {
             let count = 1 + (i % 300);
@@ -131,14 +158,20 @@ mod tests {
         }
         assert!(tso.allocate(0).await.is_err());
         assert!(tso.allocate(MAX_TSO_COUNT + 1).await.is_err());
-        let window = tso.state.lock().await.window_end;
+        let window = meta.read().tso_window;
+        assert!(window > last >> TSO_LOGICAL_BITS);
         drop(tso);
-        let tso = Tso::open(engine).await.unwrap();
+        group.shutdown().await;
+        drop((meta, group));
+        let (meta, group) = crate::node::single_member_for_tests(tmp.path()).await;
+        assert_eq!(meta.read().tso_window, window, "the window is durable");
+        let tso = Tso::new(group.clone(), meta);
+        tso.activate(group.status().term).await.unwrap();
         let first = tso.allocate(1).await.unwrap();
         assert!(first > last);
         assert!(
             first >> TSO_LOGICAL_BITS > window,
-            "restart starts above the persisted window"
+            "a new leader starts above the saved window"
         );
     }
 }

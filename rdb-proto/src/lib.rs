@@ -8,13 +8,16 @@
 //!   field commented. `meta.proto` (stores, regions, epochs, routing errors),
 //!   `kv.proto` (the `Kv` service of rdb-server), `pd.proto` (the `Pd`
 //!   service of rdb-pd), `admin.proto` (the `StoreAdmin` service that PD and
-//!   stores use to split and move regions).
+//!   stores use to split and move regions), `raft.proto` (the internal `Raft`
+//!   transport of rdb-raft).
 //! - [`v1`]: the generated Rust types, clients (`*_client`) and servers (`*_server`).
 //! - [`limits`]: the API size limits, the checks against them (or a lower
 //!   cap), and the timestamp layout.
 //! - [`tls`]: the client side of TLS and mutual TLS ([`tls::ClientTls`], and
 //!   [`tls::endpoint`], the endpoint every client dials).
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
+//! - [`failover`]: a channel over the members of a PD group that moves on
+//!   to the next member when one fails (rdb-server's PD connection).
 //! - [`io`]: connections whose writes are gathered into fewer system calls
 //!   (the daemons' accepted connections, the client's store channels).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file;
@@ -23,6 +26,7 @@
 //!   dependency: they stay here because the build script that compiles the
 //!   protos makes them).
 
+pub mod failover;
 pub mod io;
 pub mod limits;
 pub mod region;

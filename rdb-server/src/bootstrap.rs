@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use rdb_proto::failover::FailoverChannel;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::{
     BootstrapRequest, GetRegionByIdRequest, IsBootstrappedRequest, Region, RegionEpoch,
 };
 use rdb_storage::{Engine, WriteOp};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{Result, ServerError};
@@ -33,7 +33,7 @@ pub(crate) fn pending_bootstrap(engine: &Engine, regions: &[Region]) -> Result<O
 /// `Some(true)` if it was bootstrapped with region `region_id`,
 /// `Some(false)` if with another region; `Err` when PD cannot say.
 async fn recorded_bootstrap(
-    pd: &mut PdClient<Channel>,
+    pd: &mut PdClient<FailoverChannel>,
     region_id: u64,
 ) -> std::result::Result<Option<bool>, Status> {
     if !pd
@@ -75,7 +75,7 @@ impl Node {
     /// The region is persisted locally first, with a [`BOOTSTRAP_KEY`]
     /// marker, then settled with PD ([`Node::settle_bootstrap`]).
     pub(crate) async fn bootstrap(
-        pd: &mut PdClient<Channel>,
+        pd: &mut PdClient<FailoverChannel>,
         engine: &Engine,
         ids: (u64, u64),
         pd_wait: Duration,
@@ -118,7 +118,7 @@ impl Node {
     /// `pd_wait`, the region and its marker stay and the next start settles
     /// again.
     pub(crate) async fn settle_bootstrap(
-        pd: &mut PdClient<Channel>,
+        pd: &mut PdClient<FailoverChannel>,
         engine: &Engine,
         (cluster_id, store_id): (u64, u64),
         region: Region,

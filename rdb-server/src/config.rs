@@ -21,7 +21,7 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Address other nodes and clients use to reach this store ("" = the listen address).
     pub advertise_addr: String,
-    /// PD address, HOST:PORT.
+    /// PD members, HOST:PORT, comma-separated (any one that is up will do).
     pub pd: String,
     /// Directory for the store's data (required).
     pub data_dir: PathBuf,
@@ -130,7 +130,7 @@ pub struct ServerArgs {
     /// Address other nodes and clients use to reach this store [default: the listen address].
     #[arg(long, env = "FLAREDB_SERVER_ADVERTISE")]
     pub advertise_addr: Option<String>,
-    /// PD address, HOST:PORT [default: 127.0.0.1:2379].
+    /// PD members, HOST:PORT, comma-separated (any one that is up will do) [default: 127.0.0.1:2379].
     #[arg(long, env = "FLAREDB_PD")]
     pub pd: Option<String>,
     /// Directory for the store's data (created if missing; held exclusively while running).

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use rdb_proto::failover::FailoverChannel;
 use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::{
@@ -10,7 +11,6 @@ use rdb_proto::v1::{
 };
 use rdb_storage::{DataDir, Engine, Identity};
 use tokio::sync::RwLock;
-use tonic::transport::Channel;
 
 use crate::bootstrap::pending_bootstrap;
 use crate::error::{Result, ServerError};
@@ -29,7 +29,7 @@ pub struct Node {
     /// The address clients and other stores reach this store on.
     pub address: String,
     /// PD: for heartbeats, and to settle bootstraps and moves.
-    pub(crate) pd: PdClient<Channel>,
+    pub(crate) pd: PdClient<FailoverChannel>,
     /// How this store connects to PD and other stores over TLS (`None`: plaintext).
     pub tls: Option<ClientTls>,
     /// Moves a previous run left unsettled (see [`crate::moves`]).
@@ -37,17 +37,29 @@ pub struct Node {
 }
 
 /// Connects to PD lazily (over TLS with `tls`); calls fail until PD answers.
-pub fn pd_client(pd: &str, tls: Option<&ClientTls>) -> Result<PdClient<Channel>> {
-    let ch = rdb_proto::tls::endpoint(pd, tls)
-        .map_err(|e| ServerError::InvalidArgument(format!("PD address: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
+/// `pd` lists the PD members, comma-separated: a call that fails on one
+/// (unreachable, paused, no leader) makes the next call go to the next.
+pub fn pd_client(pd: &str, tls: Option<&ClientTls>) -> Result<PdClient<FailoverChannel>> {
+    let mut channels = Vec::new();
+    for addr in pd.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let ch = rdb_proto::tls::endpoint(addr, tls)
+            .map_err(|e| ServerError::InvalidArgument(format!("PD address: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(PD_CALL_TIMEOUT)
+            .connect_lazy();
+        channels.push((addr.to_string(), ch));
+    }
+    let ch = FailoverChannel::new(channels)
+        .map_err(|e| ServerError::InvalidArgument(format!("PD addresses: {e}")))?;
     Ok(PdClient::new(ch))
 }
 
+/// Longest wait for one PD call: a paused PD member must not hold up
+/// heartbeats for long (the next call goes to the next member).
+const PD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A fresh id from PD for `what` (for the error message).
-pub(crate) async fn alloc_id(pd: &mut PdClient<Channel>, what: &str) -> Result<u64> {
+pub(crate) async fn alloc_id(pd: &mut PdClient<FailoverChannel>, what: &str) -> Result<u64> {
     let resp = pd
         .alloc_id(AllocIdRequest {})
         .await

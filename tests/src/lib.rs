@@ -171,6 +171,27 @@ impl Daemon {
         }
     }
 
+    /// Pauses the process (SIGSTOP): it holds its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("daemon is running");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("daemon is running");
@@ -234,6 +255,130 @@ fn check_failpoints_on(bin: &str, log: &Path) {
         "{bin} ignored FAILPOINTS: build the daemons with \
          `--features rdb-server/failpoints,rdb-pd/failpoints` (scripts/test.sh does)"
     );
+}
+
+/// The members of a PD group, started together on free loopback ports.
+/// Each member's Raft traffic can be cut both ways ([`PdGroup::cut`]; test
+/// builds of rdb-pd only) while clients still reach it.
+pub struct PdGroup {
+    /// The members, `pd1`, `pd2`, ... in order.
+    pub members: Vec<Daemon>,
+}
+
+impl PdGroup {
+    /// Starts `n` members under `root` with `extra` flags, in parallel (each
+    /// prints its ready line once the group has a leader and a cluster id).
+    pub fn start(root: &Path, n: usize, extra: &[String]) -> PdGroup {
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("pd{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = std::thread::scope(|s| {
+            let handles: Vec<_> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    let initial = initial.clone();
+                    s.spawn(move || {
+                        let dir = root.join(format!("pd{}", i + 1));
+                        let mut flags = vec![
+                            "--name".to_string(),
+                            format!("pd{}", i + 1),
+                            "--initial-cluster".into(),
+                            initial,
+                            "--store-down-after-secs".into(),
+                            "3".into(),
+                        ];
+                        flags.extend_from_slice(extra);
+                        let env = [(
+                            "FLAREDB_TEST_RAFT_CUT".to_string(),
+                            Self::cut_file(&dir).display().to_string(),
+                        )];
+                        Daemon::start_env(Kind::Pd, &dir, addr, &flags, &env)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("PD member start"))
+                .collect()
+        });
+        PdGroup { members }
+    }
+
+    fn cut_file(dir: &Path) -> PathBuf {
+        dir.with_extension("raft-cut")
+    }
+
+    /// Every member's address, comma-separated (for `--pd`).
+    pub fn addrs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Cuts member `i`'s Raft traffic, both ways (clients still reach it).
+    pub fn cut(&self, i: usize) {
+        std::fs::write(Self::cut_file(&self.members[i].dir), b"cut").expect("write cut file");
+    }
+
+    /// Undoes [`PdGroup::cut`].
+    pub fn heal(&self, i: usize) {
+        let _ = std::fs::remove_file(Self::cut_file(&self.members[i].dir));
+    }
+
+    /// The members' view through `GetMembers` on member `i`.
+    pub async fn view(&self, i: usize) -> Option<rdb_proto::v1::GetMembersResponse> {
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.members[i].addr))
+                .ok()?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2))
+                .connect_lazy();
+        rdb_proto::v1::pd_client::PdClient::new(ch)
+            .get_members(rdb_proto::v1::GetMembersRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// The index of the leader that a majority of the running members
+    /// (other than `except`) agree on, waiting up to `within`.
+    pub async fn leader(&self, except: Option<usize>, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut votes = std::collections::HashMap::new();
+            let mut answered = 0;
+            for i in 0..self.members.len() {
+                if Some(i) == except || self.members[i].pid().is_none() {
+                    continue;
+                }
+                if let Some(v) = self.view(i).await {
+                    answered += 1;
+                    if v.leader_id != 0 {
+                        *votes.entry(v.leader_address).or_insert(0usize) += 1;
+                    }
+                }
+            }
+            let found = votes
+                .into_iter()
+                .find(|(_, n)| *n >= 2 && *n * 2 > answered)
+                .and_then(|(a, _)| self.members.iter().position(|m| m.addr == a))
+                .filter(|i| Some(*i) != except);
+            if let Some(i) = found {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no PD leader within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A PD and some stores, in one temporary directory.

@@ -4,4 +4,5 @@
 pub mod cas;
 pub mod cluster;
 pub mod keys;
+pub mod pd;
 pub mod range;

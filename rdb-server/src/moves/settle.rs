@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdb_proto::failover::FailoverChannel;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::store_admin_client::StoreAdminClient;
 use rdb_proto::v1::{GetRegionByIdRequest, GetStoreRequest, MoveRecord, SettleImportRequest};
-use tonic::transport::Channel;
 
 use super::record::{delete_move_op, move_region_id};
 use super::source::connect_store;
@@ -23,7 +23,7 @@ const SETTLE_RETRY: Duration = Duration::from_secs(1);
 /// if it does not serve the region), then PD. `Err` when either cannot say.
 async fn settle(
     rec: &MoveRecord,
-    pd: &mut PdClient<Channel>,
+    pd: &mut PdClient<FailoverChannel>,
     tls: Option<&rdb_proto::tls::ClientTls>,
 ) -> Result<bool> {
     let (Some(region), Some(target)) = (rec.region.as_ref(), rec.target.as_ref()) else {
