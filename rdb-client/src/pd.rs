@@ -13,8 +13,9 @@
 //! second ([`Error::ClusterMismatch`]) instead of mixing their timestamps
 //! and region maps.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::{GetMembersRequest, IsBootstrappedRequest};
@@ -32,6 +33,12 @@ pub(crate) struct PdConn {
     current: Mutex<(usize, Option<PdClient<Channel>>)>,
     /// The cluster id of the first PD that answered, with that PD's address.
     cluster: OnceLock<(u64, String)>,
+    /// The address in use (after leader discovery), and the addresses that
+    /// stopped answering (timed out: paused, partitioned) with when. For
+    /// `pd_timeout` after that, fail-over skips them and a member naming
+    /// one as the leader is not believed (the others are electing a new
+    /// leader meanwhile).
+    addresses: Mutex<(String, HashMap<String, Instant>)>,
     /// Timeouts and TLS for the channels.
     config: ClientConfig,
 }
@@ -91,6 +98,7 @@ impl PdConn {
             endpoints: Mutex::new(endpoints),
             current: Mutex::new((0, None)),
             cluster: OnceLock::new(),
+            addresses: Mutex::new((String::new(), HashMap::new())),
             config: config.clone(),
         })
     }
@@ -112,13 +120,19 @@ impl PdConn {
     /// knows no leader, or is a PD without members).
     async fn leader_of(&self, address: &str) -> std::result::Result<String, PdFailure> {
         let ch = channel(address, &self.config).map_err(PdFailure::Fatal)?;
+        // Every member answers this from memory: a member that takes long is
+        // paused or cut off.
         let answer = within(
-            self.timeout(),
+            self.timeout().min(Duration::from_secs(1)),
             PdClient::new(ch).get_members(GetMembersRequest {}),
         )
         .await;
         let members = match answer {
             Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                self.suspect(address);
+                return Err(PdFailure::Transport(s));
+            }
             Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(address.to_string()),
             Err(s) if crate::error::is_transport(&s) => return Err(PdFailure::Transport(s)),
             Err(s) => return Err(PdFailure::Fatal(Error::from_status(&s))),
@@ -129,11 +143,47 @@ impl PdConn {
                 endpoints.push(m.address.clone());
             }
         }
-        Ok(if members.leader_address.is_empty() {
-            address.to_string()
-        } else {
-            members.leader_address
-        })
+        drop(endpoints);
+        if members.leader_address.is_empty() {
+            return Ok(address.to_string());
+        }
+        if self.is_suspect(&members.leader_address) {
+            return Err(PdFailure::Transport(Status::unavailable(format!(
+                "the PD leader {} did not answer; waiting for the members to elect another",
+                members.leader_address
+            ))));
+        }
+        Ok(members.leader_address)
+    }
+
+    /// Notes that the address in use did not answer in time (a paused or
+    /// partitioned leader), and moves to the next endpoint.
+    pub fn timed_out(&self) {
+        let current = self
+            .addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        if !current.is_empty() {
+            self.suspect(&current);
+        }
+        self.fail_over();
+    }
+
+    fn suspect(&self, address: &str) {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .insert(address.to_string(), Instant::now());
+    }
+
+    fn is_suspect(&self, address: &str) -> bool {
+        let mut a = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = self.timeout();
+        a.1.retain(|_, at| at.elapsed() < limit);
+        a.1.contains_key(address)
     }
 
     /// The cluster id this client is pinned to, once a PD has answered.
@@ -182,19 +232,29 @@ impl PdConn {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if cur.0 == index && cur.1.is_none() {
             cur.1 = Some(c.clone());
+            self.addresses.lock().unwrap_or_else(|p| p.into_inner()).0 = address.clone();
         }
         Ok(c)
     }
 
     /// Moves to the next endpoint after a failure.
     pub fn fail_over(&self) {
-        let n = self
+        let endpoints = self
             .endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len();
+            .clone();
+        let n = endpoints.len();
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0 = (cur.0 + 1) % n;
+        // The next endpoint that has not just stopped answering (if any has not).
+        let mut next = (cur.0 + 1) % n;
+        for _ in 0..n {
+            if !self.is_suspect(&endpoints[next]) {
+                break;
+            }
+            next = (next + 1) % n;
+        }
+        cur.0 = next;
         cur.1 = None;
     }
 }

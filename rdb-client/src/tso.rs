@@ -108,8 +108,12 @@ fn fail(batch: Batch, err: &Error) {
 async fn open_with_failover(pd: &PdConn) -> std::result::Result<Stream, tonic::Status> {
     match open(pd).await {
         Ok(s) => Ok(s),
-        Err(_) => {
-            pd.fail_over();
+        Err(s) => {
+            if s.code() == tonic::Code::DeadlineExceeded {
+                pd.timed_out();
+            } else {
+                pd.fail_over();
+            }
             open(pd).await
         }
     }
@@ -161,7 +165,11 @@ async fn broken(
 ) {
     *stream = None;
     // The next stream goes to the leader the next member names.
-    pd.fail_over();
+    if status.code() == tonic::Code::DeadlineExceeded {
+        pd.timed_out();
+    } else {
+        pd.fail_over();
+    }
     let pending: Vec<Batch> = in_flight.drain(..).collect();
     let err = caller_error(pd, &status);
     for mut batch in pending {
@@ -188,10 +196,12 @@ fn answer(
         // serve timestamps now (it lost its leader lease): then the stream
         // is done with.
         let status = tonic::Status::new(tonic::Code::from(e.code), e.message);
-        fail(batch, &Error::from_status(&status));
         if status.code() == tonic::Code::Unavailable {
+            // Not served: it goes again on the next stream with the others.
+            in_flight.push_front(batch);
             return Err(status);
         }
+        fail(batch, &Error::from_status(&status));
         return Ok(());
     }
     if response.count != batch.count {
@@ -320,5 +330,29 @@ mod tests {
         assert!(answer(&mut in_flight, ok).is_ok());
         assert!(matches!(next_rx.try_recv(), Ok(Ok(100))));
         assert!(in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_request_the_pd_cannot_serve_now_stays_for_the_next_stream() {
+        let (refused, mut refused_rx) = batch(3);
+        let mut in_flight = VecDeque::from([refused]);
+        let lost_lease = TsoResponse {
+            error: Some(TsoError {
+                code: tonic::Code::Unavailable as i32,
+                message: "lost the leader lease".into(),
+            }),
+            ..Default::default()
+        };
+        let status = answer(&mut in_flight, lost_lease).unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "the stream is done with"
+        );
+        assert_eq!(in_flight.len(), 1, "the request waits to be sent again");
+        assert!(
+            refused_rx.try_recv().is_err(),
+            "its callers have no answer yet"
+        );
     }
 }

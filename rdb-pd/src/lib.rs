@@ -141,10 +141,9 @@ pub async fn run(
         client_tls.clone(),
     );
     tokio::spawn(pd.clone().lead());
-    let cluster = pd.cluster.clone();
     let svc = service::PdService::new(pd.clone(), client_tls);
     let metrics = rdb_daemon::metrics::Metrics::new()?;
-    let refresh = metrics::register(&metrics, cluster.clone())?;
+    let refresh = metrics::register(&metrics, pd.clone())?;
     let status = rdb_daemon::status::start("rdb-pd", status_addr, metrics.clone(), refresh).await?;
     let (health, health_service) = rdb_daemon::net::health();
     // What reflection lists and health reports: exactly what is served.

@@ -387,3 +387,127 @@ impl rdb_raft::StateMachine for Meta {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdb_proto::v1::RegionEpoch;
+    use rdb_raft::StateMachine;
+
+    fn region(id: u64, s: &[u8], e: &[u8]) -> Region {
+        Region {
+            id,
+            start_key: s.to_vec(),
+            end_key: e.to_vec(),
+            epoch: Some(RegionEpoch {
+                version: id,
+                conf_ver: 1,
+            }),
+            store_id: 1,
+        }
+    }
+
+    fn apply(m: &Meta, engine: &Engine, cmd: Command) -> u64 {
+        let mut batch = Vec::new();
+        let raw = m.apply(1, &Meta::encode(&cmd), &mut batch);
+        futures::executor::block_on(engine.write(batch)).unwrap();
+        Meta::decode_answer(&raw).unwrap()
+    }
+
+    /// The state a snapshot carries is the state, in memory and on disk
+    /// (after a reload), on a member that had other state before.
+    #[test]
+    fn a_snapshot_restores_the_whole_state_in_memory_and_on_disk() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a_engine = Engine::open(a_dir.path(), Default::default()).unwrap();
+        let a = Meta::load(&a_engine).unwrap();
+        assert_eq!(
+            apply(&a, &a_engine, Command::InitCluster { cluster_id: 7 }),
+            7
+        );
+        assert_eq!(
+            apply(&a, &a_engine, Command::InitCluster { cluster_id: 8 }),
+            7
+        );
+        let store = Store {
+            id: 1,
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        apply(
+            &a,
+            &a_engine,
+            Command::PutStore {
+                store: store.encode_to_vec(),
+            },
+        );
+        assert_eq!(
+            apply(
+                &a,
+                &a_engine,
+                Command::Bootstrap {
+                    region: region(2, b"", b"").encode_to_vec()
+                }
+            ),
+            1
+        );
+        assert_eq!(
+            apply(
+                &a,
+                &a_engine,
+                Command::Bootstrap {
+                    region: region(3, b"", b"").encode_to_vec()
+                }
+            ),
+            0,
+            "a second bootstrap changes nothing"
+        );
+        apply(
+            &a,
+            &a_engine,
+            Command::PutRegions {
+                put: vec![
+                    region(2, b"", b"m").encode_to_vec(),
+                    region(4, b"m", b"").encode_to_vec(),
+                ],
+                delete: vec![],
+            },
+        );
+        assert_eq!(apply(&a, &a_engine, Command::SetIdEnd { end: 2000 }), 2000);
+        assert_eq!(
+            apply(&a, &a_engine, Command::SetIdEnd { end: 1000 }),
+            2000,
+            "windows only grow"
+        );
+        apply(&a, &a_engine, Command::SetTsoWindow { end: 99 });
+        assert_eq!(apply(&a, &a_engine, Command::AllocMemberId { floor: 3 }), 4);
+        assert_eq!(apply(&a, &a_engine, Command::AllocMemberId { floor: 3 }), 5);
+        assert!(a.read().region_for_key(b"z").is_some_and(|r| r.id == 4));
+
+        // Member B had a region A's history removed.
+        let b_engine = Engine::open(b_dir.path(), Default::default()).unwrap();
+        let b = Meta::load(&b_engine).unwrap();
+        apply(
+            &b,
+            &b_engine,
+            Command::PutRegions {
+                put: vec![region(9, b"", b"").encode_to_vec()],
+                delete: vec![],
+            },
+        );
+        let mut batch = Vec::new();
+        b.restore(&a.snapshot(), &mut batch).unwrap();
+        futures::executor::block_on(b_engine.write(batch)).unwrap();
+        let reloaded = Meta::load(&b_engine).unwrap();
+        for m in [&b, &reloaded] {
+            let (x, y) = (a.read(), m.read());
+            assert_eq!(y.cluster_id, 7);
+            assert!(y.bootstrapped);
+            assert_eq!(y.stores, x.stores);
+            assert_eq!(y.regions, x.regions);
+            assert_eq!(y.by_start, x.by_start);
+            assert_eq!((y.id_end, y.tso_window, y.member_id_end), (2000, 99, 5));
+        }
+        assert!(b.restore(b"junk", &mut Vec::new()).is_err());
+    }
+}

@@ -6,7 +6,12 @@
 //! - `flaredb_heartbeats_total{result}`: store heartbeats received, `ok` or
 //!   `failed` (refused: unknown store, wrong cluster).
 //! - `flaredb_regions`: regions PD knows; `flaredb_stores{state}`: stores by
-//!   state (`up`, `down`).
+//!   state (`up`, `down`) (as this member's replicated state knows them;
+//!   the states are the leader's).
+//! - `flaredb_pd_leader`: 1 on the member that serves (leader, ready, lease
+//!   held), else 0; `flaredb_pd_term`: its Raft term;
+//!   `flaredb_pd_members{role}`: members by role (`voter`, `learner`);
+//!   `flaredb_pd_applied_index`: the last Raft log index applied here.
 
 use std::sync::{Arc, LazyLock};
 
@@ -14,7 +19,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use rdb_daemon::metrics::{Metrics, MetricsError};
 use rdb_proto::v1::StoreState;
 
-use crate::cluster::Cluster;
+use crate::node::PdNode;
 
 /// TSO requests answered.
 pub static TSO_REQUESTS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -47,9 +52,30 @@ pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// at scrape time.
 pub fn register(
     metrics: &Metrics,
-    cluster: Arc<Cluster>,
+    node: Arc<PdNode>,
 ) -> Result<rdb_daemon::status::Refresh, MetricsError> {
+    let cluster = node.cluster.clone();
     let regions = IntGauge::new("flaredb_regions", "Regions PD knows.")?;
+    let leader = IntGauge::new(
+        "flaredb_pd_leader",
+        "1 on the PD member that serves (leader, ready, lease held), else 0.",
+    )?;
+    let term = IntGauge::new("flaredb_pd_term", "This PD member's Raft term.")?;
+    let applied = IntGauge::new(
+        "flaredb_pd_applied_index",
+        "The last Raft log index applied on this PD member.",
+    )?;
+    let members = IntGaugeVec::new(
+        Opts::new(
+            "flaredb_pd_members",
+            "PD members by role (voter, learner), as this member knows them.",
+        ),
+        &["role"],
+    )?;
+    for g in [&leader, &term, &applied] {
+        metrics.register(g)?;
+    }
+    metrics.register(&members)?;
     let stores = IntGaugeVec::new(
         Opts::new("flaredb_stores", "Stores PD knows, by state (up, down)."),
         &["state"],
@@ -65,6 +91,15 @@ pub fn register(
             (cluster.region_count().await, cluster.all_stores().await)
         });
         regions.set(count as i64);
+        let st = node.group.status();
+        leader.set(i64::from(node.check_serving().is_ok()));
+        term.set(st.term as i64);
+        applied.set(st.applied_index as i64);
+        let voters = st.voters.len();
+        members.with_label_values(&["voter"]).set(voters as i64);
+        members
+            .with_label_values(&["learner"])
+            .set(st.members.len().saturating_sub(voters) as i64);
         let up = all
             .iter()
             .filter(|s| s.state == StoreState::Up as i32)

@@ -246,6 +246,11 @@ async fn three_pd_members_survive_their_leader_killed_paused_and_partitioned() {
         calls.len()
     );
     assert!(ok > 100, "too few timestamps taken: {ok}");
+    assert_eq!(
+        ok,
+        calls.len(),
+        "every timestamp call succeeds within the client's retry budget"
+    );
     check_history(&calls);
     let errors = kv_errors.lock().unwrap().clone();
     assert!(
@@ -257,6 +262,16 @@ async fn three_pd_members_survive_their_leader_killed_paused_and_partitioned() {
     let v = client.get(b"k".to_vec()).await.unwrap().unwrap();
     assert!(!v.value.is_empty());
     assert_eq!(client.stores().await.unwrap().len(), 3);
+    // The stores' heartbeats reach whichever member leads now.
+    let all_up = flaredb_tests::eventually(50, Duration::from_millis(200), || async {
+        let stores = client.stores().await.ok()?;
+        stores
+            .iter()
+            .all(|s| s.state == rdb_client::StoreState::Up as i32)
+            .then_some(())
+    })
+    .await;
+    assert!(all_up.is_some(), "stores are not all up after the faults");
     assert!(client.tso().await.is_ok());
 }
 
