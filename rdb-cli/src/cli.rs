@@ -148,8 +148,9 @@ pub enum Command {
 /// so `pd members` works even while the members have no leader.
 #[derive(Subcommand, Debug)]
 pub enum PdCommand {
-    /// List the members (id, name, address, voter or learner, leader) as the
-    /// first member that answers sees them.
+    /// List the members (id, name, address, voter or learner, leader, log
+    /// replicated) as the leader sees them, or without a leader as the first
+    /// member that answers sees them.
     Members,
     /// Add a member to a running PD. It joins as a learner and becomes a
     /// voter once it has caught up; prints the command to start it with.

@@ -552,3 +552,88 @@ pub(crate) async fn single_member_for_tests(dir: &std::path::Path) -> (Arc<Meta>
     }
     (meta, group)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use rdb_proto::v1::{Region, Store};
+
+    #[test]
+    fn initial_clusters_give_every_member_the_same_ids_and_bad_ones_are_refused() {
+        let a = parse_initial_cluster("pd2=h:2,pd1=h:1, pd3=h:3").unwrap();
+        let b = parse_initial_cluster("pd3=h:3,pd1=h:1,pd2=h:2").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[&1].name, "pd1");
+        assert_eq!(a[&3].address, "h:3");
+        for bad in [
+            "pd1",
+            "pd1=h",
+            "pd1=h:x",
+            "=h:1",
+            "pd1=h:1,pd1=h:2",
+            "pd1=h:1,pd2=h:1",
+        ] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A data directory of a PD from before PD was replicated (metadata in
+    /// the meta column family, no Raft state) opens as a group of one with
+    /// its metadata, and its timestamps stay above its saved window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_directory_from_before_replication_keeps_its_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let engine = Engine::open(tmp.path(), Default::default()).unwrap();
+            let put = |k: &[u8], v: Vec<u8>| WriteOp::PutMeta {
+                key: k.to_vec(),
+                value: v,
+            };
+            let mut store_key = b"store/".to_vec();
+            store_key.extend_from_slice(&1u64.to_be_bytes());
+            let mut region_key = b"region/".to_vec();
+            region_key.extend_from_slice(&2u64.to_be_bytes());
+            let store = Store {
+                id: 1,
+                address: "127.0.0.1:9".into(),
+                ..Default::default()
+            };
+            let region = Region {
+                id: 2,
+                store_id: 1,
+                ..Default::default()
+            };
+            engine
+                .write(vec![
+                    put(b"cluster_id", 42u64.to_be_bytes().to_vec()),
+                    put(b"bootstrapped", b"1".to_vec()),
+                    put(&store_key, store.encode_to_vec()),
+                    put(&region_key, region.encode_to_vec()),
+                    put(b"id_alloc_end", 1000u64.to_be_bytes().to_vec()),
+                    put(b"tso_window", 4_000_000_000_000u64.to_be_bytes().to_vec()),
+                ])
+                .await
+                .unwrap();
+        }
+        let (meta, group) = single_member_for_tests(tmp.path()).await;
+        {
+            let st = meta.read();
+            assert_eq!(st.cluster_id, 42);
+            assert!(st.bootstrapped);
+            assert_eq!(st.stores[&1].address, "127.0.0.1:9");
+            assert!(st.region_for_key(b"any").is_some_and(|r| r.id == 2));
+            assert_eq!(st.id_end, 1000);
+        }
+        let tso = crate::tso::Tso::new(group.clone(), meta.clone());
+        tso.activate(group.status().term).await.unwrap();
+        let ts = tso.allocate(1).await.unwrap();
+        assert!(ts >> rdb_proto::limits::TSO_LOGICAL_BITS > 4_000_000_000_000);
+        let cluster = Cluster::new(meta, group, Duration::from_secs(10));
+        cluster.on_leader().await;
+        assert!(
+            cluster.alloc_id().await.unwrap() > 1000,
+            "ids stay above the old window"
+        );
+    }
+}

@@ -313,7 +313,17 @@ async fn members_are_added_and_removed_with_rdb_cli_and_ids_are_never_reused() {
     assert_eq!(added["member"]["role"], "learner");
     let initial = added["initial_cluster"].as_str().unwrap().to_string();
     assert!(initial.contains(&format!("pd4={addr4}")));
-    // One change at a time: a second learner is refused while pd4 has not caught up.
+    // One change at a time: a second member is refused while pd4 is a learner.
+    let refused = std::process::Command::new(binary("rdb-cli"))
+        .args(["--pd", &addrs, "pd", "add-member", "pd9", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("one member change at a time"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let pd4 = Daemon::start(
         Kind::Pd,
         &root.path().join("pd4"),

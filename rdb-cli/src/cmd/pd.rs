@@ -108,11 +108,23 @@ fn members_text(members: &[PdMember]) -> String {
     t
 }
 
-/// Lists the members as the first member that answers sees them.
+/// Lists the members as the leader sees them (or, without a leader, as the
+/// first member that answers sees them).
 pub async fn members(pd: &Pd, out: &Out) -> Result<(), Failure> {
-    let r: GetMembersResponse = pd
+    let mut r: GetMembersResponse = pd
         .call(|mut c| async move { c.get_members(GetMembersRequest {}).await })
         .await?;
+    if r.leader_id != r.answered_by && !r.leader_address.is_empty() {
+        // The leader's view has the replication progress; the first answer
+        // stands if the leader does not answer.
+        if let Ok(leader) = pd
+            .client(&r.leader_address)?
+            .get_members(GetMembersRequest {})
+            .await
+        {
+            r = leader.into_inner();
+        }
+    }
     out.print(
         json!({
             "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
