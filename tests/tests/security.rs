@@ -212,3 +212,55 @@ fn daemons_refuse_incomplete_tls_settings_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing.key"), "{err}");
 }
+
+/// The members of a three-member PD elect a leader and replicate over
+/// mutual TLS (Raft travels on the gRPC port, with the node certificate as
+/// client certificate); stores and clients reach it with certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pd_of_three_members_replicates_over_mutual_tls() {
+    let pki = TestPki::generate();
+    let root = tempfile::Builder::new()
+        .prefix("flaredb-pd-tls-")
+        .tempdir()
+        .unwrap();
+    // Each member prints its ready line only once a leader was elected and
+    // the cluster id replicated to it: over mutual TLS.
+    let pd = flaredb_tests::PdGroup::start(root.path(), 3, &pki.node_flags(true));
+    let addrs = pd.addrs();
+    let mut flags = vec!["--pd".to_string(), addrs.clone()];
+    flags.extend(pki.node_flags(true));
+    let _store = flaredb_tests::Daemon::start(
+        flaredb_tests::Kind::Server,
+        &root.path().join("store1"),
+        "127.0.0.1:0",
+        &flags,
+    );
+    let config = ClientConfig {
+        tls: Some(pki.client_tls("ca.pem", Some("client"))),
+        ..Default::default()
+    };
+    let client = Client::connect_with(addrs.split(','), config)
+        .await
+        .unwrap();
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    assert!(client.tso().await.is_ok());
+    let mut tls = flag("--ca", pki.path("ca.pem"));
+    tls.extend(flag("--cert", pki.path("client.pem")));
+    tls.extend(flag("--key", pki.path("client.key")));
+    let out = std::process::Command::new(flaredb_tests::binary("rdb-cli"))
+        .args(["--pd", &addrs, "--json"])
+        .args(&tls)
+        .args(["pd", "members"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["role"] == "voter"));
+    assert_eq!(members.iter().filter(|m| m["leader"] == true).count(), 1);
+}
