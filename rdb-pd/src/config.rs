@@ -31,8 +31,9 @@ pub struct PdSettings {
     pub initial_cluster_state: ClusterState,
     /// The PD leader's Raft heartbeat interval, in milliseconds.
     pub raft_heartbeat_ms: u64,
-    /// A PD follower that hears nothing from the leader for a random time
-    /// between this and twice this starts an election (milliseconds).
+    /// Election timeout (milliseconds): a follower that stops hearing from
+    /// its leader waits twice this (the leader's lease) plus a random time
+    /// between this and twice this, then campaigns.
     pub raft_election_timeout_ms: u64,
     /// Address of the HTTP status endpoint serving `/metrics` ("" = none).
     pub status_addr: String,
@@ -212,9 +213,9 @@ pub struct PdArgs {
     /// The PD leader's Raft heartbeat interval in ms [default: 150].
     #[arg(long, env = "FLAREDB_PD_RAFT_HEARTBEAT_MS")]
     pub raft_heartbeat_ms: Option<u64>,
-    /// Election timeout in ms: a follower that hears nothing from the leader
-    /// for a random time between this and twice this starts an election
-    /// [default: 800].
+    /// Election timeout in ms: a follower that stops hearing from its leader
+    /// waits twice this (the leader's lease) plus a random time between this
+    /// and twice this, then campaigns (2.4-3.2 s at the default) [default: 800].
     #[arg(long, env = "FLAREDB_PD_RAFT_ELECTION_TIMEOUT_MS")]
     pub raft_election_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT; port 0 picks one) [default: off].
