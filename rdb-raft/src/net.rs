@@ -47,6 +47,10 @@ impl Transport {
     /// A transport whose outgoing connections use `tls` (mutual TLS when it
     /// carries a client certificate).
     pub fn new(tls: Option<ClientTls>) -> Transport {
+        #[cfg(feature = "failpoints")]
+        if let Some(p) = std::env::var_os("FLAREDB_TEST_RAFT_CUT") {
+            tracing::warn!(file = ?p, "test build: Raft cut switch armed");
+        }
         Transport {
             inner: Arc::new(Inner {
                 groups: RwLock::new(HashMap::new()),

@@ -326,6 +326,13 @@ impl PdGroup {
 
     /// Cuts member `i`'s Raft traffic, both ways (clients still reach it).
     pub fn cut(&self, i: usize) {
+        let log =
+            std::fs::read_to_string(Daemon::log_path(&self.members[i].dir)).unwrap_or_default();
+        assert!(
+            log.contains("Raft cut switch armed"),
+            "rdb-pd has no Raft cut switch: build it with `--features rdb-pd/failpoints` \
+             (scripts/test.sh does)"
+        );
         std::fs::write(Self::cut_file(&self.members[i].dir), b"cut").expect("write cut file");
     }
 
