@@ -42,6 +42,9 @@ struct Node {
     group: Group,
     sum: Arc<Sum>,
     server: tokio::task::JoinHandle<()>,
+    /// Stops the server gracefully: its connections are closed too, as
+    /// when a process exits (an aborted server task would leave them open).
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 fn timing() -> Timing {
@@ -63,10 +66,16 @@ async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener
     )));
     let transport = Transport::new(None);
     let svc = transport.service();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await;
     });
     let group = Group::start(
@@ -82,7 +91,12 @@ async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener
     )
     .await
     .unwrap();
-    Node { group, sum, server }
+    Node {
+        group,
+        sum,
+        server,
+        stop,
+    }
 }
 
 async fn leader(nodes: &[Option<Node>]) -> usize {
@@ -119,6 +133,11 @@ async fn converge(nodes: &[Option<Node>], want: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_replicate_fail_over_restart_and_grow() {
+    // RUST_LOG=openraft=debug shows the members' Raft traffic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
@@ -180,9 +199,16 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
     let old = nodes[l].take().unwrap();
     let old_term = old.group.status().term;
     old.group.shutdown().await;
-    old.server.abort();
+    let Node {
+        group,
+        server,
+        stop,
+        ..
+    } = old;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    drop(group);
     let addr = members[&(l as u64 + 1)].address.clone();
-    drop(old);
     let l2 = leader(&nodes).await;
     assert_ne!(l2, l);
     assert!(nodes[l2].as_ref().unwrap().group.status().term > old_term);
