@@ -411,3 +411,83 @@ fn the_history_check_catches_a_timestamp_that_goes_back_or_repeats() {
     let twice = std::panic::catch_unwind(|| check_history(&[call(0, 5, 5), call(1, 6, 5)]));
     assert!(twice.is_err(), "a timestamp handed out twice");
 }
+
+/// Every member crashes at once and comes back: the metadata is all there,
+/// timestamps continue above every one handed out before, and a store
+/// given the members with the first one down still registers through
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pd_crashes_and_restarts_without_losing_anything() {
+    let root = tempfile::Builder::new()
+        .prefix("flaredb-pd-restart-")
+        .tempdir()
+        .unwrap();
+    let mut pd = PdGroup::start(root.path(), 3, &[]);
+    let addrs = pd.addrs();
+    let store = |i: usize, pd_list: &str| {
+        Daemon::start(
+            Kind::Server,
+            &root.path().join(format!("store{i}")),
+            "127.0.0.1:0",
+            &[
+                "--pd".into(),
+                pd_list.into(),
+                "--heartbeat-ms".into(),
+                "200".into(),
+            ],
+        )
+    };
+    let _s1 = store(1, &addrs);
+    let client = Client::connect_with(addrs.split(','), config())
+        .await
+        .unwrap();
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    client.split(b"m".to_vec(), true).await.unwrap();
+    let mut before = 0;
+    for _ in 0..1000 {
+        before = before.max(client.tso().await.unwrap());
+    }
+    let cluster_id = pd.members[0].id;
+    drop(client);
+
+    for m in &mut pd.members {
+        m.kill9();
+    }
+    // Restart them together: each is ready once they have a leader again.
+    std::thread::scope(|s| {
+        for m in pd.members.iter_mut() {
+            s.spawn(move || m.restart());
+        }
+    });
+    assert!(pd.members.iter().all(|m| m.id == cluster_id));
+
+    let client = Client::connect_with(addrs.split(','), config())
+        .await
+        .unwrap();
+    let after = client.tso().await.unwrap();
+    assert!(after > before, "{after} after the restart, {before} before");
+    assert_eq!(
+        client.regions().await.unwrap().len(),
+        2,
+        "the split is remembered"
+    );
+    assert_eq!(client.stores().await.unwrap().len(), 1);
+    assert_eq!(
+        client.get(b"k".to_vec()).await.unwrap().map(|v| v.value),
+        Some(b"v".to_vec())
+    );
+
+    // A new store whose first PD address is dead registers through the others.
+    pd.members[0].kill9();
+    let dead_first = format!(
+        "{},{},{}",
+        pd.members[0].addr, pd.members[1].addr, pd.members[2].addr
+    );
+    let _s2 = store(2, &dead_first);
+    let stores = flaredb_tests::eventually(50, Duration::from_millis(200), || async {
+        let s = client.stores().await.ok()?;
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    assert!(stores.is_some(), "the second store did not register");
+}
