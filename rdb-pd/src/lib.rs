@@ -201,7 +201,7 @@ pub async fn run(
             None
         }
     };
-    group.shutdown().await;
+    pd.shutdown().await;
     drop(status);
     if let Some(served) = served {
         served?;

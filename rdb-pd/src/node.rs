@@ -173,6 +173,8 @@ pub struct PdNode {
     pub tso: Arc<Tso>,
     /// The term this member leads and is ready to serve in (0: none).
     ready_term: AtomicU64,
+    /// Set when the daemon shuts down (the group's stop is expected then).
+    stopping: std::sync::atomic::AtomicBool,
     /// Serializes membership changes.
     members_lock: Mutex<()>,
     /// The channel to the leader calls are forwarded to.
@@ -194,6 +196,7 @@ impl PdNode {
             group,
             meta,
             ready_term: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             members_lock: Mutex::new(()),
             forward: std::sync::Mutex::new(None),
             tls,
@@ -214,6 +217,13 @@ impl PdNode {
         }))
     }
 
+    /// Stops the member's Raft group (daemon shutdown).
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.ready_term.store(0, Ordering::Release);
+        self.group.shutdown().await;
+    }
+
     /// Whether this member can announce itself ready: it knows the cluster
     /// id and serves (leader) or knows whom to forward to (follower).
     pub fn announceable(&self) -> bool {
@@ -230,10 +240,20 @@ impl PdNode {
     pub async fn lead(self: Arc<Self>) {
         let mut rx = self.group.watch();
         loop {
-            let (is_leader, term) = {
+            let (is_leader, term, stopped) = {
                 let st = rx.borrow_and_update();
-                (st.is_leader, st.term)
+                (st.is_leader, st.term, st.stopped.clone())
             };
+            if let Some(reason) = stopped {
+                if self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                // A member whose Raft group died (a storage error the engine
+                // did not already stop the process for) must not linger,
+                // answering with a stale view: stop, like a storage failure.
+                tracing::error!(%reason, "the PD Raft group stopped; exiting");
+                std::process::exit(rdb_storage::fatal::STORAGE_FAILURE_EXIT_CODE);
+            }
             if !is_leader {
                 self.ready_term.store(0, Ordering::Release);
             } else if self.ready_term.load(Ordering::Acquire) != term {
