@@ -565,8 +565,10 @@ pub(crate) async fn single_member_for_tests(dir: &std::path::Path) -> (Arc<Meta>
         .initialize(single("pd1", "127.0.0.1:1".parse().unwrap()))
         .await
         .unwrap();
+    // Leader, with a lease for the term its status shows (the status is
+    // published a moment after openraft's metrics).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while group.ensure_leader().await.is_err() {
+    while group.ensure_leader().await.is_err() || !group.lease_valid(group.status().term) {
         assert!(std::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

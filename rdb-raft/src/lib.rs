@@ -1,4 +1,5 @@
-//! FlareDB's Raft groups: [openraft] 0.9 behind one small API.
+//! FlareDB's Raft groups: [openraft] 0.10 (an alpha, pinned exactly) behind
+//! one small API.
 //!
 //! No other crate of the workspace sees openraft's types. A user (PD now,
 //! the replicated regions next) gives a [`StateMachine`] and gets a
@@ -29,11 +30,11 @@ pub mod sm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use rdb_storage::Engine;
@@ -61,16 +62,25 @@ impl fmt::Display for Member {
     }
 }
 
+/// A command or an answer: bytes the [`StateMachine`] encodes and decodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
 openraft::declare_raft_types!(
-    /// openraft's type configuration for every FlareDB group: commands and
-    /// answers are bytes the [`StateMachine`] encodes and decodes.
+    /// openraft's type configuration for every FlareDB group.
     pub TypeConfig:
-        D = Vec<u8>,
-        R = Vec<u8>,
+        D = Bytes,
+        R = Bytes,
         Node = Member,
 );
 
-pub(crate) type Raft = openraft::Raft<TypeConfig>;
+pub(crate) type Raft = openraft::Raft<TypeConfig, sm::Adapter>;
 
 /// Errors of a group.
 #[derive(Debug, thiserror::Error)]
@@ -101,18 +111,26 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn from_raft<E: fmt::Display>(e: RaftError<NodeId, E>) -> Error {
+fn from_raft<E: fmt::Display>(e: RaftError<TypeConfig, E>) -> Error {
     match e {
         RaftError::APIError(e) => Error::Refused(e.to_string()),
         RaftError::Fatal(f) => Error::Stopped(f.to_string()),
     }
 }
 
-fn from_write(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+fn from_write(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
             leader: f.leader_id.zip(f.leader_node),
         },
+        // The entry was appended and then dropped for another leader's log:
+        // it may still commit through that leader.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => Error::Stopped(format!(
+            "the proposal was discarded at a leader change; its outcome is unknown ({f})"
+        )),
+        RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
+            Error::Refused(p.to_string())
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Error::Refused(c.to_string())
         }
@@ -205,11 +223,15 @@ struct Lease {
     base: Instant,
     term: AtomicU64,
     until_ns: AtomicU64,
+    /// A term whose leadership this member is handing over: no lease in it
+    /// any more (a transfer lets the target be elected inside the lease).
+    given_up: AtomicU64,
 }
 
 impl Lease {
     fn valid(&self, term: u64) -> bool {
         self.term.load(Ordering::Acquire) == term
+            && self.given_up.load(Ordering::Acquire) != term
             && (self.base.elapsed().as_nanos() as u64) < self.until_ns.load(Ordering::Acquire)
     }
     fn extend(&self, term: u64, from: Instant, lease: Duration) {
@@ -291,6 +313,7 @@ impl Group {
             base: Instant::now(),
             term: AtomicU64::new(0),
             until_ns: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
         });
         tokio::spawn(publish_status(raft.metrics(), tx));
         tokio::spawn(keep_lease(raft.clone(), status.clone(), lease.clone(), t));
@@ -346,9 +369,9 @@ impl Group {
     /// `NotLeader` leaves the outcome unknown: the command may still commit.
     pub async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
         self.raft
-            .client_write(command)
+            .client_write(Bytes(command))
             .await
-            .map(|r| r.data)
+            .map(|r| r.data.0)
             .map_err(from_write)
     }
 
@@ -357,21 +380,25 @@ impl Group {
     /// round is applied here (ReadIndex). On success the lease is extended
     /// from the start of the round.
     pub async fn ensure_leader(&self) -> Result<()> {
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.raft.metrics().borrow_watched().current_term;
         let started = Instant::now();
-        match self.raft.ensure_linearizable().await {
-            Ok(_) if self.raft.metrics().borrow().current_term == term => {
+        match self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) if self.raft.metrics().borrow_watched().current_term == term => {
                 self.lease.extend(term, started, self.config.timing.lease());
                 Ok(())
             }
             Ok(_) => Err(Error::Refused(
                 "the term changed during the leadership check; retry".into(),
             )),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
-            }
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(Error::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            }),
             Err(e) => Err(from_raft(e)),
         }
     }
@@ -381,6 +408,30 @@ impl Group {
     /// (two atomic loads and a clock read): meant for every request.
     pub fn lease_valid(&self, term: u64) -> bool {
         self.lease.valid(term)
+    }
+
+    /// Hands leadership to member `to`: this member gives up its lease for
+    /// the current term at once (the target is elected without waiting out
+    /// the followers' lease, so a lease of this term could overlap the new
+    /// leader's), then asks `to` to campaign. Returns once the request is
+    /// sent; watch the status for the outcome.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        let st = self.status();
+        if !st.is_leader {
+            return Err(Error::NotLeader {
+                leader: st.leader_member().map(|(id, m)| (id, m.clone())),
+            });
+        }
+        if !st.voters.contains(&to) || to == st.id {
+            return Err(Error::Refused(format!("{to} is not another voter")));
+        }
+        let term = self.raft.metrics().borrow_watched().current_term;
+        self.lease.given_up.store(term, Ordering::Release);
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
     }
 
     /// Adds `member` as a learner with a new id `id` (the caller allocates
@@ -450,12 +501,15 @@ impl Group {
 }
 
 async fn publish_status(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    mut metrics: openraft::type_config::alias::WatchReceiverOf<
+        TypeConfig,
+        openraft::RaftMetrics<TypeConfig>,
+    >,
     tx: watch::Sender<Status>,
 ) {
     loop {
         let st = {
-            let m = metrics.borrow_and_update();
+            let m = metrics.borrow_watched();
             let mem = m.membership_config.membership();
             Status {
                 id: m.id,
@@ -465,13 +519,13 @@ async fn publish_status(
                 members: mem.nodes().map(|(id, n)| (*id, n.clone())).collect(),
                 voters: mem.voter_ids().collect(),
                 last_log_index: m.last_log_index.unwrap_or(0),
-                applied_index: m.last_applied.map_or(0, |l| l.index),
+                applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
                 matched: m
                     .replication
                     .as_ref()
                     .map(|r| {
                         r.iter()
-                            .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                            .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index())))
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -501,7 +555,7 @@ async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Leas
     loop {
         tick.tick().await;
         let (is_leader, term, stopped) = {
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             (
                 m.state == ServerState::Leader,
                 m.current_term,
@@ -517,8 +571,13 @@ async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Leas
             continue;
         }
         let started = Instant::now();
-        match tokio::time::timeout(t.election_min, raft.ensure_linearizable()).await {
-            Ok(Ok(_)) if metrics.borrow().current_term == term => {
+        match tokio::time::timeout(
+            t.election_min,
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        {
+            Ok(Ok(_)) if metrics.borrow_watched().current_term == term => {
                 lease.extend(term, started, t.lease())
             }
             Ok(Ok(_)) => {}

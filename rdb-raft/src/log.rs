@@ -7,20 +7,20 @@
 //! (the entries of other groups on the same store, for instance).
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::{OptionalSend, RaftLogReader};
 use rdb_storage::{Engine, WriteOp};
 
-use crate::{decode, encode, NodeId, TypeConfig};
+use crate::{decode, encode, TypeConfig};
 
 const VOTE: u8 = 1;
 const ENTRY: u8 = 2;
 const PURGED: u8 = 3;
 const COMMITTED: u8 = 4;
-
-type StResult<T> = Result<T, StorageError<NodeId>>;
 
 fn key(group: u64, kind: u8, index: Option<u64>) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -32,8 +32,8 @@ fn key(group: u64, kind: u8, index: Option<u64>) -> Vec<u8> {
     k
 }
 
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 /// The log store of one group.
@@ -57,28 +57,27 @@ impl LogStore {
             .is_some())
     }
 
-    fn get<T: for<'de> serde::Deserialize<'de>>(&self, kind: u8) -> StResult<Option<T>> {
+    fn get<T: for<'de> serde::Deserialize<'de>>(&self, kind: u8) -> io::Result<Option<T>> {
         let raw = self
             .engine
             .get_raft(&key(self.group, kind, None))
-            .map_err(|e| StorageIOError::read(&io_err(e)))?;
-        raw.map(|r| decode(&r).map_err(|e| StorageIOError::read(&io_err(e)).into()))
-            .transpose()
+            .map_err(io_err)?;
+        raw.map(|r| decode(&r).map_err(io_err)).transpose()
     }
 
-    async fn put<T: serde::Serialize>(&self, kind: u8, v: &T) -> StResult<()> {
-        let value = encode(v).map_err(|e| StorageIOError::write(&io_err(e)))?;
+    async fn put<T: serde::Serialize>(&self, kind: u8, v: &T) -> io::Result<()> {
+        let value = encode(v).map_err(io_err)?;
         self.engine
             .write(vec![WriteOp::PutRaft {
                 key: key(self.group, kind, None),
                 value,
             }])
             .await
-            .map_err(|e| StorageIOError::write(&io_err(e)))?;
+            .map_err(io_err)?;
         Ok(())
     }
 
-    fn entries(&self, start: u64, end: u64, limit: usize) -> StResult<Vec<Entry<TypeConfig>>> {
+    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<EntryOf<TypeConfig>>> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -88,12 +87,16 @@ impl LogStore {
                 &key(self.group, ENTRY, Some(start)),
                 &key(self.group, ENTRY, Some(end)),
                 false,
-                limit,
+                usize::MAX,
             )
-            .map_err(|e| StorageIOError::read_logs(&io_err(e)))?;
+            .map_err(io_err)?;
         rows.iter()
-            .map(|(_, v)| decode(v).map_err(|e| StorageIOError::read_logs(&io_err(e)).into()))
+            .map(|(_, v)| decode(v).map_err(io_err))
             .collect()
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> io::Result<()> {
+        self.engine.write(ops).await.map(|_| ()).map_err(io_err)
     }
 }
 
@@ -101,7 +104,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> StResult<Vec<Entry<TypeConfig>>> {
+    ) -> io::Result<Vec<EntryOf<TypeConfig>>> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -112,14 +115,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x,
             Bound::Unbounded => u64::MAX,
         };
-        self.entries(start, end, usize::MAX)
+        self.entries(start, end)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<VoteOf<TypeConfig>>> {
+        self.get(VOTE)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last = self
             .engine
             .scan_raft(
@@ -128,19 +135,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 true,
                 1,
             )
-            .map_err(|e| StorageIOError::read_logs(&io_err(e)))?;
+            .map_err(io_err)?;
         let last = match last.first() {
-            Some((_, v)) => Some(
-                decode::<Entry<TypeConfig>>(v)
-                    .map_err(|e| StorageIOError::read_logs(&io_err(e)))?
-                    .log_id,
-            ),
+            Some((_, v)) => Some(decode::<EntryOf<TypeConfig>>(v).map_err(io_err)?.log_id),
             None => None,
         };
-        let purged: Option<LogId<NodeId>> = self.get(PURGED)?;
+        let purged: Option<LogIdOf<TypeConfig>> = self.get(PURGED)?;
         Ok(LogState {
-            last_purged_log_id: purged,
             last_log_id: last.or(purged),
+            last_purged_log_id: purged,
         })
     }
 
@@ -148,73 +151,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StResult<()> {
-        self.put(VOTE, vote)
-            .await
-            .map_err(|_| StorageIOError::write_vote(&io_err("saving the vote")).into())
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
+        self.put(VOTE, vote).await
     }
 
-    async fn read_vote(&mut self) -> StResult<Option<Vote<NodeId>>> {
-        self.get(VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         self.put(COMMITTED, &committed).await
     }
 
-    async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
-        Ok(self.get::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
+    async fn read_committed(&mut self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+        Ok(self
+            .get::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
         for e in entries {
-            let value = encode(&e).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
             ops.push(WriteOp::PutRaft {
-                key: key(self.group, ENTRY, Some(e.log_id.index)),
-                value,
+                key: key(self.group, ENTRY, Some(e.log_id.index())),
+                value: encode(&e).map_err(io_err)?,
             });
         }
         // Waits until the writer thread has synced the batch: openraft may
         // read the entries back (to replicate them) as soon as this returns,
         // and reads see only what the writer has committed.
-        let res = self.engine.write(ops).await;
-        callback.log_io_completed(res.as_ref().map(|_| ()).map_err(io_err));
-        res.map(|_| ())
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)).into())
+        let res = self.write(ops).await;
+        callback.io_completed(res.as_ref().map(|_| ()).map_err(io_err));
+        res
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        self.engine
-            .write(vec![WriteOp::DeleteRaftRange {
-                start: key(self.group, ENTRY, Some(log_id.index)),
-                end: key(self.group, ENTRY + 1, None),
-            }])
-            .await
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
-        Ok(())
+    async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
+        let from = last.map_or(0, |l| l.index() + 1);
+        self.write(vec![WriteOp::DeleteRaftRange {
+            start: key(self.group, ENTRY, Some(from)),
+            end: key(self.group, ENTRY + 1, None),
+        }])
+        .await
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        let value = encode(&log_id).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
+        let upto = log_id.index();
         // The purge mark and the deletion in one batch.
-        self.engine
-            .write(vec![
-                WriteOp::PutRaft {
-                    key: key(self.group, PURGED, None),
-                    value,
-                },
-                WriteOp::DeleteRaftRange {
-                    start: key(self.group, ENTRY, Some(0)),
-                    end: key(self.group, ENTRY, Some(log_id.index + 1)),
-                },
-            ])
-            .await
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
-        Ok(())
+        self.write(vec![
+            WriteOp::PutRaft {
+                key: key(self.group, PURGED, None),
+                value: encode(&log_id).map_err(io_err)?,
+            },
+            WriteOp::DeleteRaftRange {
+                start: key(self.group, ENTRY, Some(0)),
+                end: key(self.group, ENTRY, Some(upto + 1)),
+            },
+        ])
+        .await
     }
 }

@@ -10,14 +10,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::io::Cursor;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::RaftNetworkV2;
 use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::raft_client::RaftClient;
 use rdb_proto::v1::{RaftRequest, RaftResponse};
@@ -27,6 +29,14 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::{decode, encode, Member, NodeId, Raft, TypeConfig};
+
+/// A whole snapshot on the wire.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireSnapshot {
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
 
 /// Largest Raft message, encoded (a snapshot chunk is at most 3 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -172,20 +182,24 @@ pub(crate) struct Conn {
 enum Rpc {
     Append,
     Vote,
+    PreVote,
     Snapshot,
+    TransferLeader,
+}
+
+fn net(e: String) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(e)))
 }
 
 impl Conn {
-    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+    /// Sends `req`; the remote answers `Result<Resp, String>` (a remote
+    /// Raft error is a network error here: openraft retries it).
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         rpc: Rpc,
         req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
-    where
-        E: std::error::Error + DeserializeOwned,
-    {
-        let net = |e: String| RPCError::Network(NetworkError::new(&std::io::Error::other(e)));
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.target == self.from {
             return Err(net(format!("node {} would send to itself", self.from)));
         }
@@ -205,10 +219,12 @@ impl Conn {
             match rpc {
                 Rpc::Append => client.append_entries(msg).await,
                 Rpc::Vote => client.vote(msg).await,
+                Rpc::PreVote => client.pre_vote(msg).await,
                 Rpc::Snapshot => client.install_snapshot(msg).await,
+                Rpc::TransferLeader => client.transfer_leader(msg).await,
             }
         };
-        let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
+        let resp = match tokio::time::timeout(ttl, fut).await {
             Err(_) => return Err(net("timed out".into())),
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&s)))
@@ -216,37 +232,63 @@ impl Conn {
             Ok(Err(s)) => return Err(net(s.to_string())),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let answer: Result<Resp, RaftError<NodeId, E>> = decode(&resp.payload).map_err(net)?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let answer: Result<Resp, String> = decode(&resp.payload).map_err(net)?;
+        answer.map_err(|e| net(format!("node {}: {e}", self.target)))
     }
 }
 
-impl RaftNetwork<TypeConfig> for Conn {
+impl RaftNetworkV2<TypeConfig> for Conn {
+    type SnapshotData = Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let wire = WireSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call(Rpc::Snapshot, &wire, option.hard_ttl()) => r.map_err(StreamingError::from),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::TransferLeader, &req, option.hard_ttl())
+            .await
     }
 }
 
@@ -267,9 +309,13 @@ impl RaftServer {
     }
 }
 
-fn answer<T: Serialize>(v: &T) -> Result<Response<RaftResponse>, Status> {
+/// Encodes a member's answer: the response, or its error as text.
+fn answer<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftResponse>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
     Ok(Response::new(RaftResponse {
-        payload: encode(v).map_err(Status::internal)?,
+        payload: encode(&r).map_err(Status::internal)?,
     }))
 }
 
@@ -280,19 +326,36 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
         let (raft, msg) = self.open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())?;
-        answer(&raft.append_entries(msg).await)
+        answer(raft.append_entries(msg).await)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<VoteRequest<NodeId>>(req.get_ref())?;
-        answer(&raft.vote(msg).await)
+        let (raft, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        answer(raft.vote(msg).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
+        let (raft, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        answer(raft.pre_vote(msg).await)
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<InstallSnapshotRequest<TypeConfig>>(req.get_ref())?;
-        answer(&raft.install_snapshot(msg).await)
+        let (raft, wire) = self.open::<WireSnapshot>(req.get_ref())?;
+        let snapshot = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta: wire.meta,
+            snapshot: Cursor::new(wire.data),
+        };
+        answer(raft.install_full_snapshot(wire.vote, snapshot).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftResponse>, Status> {
+        let (raft, msg) = self.open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())?;
+        answer(raft.handle_transfer_leader(msg).await)
     }
 }

@@ -5,18 +5,17 @@
 //! id and membership (written in the same batch as the commands they
 //! cover) and its last snapshot (`raft/GROUP/...` keys).
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::Arc;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use rdb_storage::{Engine, WriteOp};
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, Member, NodeId, TypeConfig};
+use crate::{decode, encode, Bytes, TypeConfig};
 
 /// What a group replicates. Commands and answers are bytes the
 /// implementation encodes; apply must be deterministic (the same commands
@@ -34,31 +33,30 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&self, data: &[u8], batch: &mut Vec<WriteOp>) -> Result<(), String>;
 }
 
-type StResult<T> = Result<T, StorageError<NodeId>>;
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 #[derive(Serialize, Deserialize, Clone)]
 struct Stored {
-    meta: SnapshotMeta<NodeId, Member>,
+    meta: SnapshotMetaOf<TypeConfig>,
     data: Vec<u8>,
 }
 
 /// openraft's view of a [`StateMachine`].
-pub(crate) struct Adapter {
+pub struct Adapter {
     engine: Engine,
     group: u64,
     machine: Arc<dyn StateMachine>,
-    applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, Member>,
+    applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    /// Snapshots built since start (for the log).
     snapshots_built: u64,
 }
 
 /// A snapshot taken when openraft asked for a builder (no apply runs then),
 /// so its data matches its log id exactly.
-pub(crate) struct Builder {
+pub struct Builder {
     engine: Engine,
     group: u64,
     stored: Stored,
@@ -100,111 +98,102 @@ impl Adapter {
         self.membership.membership().voter_ids().count()
     }
 
-    fn marks(&self, batch: &mut Vec<WriteOp>) -> StResult<()> {
-        let applied = encode(&self.applied).map_err(|e| StorageIOError::write(&io_err(e)))?;
-        let membership = encode(&self.membership).map_err(|e| StorageIOError::write(&io_err(e)))?;
+    fn marks(&self, batch: &mut Vec<WriteOp>) -> io::Result<()> {
         batch.push(WriteOp::PutMeta {
             key: meta_key(self.group, "applied"),
-            value: applied,
+            value: encode(&self.applied).map_err(io_err)?,
         });
         batch.push(WriteOp::PutMeta {
             key: meta_key(self.group, "membership"),
-            value: membership,
+            value: encode(&self.membership).map_err(io_err)?,
         });
         Ok(())
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
-        let value =
-            encode(&self.stored).map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>> {
+        let value = encode(&self.stored).map_err(io_err)?;
         self.engine
             .write(vec![WriteOp::PutMeta {
                 key: meta_key(self.group, "snapshot"),
                 value,
             }])
             .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
-        Ok(Snapshot {
+            .map_err(io_err)?;
+        Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
             meta: self.stored.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.stored.data.clone())),
+            snapshot: Cursor::new(self.stored.data.clone()),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for Adapter {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = Builder;
 
     async fn applied_state(
         &mut self,
-    ) -> StResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StResult<Vec<Vec<u8>>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let mut batch = Vec::new();
         let mut answers = Vec::new();
-        for e in entries {
-            self.applied = Some(e.log_id);
-            match e.payload {
-                EntryPayload::Blank => answers.push(Vec::new()),
+        while let Some((e, responder)) = entries.try_next().await? {
+            let answer = match e.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(cmd) => {
-                    answers.push(self.machine.apply(e.log_id.index, &cmd, &mut batch))
+                    self.machine.apply(e.log_id.index(), &cmd.0, &mut batch)
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    answers.push(Vec::new());
+                    Vec::new()
                 }
-            }
+            };
+            self.applied = Some(e.log_id);
+            answers.push((responder, answer));
         }
         self.marks(&mut batch)?;
-        self.engine
-            .write(batch)
-            .await
-            .map_err(|e| StorageIOError::write(&io_err(e)))?;
-        Ok(answers)
+        // The answers go out once the batch they describe is written.
+        self.engine.write(batch).await.map_err(io_err)?;
+        for (responder, answer) in answers {
+            if let Some(r) = responder {
+                r.send(Bytes(answer));
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder {
         self.snapshots_built += 1;
-        let snapshot_id = match self.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
-            None => format!("--{}", self.snapshots_built),
-        };
         Builder {
             engine: self.engine.clone(),
             group: self.group,
             stored: Stored {
-                meta: SnapshotMeta {
+                meta: SnapshotMetaOf::<TypeConfig> {
                     last_log_id: self.applied,
                     last_membership: self.membership.clone(),
-                    snapshot_id,
                 },
                 data: self.machine.snapshot(),
             },
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StResult<()> {
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> io::Result<()> {
         let data = snapshot.into_inner();
-        let sig = meta.signature();
         let mut batch = Vec::new();
-        self.machine
-            .restore(&data, &mut batch)
-            .map_err(|e| StorageIOError::read_snapshot(Some(sig.clone()), &io_err(e)))?;
+        self.machine.restore(&data, &mut batch).map_err(io_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.marks(&mut batch)?;
@@ -214,27 +203,24 @@ impl RaftStateMachine<TypeConfig> for Adapter {
         };
         batch.push(WriteOp::PutMeta {
             key: meta_key(self.group, "snapshot"),
-            value: encode(&stored)
-                .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &io_err(e)))?,
+            value: encode(&stored).map_err(io_err)?,
         });
-        self.engine
-            .write(batch)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &io_err(e)))?;
+        self.engine.write(batch).await.map_err(io_err)?;
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>> {
         let raw = self
             .engine
             .get_meta(&meta_key(self.group, "snapshot"))
-            .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)))?;
+            .map_err(io_err)?;
         let Some(raw) = raw else { return Ok(None) };
-        let stored: Stored =
-            decode(&raw).map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)))?;
-        Ok(Some(Snapshot {
+        let stored: Stored = decode(&raw).map_err(io_err)?;
+        Ok(Some(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Cursor::new(stored.data),
         }))
     }
 }

@@ -251,6 +251,39 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
         .map(|(i, n)| if i as u64 + 1 == victim { None } else { n })
         .collect();
     converge(&rest, total).await;
+
+    // Leadership handed over: the old leader gives up its lease at once, and
+    // the target leads in a higher term (without waiting out a lease).
+    let from = leader(&rest).await;
+    let old = rest[from].as_ref().unwrap().group.clone();
+    let old_term = old.status().term;
+    assert!(old.lease_valid(old_term));
+    let to = rest
+        .iter()
+        .enumerate()
+        .find(|(i, n)| *i != from && n.is_some())
+        .map(|(i, _)| i)
+        .unwrap();
+    let started = Instant::now();
+    old.transfer_leader(to as u64 + 1).await.unwrap();
+    assert!(
+        !old.lease_valid(old_term),
+        "the lease is given up before the transfer"
+    );
+    let now_leader = leader(&rest).await;
+    assert_eq!(now_leader, to, "leadership went to the target");
+    let st = rest[to].as_ref().unwrap().group.status();
+    assert!(st.term > old_term);
+    eprintln!("leader transfer took {:?}", started.elapsed());
+    rest[to]
+        .as_ref()
+        .unwrap()
+        .group
+        .write(7u64.to_be_bytes().to_vec())
+        .await
+        .unwrap();
+    total += 7;
+    converge(&rest, total).await;
     for n in rest.iter().flatten() {
         n.group.shutdown().await;
     }
