@@ -415,6 +415,12 @@ impl Group {
     /// the followers' lease, so a lease of this term could overlap the new
     /// leader's), then asks `to` to campaign. Returns once the request is
     /// sent; watch the status for the outcome.
+    ///
+    /// If the target never takes over (it was unreachable), this member
+    /// stays leader of the term without a lease until the next election:
+    /// callers that serve from the lease (PD's TSO) must not transfer
+    /// without a way out of that (not offered to PD yet; see
+    /// `specs/006-replication/spec.md`, step 1).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
         let st = self.status();
         if !st.is_leader {
