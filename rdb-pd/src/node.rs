@@ -392,6 +392,17 @@ impl PdNode {
             .find(|(_, m)| m.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| PdError::NotFound(format!("no PD member is named {name}")))?;
+        if id == st.id {
+            // openraft hands a removed leader's leadership straight to another
+            // voter, inside the followers' lease: the timestamps this member
+            // may still hand out under its lease could then overlap the new
+            // leader's. Stopping the member first goes through an ordinary
+            // election instead.
+            return Err(PdError::FailedPrecondition(format!(
+                "{name} is the PD leader: stop it (the other members elect a new leader within \
+                 seconds), then remove it"
+            )));
+        }
         self.group
             .remove(id)
             .await

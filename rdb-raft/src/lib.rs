@@ -471,11 +471,18 @@ impl Group {
             .map_err(from_write)
     }
 
-    /// Removes member `id` (voter or learner) from the group.
+    /// Removes member `id` (voter or learner) from the group. Removing this
+    /// member while it leads gives up its lease first: once the change is
+    /// committed openraft hands the leadership to another voter at once,
+    /// inside the followers' lease (as [`transfer_leader`](Group::transfer_leader) does).
     pub async fn remove(&self, id: NodeId) -> Result<()> {
         let st = self.status();
         if !st.members.contains_key(&id) {
             return Err(Error::Refused(format!("{id} is not a member")));
+        }
+        if id == st.id && st.is_leader {
+            let term = self.raft.metrics().borrow_watched().current_term;
+            self.lease.given_up.store(term, Ordering::Release);
         }
         if st.voters.contains(&id) {
             if st.voters.len() == 1 {

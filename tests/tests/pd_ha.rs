@@ -275,6 +275,19 @@ async fn three_pd_members_survive_their_leader_killed_paused_and_partitioned() {
     assert!(client.tso().await.is_ok());
 }
 
+/// The leader's name in a `pd members --json` answer.
+fn view_leader_name(view: &serde_json::Value) -> String {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["leader"] == true)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn cli(pd: &str, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(binary("rdb-cli"))
         .args(["--pd", pd, "--json", "--timeout", "20"])
@@ -353,6 +366,18 @@ async fn members_are_added_and_removed_with_rdb_cli_and_ids_are_never_reused() {
     assert!(voter, "pd4 never became a voter");
     assert_eq!(pd4.id, pd.members[0].id, "pd4 joined the same cluster");
 
+    // The leader cannot be removed while it leads (stop it first).
+    let leader_name = view_leader_name(&cli(&addrs, &["pd", "members"]));
+    let refused = std::process::Command::new(binary("rdb-cli"))
+        .args(["--pd", &addrs, "pd", "remove-member", &leader_name])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is the PD leader"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     // Remove a follower; the next member gets a new id, never 1..4 again.
     let view = cli(&addrs, &["pd", "members"]);
     let follower = view["members"]
