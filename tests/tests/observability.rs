@@ -131,6 +131,18 @@ async fn metrics_count_requests_errors_tso_heartbeats_and_storage() {
     assert!(metric(&pd, "flaredb_tso_requests_total", "").is_some_and(|v| v >= 1.0));
     assert_eq!(metric(&pd, "flaredb_regions", ""), Some(1.0));
     assert_eq!(metric(&pd, "flaredb_stores", r#"state="up""#), Some(1.0));
+    // A single PD is the leader of its own group, and serves.
+    assert_eq!(metric(&pd, "flaredb_pd_leader", ""), Some(1.0));
+    assert_eq!(
+        metric(&pd, "flaredb_pd_members", r#"role="voter""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&pd, "flaredb_pd_members", r#"role="learner""#),
+        Some(0.0)
+    );
+    assert!(metric(&pd, "flaredb_pd_term", "").is_some_and(|t| t >= 1.0));
+    assert!(metric(&pd, "flaredb_pd_applied_index", "").is_some_and(|i| i >= 1.0));
     assert!(
         metric(
             &pd,
