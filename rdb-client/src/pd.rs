@@ -171,6 +171,16 @@ impl PdConn {
         self.fail_over();
     }
 
+    /// Moves on after a failed call: [`timed_out`](PdConn::timed_out) if
+    /// the address did not answer in time, else [`fail_over`](PdConn::fail_over).
+    pub fn failed(&self, status: &Status) {
+        if status.code() == tonic::Code::DeadlineExceeded {
+            self.timed_out();
+        } else {
+            self.fail_over();
+        }
+    }
+
     fn suspect(&self, address: &str) {
         self.addresses
             .lock()

@@ -75,11 +75,7 @@ impl Client {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if is_transport(&s) => {
                     retry.last = error::describe(&s, cfg.tls.as_ref());
-                    if s.code() == tonic::Code::DeadlineExceeded {
-                        self.inner.pd.timed_out();
-                    } else {
-                        self.inner.pd.fail_over();
-                    }
+                    self.inner.pd.failed(&s);
                     // PD answered that it cannot serve now (its members are
                     // electing a leader): that ends within seconds, so the
                     // wait does not count as an attempt (the deadline bounds it).

@@ -109,11 +109,7 @@ async fn open_with_failover(pd: &PdConn) -> std::result::Result<Stream, tonic::S
     match open(pd).await {
         Ok(s) => Ok(s),
         Err(s) => {
-            if s.code() == tonic::Code::DeadlineExceeded {
-                pd.timed_out();
-            } else {
-                pd.fail_over();
-            }
+            pd.failed(&s);
             open(pd).await
         }
     }
@@ -165,11 +161,7 @@ async fn broken(
 ) {
     *stream = None;
     // The next stream goes to the leader the next member names.
-    if status.code() == tonic::Code::DeadlineExceeded {
-        pd.timed_out();
-    } else {
-        pd.fail_over();
-    }
+    pd.failed(&status);
     let pending: Vec<Batch> = in_flight.drain(..).collect();
     let err = caller_error(pd, &status);
     for mut batch in pending {
