@@ -22,11 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // services it serves (a file and the files it imports).
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("flaredb_descriptor.bin"), fds.encode_to_vec())?;
-    for (file, out) in [
-        ("proto/flaredb/v1/pd.proto", "pd_descriptor.bin"),
-        ("proto/flaredb/v1/admin.proto", "store_descriptor.bin"),
+    for (files, out) in [
+        (&["proto/flaredb/v1/pd.proto"][..], "pd_descriptor.bin"),
+        (
+            &["proto/flaredb/v1/kv.proto", "proto/flaredb/v1/admin.proto"][..],
+            "store_descriptor.bin",
+        ),
     ] {
-        let set = protox::compile([file], ["proto"])?;
+        let set = protox::compile(files, ["proto"])?;
         std::fs::write(out_dir.join(out), set.encode_to_vec())?;
     }
     tonic_prost_build::configure().compile_fds(fds)?;

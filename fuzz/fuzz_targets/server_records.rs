@@ -1,18 +1,13 @@
-//! A store's protobuf meta records, as `load_regions` and `load_moves` load
-//! them: `region/<id>` (`Region`) and `move/<region id>` (`MoveRecord`). Its
-//! data records are the `record` target.
+//! A store's protobuf meta records, as `load_regions` loads them:
+//! `region/<id>` (`Region`, with its peers). Its data records are the
+//! `record` target.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use rdb_proto::v1::{MoveRecord, Region};
+use rdb_proto::v1::Region;
 use rdb_storage::check;
 
 fuzz_target!(|data: &[u8]| {
     check::message_bytes(data, |b: &[u8]| Region::decode(b), Region::encode_to_vec);
-    check::message_bytes(
-        data,
-        |b: &[u8]| MoveRecord::decode(b),
-        MoveRecord::encode_to_vec,
-    );
 });

@@ -134,13 +134,11 @@ pub enum Command {
     /// The PD members: list them, add one, remove one.
     #[command(subcommand)]
     Pd(PdCommand),
-    /// Split the region holding KEY at KEY (PD moves the right half to another live store).
+    /// Split the region holding KEY at KEY, through the region's Raft log
+    /// (both halves keep the region's replicas and leader).
     Split {
         /// The split key: the first key of the new right region.
         key: String,
-        /// Keep both halves on the current store.
-        #[arg(long)]
-        same_store: bool,
     },
 }
 

@@ -95,9 +95,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Tso { count } => cmd::cluster::tso(&client, &out, count).await?,
         Command::Stores => cmd::cluster::stores(&client, &out).await?,
         Command::Regions => cmd::cluster::regions(&client, &out).await?,
-        Command::Split { key, same_store } => {
-            cmd::cluster::split(&client, &out, key, same_store).await?
-        }
+        Command::Split { key } => cmd::cluster::split(&client, &out, key).await?,
         Command::Pd(_) => unreachable!("handled before connecting"),
     }
     Ok(())

@@ -43,6 +43,12 @@ impl Out {
             "epoch": {"version": epoch.version, "conf_ver": epoch.conf_ver},
             "store_id": region.store_id,
             "store_address": r.leader.as_ref().map(|s| s.address.clone()),
+            "leader_store_id": r.leader.as_ref().map(|s| s.id),
+            "peers": region.peers.iter().map(|p| json!({
+                "id": p.id,
+                "store_id": p.store_id,
+                "role": if p.role == rdb_client::PeerRole::Learner as i32 { "learner" } else { "voter" },
+            })).collect::<Vec<_>>(),
         })
     }
 

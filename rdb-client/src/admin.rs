@@ -58,34 +58,21 @@ impl Client {
             .routes)
     }
 
-    /// Asks PD to split the region holding `key` at `key`. PD moves the new
-    /// right half to another live store when there is one (`same_store` keeps
-    /// it in place). Returns the (left, right) routes.
+    /// Asks PD to split the region holding `key` at `key`. The split goes
+    /// through the region's Raft log: both halves keep the region's
+    /// replicas and leader. Returns the (left, right) routes.
     ///
     /// ```no_run
     /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
-    /// let (left, right) = client.split(b"m".to_vec(), false).await?;
-    /// let store_of = |r: &rdb_client::RegionRoute| r.region.as_ref().map(|r| r.store_id);
-    /// println!("[..m) on store {:?}, [m..) on store {:?}", store_of(&left), store_of(&right));
+    /// let (left, right) = client.split(b"m".to_vec()).await?;
+    /// let id = |r: &rdb_client::RegionRoute| r.region.as_ref().map(|r| r.id);
+    /// println!("[..m) is region {:?}, [m..) is region {:?}", id(&left), id(&right));
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn split(
-        &self,
-        key: Vec<u8>,
-        same_store: bool,
-    ) -> Result<(RegionRoute, RegionRoute)> {
+    pub async fn split(&self, key: Vec<u8>) -> Result<(RegionRoute, RegionRoute)> {
         invalid(check_key(&key))?;
-        let placement = if same_store {
-            SplitPlacement::SameStore
-        } else {
-            SplitPlacement::Auto
-        } as i32;
-        let req = SplitRegionRequest {
-            split_key: key,
-            placement,
-            target_store_id: 0,
-        };
+        let req = SplitRegionRequest { split_key: key };
         let r = self
             .pd_call_within(self.inner.config.rpc_timeout, |mut c| {
                 let req = req.clone();

@@ -85,7 +85,7 @@ use tonic::transport::Channel;
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use rdb_proto::tls::{ClientTls, TlsError};
-pub use rdb_proto::v1::{KvPair, Region, RegionRoute, Store, StoreState};
+pub use rdb_proto::v1::{KvPair, Peer, PeerRole, Region, RegionRoute, Store, StoreState};
 pub use types::{CasExpect, CasResult, ScanOptions, Value};
 
 use cache::RegionCache;

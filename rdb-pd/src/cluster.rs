@@ -454,6 +454,7 @@ mod tests {
             end_key: e.to_vec(),
             epoch: Some(RegionEpoch { version, conf_ver }),
             store_id,
+            peers: Vec::new(),
         }
     }
 

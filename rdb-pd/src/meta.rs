@@ -404,6 +404,7 @@ mod tests {
                 conf_ver: 1,
             }),
             store_id: 1,
+            peers: Vec::new(),
         }
     }
 

@@ -65,8 +65,9 @@ impl PdService {
             .max_encoding_message_size(rdb_proto::limits::MAX_GRPC_MESSAGE_SIZE))
     }
 
-    /// Splits the region holding `split_key` at that key and, unless told to
-    /// keep it in place, moves the new right half to another live store.
+    /// Splits the region holding `split_key` at that key, through the
+    /// region's Raft log on its leader: PD allocates the new region's id and
+    /// one peer id per replica.
     pub async fn split(&self, req: SplitRegionRequest) -> Result<SplitRegionResponse, PdError> {
         check_key(&req.split_key).map_err(PdError::InvalidArgument)?;
         let _guard = self.admin_lock.lock().await;
@@ -79,41 +80,31 @@ impl PdService {
                 region.id
             )));
         }
-        let source = route.leader.ok_or_else(|| {
+        let leader = route.leader.ok_or_else(|| {
             PdError::FailedPrecondition(format!(
-                "store {} of region {} is unknown",
-                region.store_id, region.id
+                "the leader of region {} (store {}) is unknown",
+                region.id, region.store_id
             ))
         })?;
-        let placement = SplitPlacement::try_from(req.placement).unwrap_or(SplitPlacement::Auto);
-        let target = match placement {
-            SplitPlacement::SameStore => None,
-            SplitPlacement::Auto if req.target_store_id == source.id => None,
-            SplitPlacement::Auto if req.target_store_id != 0 => {
-                if !self.cluster.store_is_up(req.target_store_id).await {
-                    return Err(PdError::FailedPrecondition(format!(
-                        "target store {} is not registered or is down",
-                        req.target_store_id
-                    )));
-                }
-                Some(self.cluster.get_store(req.target_store_id).await?)
-            }
-            SplitPlacement::Auto => self.cluster.pick_other_store(source.id).await,
-        };
         let new_region_id = self.cluster.alloc_id().await?;
-        let mut admin = self.admin_client(&source).await?;
+        let mut new_peer_ids = Vec::with_capacity(region.peers.len());
+        for _ in 0..region.peers.len().max(1) {
+            new_peer_ids.push(self.cluster.alloc_id().await?);
+        }
+        let mut admin = self.admin_client(&leader).await?;
         let resp = admin
             .apply_split(ApplySplitRequest {
                 region_id: region.id,
                 epoch: region.epoch,
                 split_key: req.split_key.clone(),
                 new_region_id,
+                new_peer_ids,
             })
             .await
             .map_err(|s| {
                 PdError::StoreFailed(format!(
                     "store {} failed to split region {}: {}",
-                    source.id,
+                    leader.id,
                     region.id,
                     s.message()
                 ))
@@ -122,69 +113,33 @@ impl PdService {
         if let Some(e) = resp.region_error {
             return Err(PdError::FailedPrecondition(format!(
                 "store {} refused to split region {}: {}",
-                source.id, region.id, e.message
+                leader.id, region.id, e.message
             )));
         }
-        let (Some(left), Some(mut right)) = (resp.left, resp.right) else {
+        let (Some(mut left), Some(mut right)) = (resp.left, resp.right) else {
             return Err(PdError::StoreFailed(
                 "store answered the split without regions".into(),
             ));
         };
+        left.store_id = leader.id;
+        right.store_id = leader.id;
         self.cluster
             .update_regions(vec![left.clone(), right.clone()])
             .await?;
         tracing::info!(
             region_id = region.id,
             new_region_id,
-            store_id = source.id,
+            store_id = leader.id,
             "region split"
         );
-        let mut right_leader = source.clone();
-        if let Some(target) = target {
-            let moved = admin
-                .transfer_region(TransferRegionRequest {
-                    region_id: right.id,
-                    epoch: right.epoch,
-                    target: Some(target.clone()),
-                })
-                .await
-                .map_err(|s| {
-                    PdError::MoveFailed(format!(
-                        "region {} was split but moving region {} to store {} failed: {}",
-                        region.id,
-                        right.id,
-                        target.id,
-                        s.message()
-                    ))
-                })?
-                .into_inner();
-            if let Some(e) = moved.region_error {
-                return Err(PdError::MoveFailed(format!(
-                    "region {} was split but store {} refused to move region {}: {}",
-                    region.id, source.id, right.id, e.message
-                )));
-            }
-            right = moved.region.ok_or_else(|| {
-                PdError::StoreFailed("store answered the move without a region".into())
-            })?;
-            self.cluster.update_regions(vec![right.clone()]).await?;
-            tracing::info!(
-                region_id = right.id,
-                from = source.id,
-                to = target.id,
-                keys = moved.moved_keys,
-                "region moved"
-            );
-            right_leader = target;
-        }
         Ok(SplitRegionResponse {
             left: Some(RegionRoute {
                 region: Some(left),
-                leader: Some(source),
+                leader: Some(leader.clone()),
             }),
             right: Some(RegionRoute {
                 region: Some(right),
-                leader: Some(right_leader),
+                leader: Some(leader),
             }),
         })
     }

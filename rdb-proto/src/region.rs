@@ -78,6 +78,7 @@ mod tests {
             end_key: end.to_vec(),
             epoch: None,
             store_id: 1,
+            peers: Vec::new(),
         }
     }
 

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use net::{RaftServer, Transport};
-pub use sm::StateMachine;
+pub use sm::{BatchMachine, Entry, Membership, StateMachine};
 
 /// A Raft node id. Never reused within a group.
 pub type NodeId = u64;
@@ -274,6 +274,20 @@ impl Group {
         machine: Arc<dyn StateMachine>,
         transport: Transport,
     ) -> Result<Group> {
+        let batched = Arc::new(sm::InMemory {
+            engine: engine.clone(),
+            machine,
+        });
+        Self::start_batched(config, engine, batched, transport).await
+    }
+
+    /// [`start`](Group::start) for a machine that writes its own changes.
+    pub async fn start_batched(
+        config: GroupConfig,
+        engine: Engine,
+        machine: Arc<dyn BatchMachine>,
+        transport: Transport,
+    ) -> Result<Group> {
         let t = config.timing;
         let raft_config = openraft::Config {
             cluster_name: format!("flaredb-group-{}", config.group_id),
@@ -287,7 +301,8 @@ impl Group {
         .validate()
         .map_err(|e| Error::Config(e.to_string()))?;
         let logs = log::LogStore::new(engine.clone(), config.group_id);
-        let machine = sm::Adapter::open(engine, config.group_id, machine)?;
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let machine = sm::Adapter::open(&engine, config.group_id, machine, started.clone())?;
         // A member alone in its group grants no lease to anyone.
         if logs.has_vote()? && machine.voters() > 1 {
             tracing::info!(
@@ -307,6 +322,7 @@ impl Group {
         )
         .await
         .map_err(|e| Error::Stopped(e.to_string()))?;
+        started.store(true, Ordering::Release);
         transport.register(config.group_id, config.node_id, raft.clone());
         let (tx, status) = watch::channel(Status::default());
         let lease = Arc::new(Lease {
@@ -335,6 +351,15 @@ impl Group {
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(from_raft(e)),
         }
+    }
+
+    /// Whether this member has Raft state (a log, a vote, a snapshot): it
+    /// was initialized, or has heard from its group.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
     }
 
     /// This member's id.
@@ -408,6 +433,21 @@ impl Group {
     /// (two atomic loads and a clock read): meant for every request.
     pub fn lease_valid(&self, term: u64) -> bool {
         self.lease.valid(term)
+    }
+
+    /// Whether this member leads its current term and its lease holds (see
+    /// [`lease_valid`](Group::lease_valid)); cheap, for every read.
+    pub fn lease_holds(&self) -> bool {
+        let (is_leader, term) = {
+            let st = self.status.borrow();
+            (st.is_leader, st.term)
+        };
+        is_leader && self.lease.valid(term)
+    }
+
+    /// The current term, as this member knows it (cheap).
+    pub fn term(&self) -> u64 {
+        self.status.borrow().term
     }
 
     /// Hands leadership to member `to`: this member gives up its lease for

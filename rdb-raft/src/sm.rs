@@ -2,10 +2,12 @@
 //! that gives it to openraft.
 //!
 //! The adapter keeps, in the `meta` column family, the group's applied log
-//! id and membership (written in the same batch as the commands they
-//! cover) and its last snapshot (`raft/GROUP/...` keys).
+//! id and membership (`raft/GROUP/...` keys), written in the same atomic
+//! write as the entries they cover.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Cursor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -13,13 +15,14 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use rdb_storage::{Engine, WriteOp};
-use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, Bytes, TypeConfig};
+use crate::{decode, encode, Bytes, Member, NodeId, TypeConfig};
 
-/// What a group replicates. Commands and answers are bytes the
-/// implementation encodes; apply must be deterministic (the same commands
-/// in the same order give every member the same state and answers).
+/// What a group replicates, applied in memory. Commands and answers are
+/// bytes the implementation encodes; apply must be deterministic (the same
+/// commands in the same order give every member the same state and
+/// answers). For state that lives in the engine and is read while applying
+/// (the regions' data), implement [`BatchMachine`] instead.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies the committed `command` at log `index`: updates the state in
     /// memory, pushes the changes that make it durable onto `batch` (written
@@ -33,33 +36,110 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&self, data: &[u8], batch: &mut Vec<WriteOp>) -> Result<(), String>;
 }
 
+/// A membership, as an applied membership entry sets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Voters and learners by id.
+    pub members: BTreeMap<NodeId, Member>,
+    /// The voters' ids (the rest of `members` are learners).
+    pub voters: BTreeSet<NodeId>,
+}
+
+/// One committed entry, handed to [`BatchMachine::apply`].
+#[derive(Debug)]
+pub struct Entry {
+    /// Its log index.
+    pub index: u64,
+    /// Its command; `None` for Raft's own entries (blank, membership).
+    pub command: Option<Vec<u8>>,
+    /// For a membership entry: the membership it sets.
+    pub membership: Option<Membership>,
+    /// The writes that record this entry as applied (applied log id,
+    /// membership): the machine writes them in the same atomic write as
+    /// the entry's own changes, so that after a crash an entry is either
+    /// applied and recorded as such, or neither.
+    pub marks: Vec<WriteOp>,
+}
+
+/// What a group replicates, for machines that write their own changes
+/// (and read the engine while they apply).
+#[tonic::async_trait]
+pub trait BatchMachine: Send + Sync + 'static {
+    /// Applies committed entries, in order; returns one answer per entry.
+    /// Each entry's changes and its marks are written atomically, in entry
+    /// order, and durably before this returns. An error stops the group.
+    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String>;
+    /// The whole state as of the last applied entry, encoded; called only
+    /// when a member needs a snapshot (no apply runs meanwhile).
+    async fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Replaces the whole state with `data` (from [`snapshot`](Self::snapshot)
+    /// on another member); writes `marks` in the same atomic write.
+    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String>;
+}
+
+/// A [`StateMachine`] as a [`BatchMachine`]: a batch of entries is applied
+/// in memory and written as one atomic write.
+pub(crate) struct InMemory {
+    pub engine: Engine,
+    pub machine: Arc<dyn StateMachine>,
+}
+
+#[tonic::async_trait]
+impl BatchMachine for InMemory {
+    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String> {
+        let mut batch = Vec::new();
+        let mut answers = Vec::with_capacity(entries.len());
+        for e in entries {
+            answers.push(match &e.command {
+                Some(cmd) => self.machine.apply(e.index, cmd, &mut batch),
+                None => Vec::new(),
+            });
+            batch.extend(e.marks);
+        }
+        self.engine.write(batch).await.map_err(|e| e.to_string())?;
+        Ok(answers)
+    }
+
+    async fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Ok(self.machine.snapshot())
+    }
+
+    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String> {
+        let mut batch = Vec::new();
+        self.machine.restore(&data, &mut batch)?;
+        batch.extend(marks);
+        self.engine.write(batch).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-#[derive(Serialize, Deserialize, Clone)]
-struct Stored {
-    meta: SnapshotMetaOf<TypeConfig>,
-    data: Vec<u8>,
-}
-
-/// openraft's view of a [`StateMachine`].
+/// openraft's view of a [`BatchMachine`].
+///
+/// Snapshots are taken when a member needs one, not when openraft builds
+/// one: building records nothing but the log id (openraft then purges the
+/// log behind it), and [`get_current_snapshot`](RaftStateMachine::get_current_snapshot)
+/// answers the state as of the last applied entry, which is at or past
+/// every snapshot built. So a group never holds a copy of its state just
+/// in case a member falls behind.
 pub struct Adapter {
-    engine: Engine,
     group: u64,
-    machine: Arc<dyn StateMachine>,
+    machine: Arc<dyn BatchMachine>,
     applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
-    /// Snapshots built since start (for the log).
-    snapshots_built: u64,
+    /// Set once openraft has loaded its state: before that, snapshot
+    /// requests come from the loading (which reads only their log id),
+    /// and are answered without the data.
+    started: Arc<AtomicBool>,
 }
 
-/// A snapshot taken when openraft asked for a builder (no apply runs then),
-/// so its data matches its log id exactly.
+/// A snapshot's log id, taken when openraft asked for a builder (no apply
+/// runs then).
 pub struct Builder {
-    engine: Engine,
-    group: u64,
-    stored: Stored,
+    meta: SnapshotMetaOf<TypeConfig>,
 }
 
 fn meta_key(group: u64, what: &str) -> Vec<u8> {
@@ -68,9 +148,10 @@ fn meta_key(group: u64, what: &str) -> Vec<u8> {
 
 impl Adapter {
     pub(crate) fn open(
-        engine: Engine,
+        engine: &Engine,
         group: u64,
-        machine: Arc<dyn StateMachine>,
+        machine: Arc<dyn BatchMachine>,
+        started: Arc<AtomicBool>,
     ) -> crate::Result<Adapter> {
         let read = |what: &str| -> crate::Result<Option<Vec<u8>>> {
             Ok(engine.get_meta(&meta_key(group, what))?)
@@ -84,12 +165,11 @@ impl Adapter {
             None => StoredMembership::default(),
         };
         Ok(Adapter {
-            engine,
             group,
             machine,
             applied,
             membership,
-            snapshots_built: 0,
+            started,
         })
     }
 
@@ -98,16 +178,33 @@ impl Adapter {
         self.membership.membership().voter_ids().count()
     }
 
-    fn marks(&self, batch: &mut Vec<WriteOp>) -> io::Result<()> {
-        batch.push(WriteOp::PutMeta {
+    fn applied_mark(&self) -> io::Result<WriteOp> {
+        Ok(WriteOp::PutMeta {
             key: meta_key(self.group, "applied"),
             value: encode(&self.applied).map_err(io_err)?,
-        });
-        batch.push(WriteOp::PutMeta {
+        })
+    }
+
+    fn membership_mark(&self) -> io::Result<WriteOp> {
+        Ok(WriteOp::PutMeta {
             key: meta_key(self.group, "membership"),
             value: encode(&self.membership).map_err(io_err)?,
-        });
-        Ok(())
+        })
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMetaOf<TypeConfig> {
+        SnapshotMetaOf::<TypeConfig> {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        }
+    }
+}
+
+/// The membership an entry sets, in this crate's terms.
+pub(crate) fn membership_of(m: &openraft::Membership<NodeId, Member>) -> Membership {
+    Membership {
+        members: m.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        voters: m.voter_ids().collect(),
     }
 }
 
@@ -115,17 +212,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>> {
-        let value = encode(&self.stored).map_err(io_err)?;
-        self.engine
-            .write(vec![WriteOp::PutMeta {
-                key: meta_key(self.group, "snapshot"),
-                value,
-            }])
-            .await
-            .map_err(io_err)?;
         Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-            meta: self.stored.meta.clone(),
-            snapshot: Cursor::new(self.stored.data.clone()),
+            meta: self.meta.clone(),
+            snapshot: Cursor::new(Vec::new()),
         })
     }
 }
@@ -145,25 +234,33 @@ impl RaftStateMachine<TypeConfig> for Adapter {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let mut batch = Vec::new();
-        let mut answers = Vec::new();
+        let mut responders = Vec::new();
         while let Some((e, responder)) = entries.try_next().await? {
-            let answer = match e.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(cmd) => {
-                    self.machine.apply(e.log_id.index(), &cmd.0, &mut batch)
-                }
+            let (command, membership) = match e.payload {
+                EntryPayload::Blank => (None, None),
+                EntryPayload::Normal(cmd) => (Some(cmd.0), None),
                 EntryPayload::Membership(m) => {
+                    let ours = membership_of(&m);
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    Vec::new()
+                    (None, Some(ours))
                 }
             };
             self.applied = Some(e.log_id);
-            answers.push((responder, answer));
+            let mut marks = vec![self.applied_mark()?];
+            if membership.is_some() {
+                marks.push(self.membership_mark()?);
+            }
+            batch.push(Entry {
+                index: e.log_id.index(),
+                command,
+                membership,
+                marks,
+            });
+            responders.push(responder);
         }
-        self.marks(&mut batch)?;
-        // The answers go out once the batch they describe is written.
-        self.engine.write(batch).await.map_err(io_err)?;
-        for (responder, answer) in answers {
+        // The answers go out once the entries they describe are written.
+        let answers = self.machine.apply(batch).await.map_err(io_err)?;
+        for (responder, answer) in responders.into_iter().zip(answers) {
             if let Some(r) = responder {
                 r.send(Bytes(answer));
             }
@@ -172,17 +269,8 @@ impl RaftStateMachine<TypeConfig> for Adapter {
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder {
-        self.snapshots_built += 1;
         Builder {
-            engine: self.engine.clone(),
-            group: self.group,
-            stored: Stored {
-                meta: SnapshotMetaOf::<TypeConfig> {
-                    last_log_id: self.applied,
-                    last_membership: self.membership.clone(),
-                },
-                data: self.machine.snapshot(),
-            },
+            meta: self.snapshot_meta(),
         }
     }
 
@@ -192,35 +280,28 @@ impl RaftStateMachine<TypeConfig> for Adapter {
         snapshot: Cursor<Vec<u8>>,
     ) -> io::Result<()> {
         let data = snapshot.into_inner();
-        let mut batch = Vec::new();
-        self.machine.restore(&data, &mut batch).map_err(io_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.marks(&mut batch)?;
-        let stored = Stored {
-            meta: meta.clone(),
-            data,
-        };
-        batch.push(WriteOp::PutMeta {
-            key: meta_key(self.group, "snapshot"),
-            value: encode(&stored).map_err(io_err)?,
-        });
-        self.engine.write(batch).await.map_err(io_err)?;
+        let marks = vec![self.applied_mark()?, self.membership_mark()?];
+        self.machine.restore(data, marks).await.map_err(io_err)?;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>> {
-        let raw = self
-            .engine
-            .get_meta(&meta_key(self.group, "snapshot"))
-            .map_err(io_err)?;
-        let Some(raw) = raw else { return Ok(None) };
-        let stored: Stored = decode(&raw).map_err(io_err)?;
+        if self.applied.is_none() {
+            return Ok(None);
+        }
+        let meta = self.snapshot_meta();
+        let data = if self.started.load(Ordering::Acquire) {
+            self.machine.snapshot().await.map_err(io_err)?
+        } else {
+            Vec::new()
+        };
         Ok(Some(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-            meta: stored.meta,
-            snapshot: Cursor::new(stored.data),
+            meta,
+            snapshot: Cursor::new(data),
         }))
     }
 }

@@ -1,13 +1,15 @@
 //! Bootstrapping a new cluster: the first store creates the first region
-//! (the whole key space), persists it with a marker, and settles with PD
-//! whether PD recorded it, also across a restart.
+//! (the whole key space, one replica here), persists it with a marker, and
+//! settles with PD whether PD recorded it, also across a restart. The
+//! region's Raft group is then started like any other.
 
 use std::time::{Duration, Instant};
 
 use rdb_proto::failover::FailoverChannel;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::{
-    BootstrapRequest, GetRegionByIdRequest, IsBootstrappedRequest, Region, RegionEpoch,
+    BootstrapRequest, GetRegionByIdRequest, IsBootstrappedRequest, Peer, PeerRole, Region,
+    RegionEpoch,
 };
 use rdb_storage::{Engine, WriteOp};
 use tonic::{Code, Status};
@@ -81,6 +83,7 @@ impl Node {
         pd_wait: Duration,
     ) -> Result<Vec<Region>> {
         let id = alloc_id(pd, "the first region id").await?;
+        let peer_id = alloc_id(pd, "the first peer id").await?;
         let region = Region {
             id,
             start_key: Vec::new(),
@@ -90,6 +93,11 @@ impl Node {
                 conf_ver: 1,
             }),
             store_id: ids.1,
+            peers: vec![Peer {
+                id: peer_id,
+                store_id: ids.1,
+                role: PeerRole::Voter as i32,
+            }],
         };
         engine
             .write(vec![

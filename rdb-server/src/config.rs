@@ -31,6 +31,12 @@ pub struct ServerSettings {
     pub heartbeat_ms: u64,
     /// Seconds to keep retrying PD at start before giving up.
     pub pd_wait_secs: u64,
+    /// The region leaders' Raft heartbeat interval, in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// Election timeout (milliseconds): a replica that hears nothing from
+    /// its region's leader for a random time between this and twice this
+    /// campaigns; a leader's lease lasts 80% of it.
+    pub raft_election_timeout_ms: u64,
     /// fsync the WAL before acknowledging writes.
     pub sync: bool,
     /// Seconds the store remembers a write's request id, so that a re-sent
@@ -57,6 +63,8 @@ impl Default for ServerSettings {
             status_addr: String::new(),
             heartbeat_ms: 1000,
             pd_wait_secs: 60,
+            raft_heartbeat_ms: 150,
+            raft_election_timeout_ms: 800,
             sync: true,
             dedup_window_secs: 600,
             shutdown_grace_secs: 10,
@@ -87,6 +95,14 @@ impl ServerSettings {
                 self.heartbeat_ms
             ));
         }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms < 3 * self.raft_heartbeat_ms
+        {
+            return invalid(format!(
+                "raft-election-timeout-ms = {} must be at least 3 x raft-heartbeat-ms = {} (and \
+                 the heartbeat above 0)",
+                self.raft_election_timeout_ms, self.raft_heartbeat_ms
+            ));
+        }
         if self.dedup_window_secs < 120 {
             return invalid(format!(
                 "dedup-window-secs = {} is too small: at least 120 (rdb-client re-sends a write for up to 60 s)",
@@ -95,6 +111,15 @@ impl ServerSettings {
         }
         self.status_socket()?;
         self.limits.validate().map_err(ConfigError::Invalid)
+    }
+
+    /// The Raft timing of the region replicas.
+    pub fn timing(&self) -> rdb_raft::Timing {
+        rdb_raft::Timing {
+            heartbeat: std::time::Duration::from_millis(self.raft_heartbeat_ms),
+            election_min: std::time::Duration::from_millis(self.raft_election_timeout_ms),
+            election_max: std::time::Duration::from_millis(2 * self.raft_election_timeout_ms),
+        }
     }
 
     /// The parsed `status-addr`, if set.
@@ -145,6 +170,14 @@ pub struct ServerArgs {
     /// Seconds to keep retrying PD at start before giving up [default: 60].
     #[arg(long, env = "FLAREDB_SERVER_PD_WAIT_SECS")]
     pub pd_wait_secs: Option<u64>,
+    /// The region leaders' Raft heartbeat interval in ms [default: 150].
+    #[arg(long, env = "FLAREDB_SERVER_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Election timeout in ms: a replica that hears nothing from its
+    /// region's leader for a random time between this and twice this
+    /// campaigns [default: 800].
+    #[arg(long, env = "FLAREDB_SERVER_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
     /// Seconds a write's request id is remembered, so a re-sent copy is not
     /// applied again; at least 120 [default: 600].
     #[arg(long, env = "FLAREDB_SERVER_DEDUP_WINDOW_SECS")]
@@ -201,6 +234,8 @@ impl ServerArgs {
             status_addr => status_addr,
             heartbeat_ms => heartbeat_ms,
             pd_wait_secs => pd_wait_secs,
+            raft_heartbeat_ms => raft_heartbeat_ms,
+            raft_election_timeout_ms => raft_election_timeout_ms,
             dedup_window_secs => dedup_window_secs,
             shutdown_grace_secs => shutdown_grace_secs,
             log_format => log_format,

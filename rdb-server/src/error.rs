@@ -22,17 +22,11 @@ pub enum ServerError {
     /// now.
     #[error("{0}")]
     Remote(String),
-    /// The operation was called off or cut short (an import called off by
-    /// its source, or whose stream ended early); nothing was applied.
+    /// A write was proposed to the region's Raft group but its outcome is
+    /// unknown (the group lost its leader or stopped meanwhile): it may
+    /// still be applied. Re-send it with the same request id.
     #[error("{0}")]
-    Aborted(String),
-    /// Fewer records arrived than were sent (an import's key count).
-    #[error("{0}")]
-    DataLoss(String),
-    /// Another node's answer, passed on with its code and message (that
-    /// node already kept its own internal details out of it).
-    #[error("{}", .0.message())]
-    Peer(Status),
+    Unavailable(String),
     /// A blocking task could not finish, or storage answered unexpectedly:
     /// logged, never sent to clients.
     #[error("internal: {0}")]
@@ -51,10 +45,7 @@ impl ServerError {
             | ServerError::InvalidArgument(_) => Code::InvalidArgument,
             ServerError::Storage(_) | ServerError::Internal(_) => Code::Internal,
             ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
-            ServerError::Remote(_) => Code::Unavailable,
-            ServerError::Aborted(_) => Code::Aborted,
-            ServerError::DataLoss(_) => Code::DataLoss,
-            ServerError::Peer(s) => s.code(),
+            ServerError::Remote(_) | ServerError::Unavailable(_) => Code::Unavailable,
         }
     }
 
@@ -88,20 +79,15 @@ mod tests {
 
     #[test]
     fn internal_details_stay_in_the_log() {
-        for e in [
-            ServerError::Internal("move task: task 7 panicked with secret".into()),
-            ServerError::Peer(Status::internal("secret")),
-        ] {
-            let s = Status::from(e);
-            assert_eq!(s.code(), Code::Internal);
-            assert!(!s.message().contains("secret"), "{}", s.message());
-        }
-        let s = Status::from(ServerError::Aborted("move 3 was called off".into()));
+        let s = Status::from(ServerError::Internal(
+            "blocking task 7 panicked with secret".into(),
+        ));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret"), "{}", s.message());
+        let s = Status::from(ServerError::Unavailable("outcome unknown".into()));
         assert_eq!(
             (s.code(), s.message()),
-            (Code::Aborted, "move 3 was called off")
+            (Code::Unavailable, "outcome unknown")
         );
-        let s = Status::from(ServerError::Peer(Status::not_found("no region 9")));
-        assert_eq!((s.code(), s.message()), (Code::NotFound, "no region 9"));
     }
 }

@@ -1,5 +1,5 @@
-//! Heartbeats to PD: the regions served here and the store's approximate
-//! size, sent at a fixed interval.
+//! Heartbeats to PD: the regions whose groups this store leads and the
+//! store's approximate size, sent at a fixed interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,20 @@ use crate::error::{Result, ServerError};
 use crate::node::Node;
 
 impl Node {
-    /// Sends one heartbeat with the regions served here.
+    /// Sends one heartbeat with the regions whose groups this store leads.
     pub async fn heartbeat(&self) -> Result<()> {
-        let regions = self.regions.read().await.regions();
+        let mut regions: Vec<_> = self
+            .regions()
+            .peers()
+            .into_iter()
+            .filter(|p| p.group.is_leader())
+            .map(|p| {
+                let mut r = p.region();
+                r.store_id = self.store_id;
+                r
+            })
+            .collect();
+        regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
         let engine = self.engine.clone();
         let (keys, size) = tokio::task::spawn_blocking(move || engine.approximate_stats())
             .await

@@ -2,8 +2,11 @@
 //!
 //! Every request is checked in this order: arguments (`InvalidArgument`
 //! status), then region, epoch and key range (a `region_error` in the
-//! response). The region map's read lock is held until the storage operation
-//! is done, so a split or a move never interleaves with a request it affects.
+//! response), then leadership. Writes are proposed to the region's Raft
+//! group and answered once applied here (the epoch is checked again at
+//! apply: a split applied meanwhile refuses them with `EpochNotMatch`).
+//! Reads are served by the leader when its lease holds or a ReadIndex round
+//! confirms it (see [`crate::peer::RegionPeer::ready_to_read`]).
 
 use std::sync::Arc;
 
@@ -12,12 +15,13 @@ use rdb_proto::limits::{MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;
-use rdb_storage::{Engine, Expected, OpResult, ScanOptions, VersionedValue, WriteOp};
-use tokio::sync::RwLockReadGuard;
+use rdb_storage::{Engine, OpResult, ScanOptions, VersionedValue};
 use tonic::{Request, Response, Status};
 
+use crate::command::{Answer, Command, Expect, Op};
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::peer::{epoch_changed, ProposeError, RegionPeer};
 use crate::regions::{check_keys, clamp_range, RegionCheck};
 
 /// The Kv service of one store.
@@ -37,28 +41,20 @@ impl KvService {
         }
     }
 
-    /// Checks the request's context against the served regions and returns
-    /// the region, read-locked: a split or a move waits until the request
-    /// is done with it.
-    async fn enter(&self, ctx: Option<&Context>) -> Result<RwLockReadGuard<'_, Region>, Reject> {
+    /// Checks the request's context against the replicas here: returns
+    /// the region's replica and the region.
+    fn enter(&self, ctx: Option<&Context>) -> Result<(Arc<RegionPeer>, Region), Reject> {
         if let Some(c) = ctx {
             // The request's span (see rdb_daemon::metrics) carries its region.
             tracing::Span::current().record("region_id", c.region_id);
         }
-        let guard = self.node.regions.read().await;
-        let id = match guard.check_context(ctx) {
-            Ok(r) => r.id,
-            Err(RegionCheck::Region(e)) => return Err(Reject::Region(e)),
+        match self.node.regions().check_context(ctx) {
+            Ok(x) => Ok(x),
+            Err(RegionCheck::Region(e)) => Err(Reject::Region(e)),
             Err(RegionCheck::Invalid(m)) => {
-                return Err(Reject::Status(ServerError::InvalidArgument(m).into()))
+                Err(Reject::Status(ServerError::InvalidArgument(m).into()))
             }
-        };
-        // The region was just found under this same guard.
-        RwLockReadGuard::try_map(guard, |m| m.get(id).map(|s| &s.region)).map_err(|_| {
-            Reject::Status(
-                ServerError::Internal(format!("region {id} vanished under its lock")).into(),
-            )
-        })
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -72,19 +68,37 @@ impl KvService {
             .map_err(|e| Status::from(ServerError::from(e)))
     }
 
-    /// Applies `ops` through the writer; with a request id, at most once
-    /// (a copy of a request already applied gets the recorded results).
+    /// Proposes `ops` to the region's group; with a request id, applied at
+    /// most once (a copy of a request already applied gets the recorded
+    /// results). A region error when the replica does not lead or the
+    /// region changed before the write applied (nothing applied then).
     async fn write(
         &self,
+        peer: &RegionPeer,
+        region: &Region,
         id: Option<RequestId>,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<OpResult>, Status> {
-        let engine = &self.node.engine;
-        match request_id(id)? {
-            Some(id) => engine.write_once(id, ops).await,
-            None => engine.write(ops).await,
+        ops: Vec<Op>,
+    ) -> Result<Result<Vec<OpResult>, RegionError>, Status> {
+        let cmd = Command::Write {
+            epoch_version: region.epoch_or_default().version,
+            request_id: request_id(id)?.map(|id| (id.client, id.seq)),
+            ops,
+        };
+        match peer.propose(&cmd).await {
+            Ok(Answer::Written(outs)) => Ok(Ok(outs.into_iter().map(OpResult::from).collect())),
+            Ok(Answer::EpochChanged(now)) => {
+                let now = <Region as prost::Message>::decode(now.as_slice())
+                    .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?;
+                Ok(Err(epoch_changed(now)))
+            }
+            Ok(Answer::Refused(m)) => Err(ServerError::InvalidArgument(m).into()),
+            Ok(other) => Err(unexpected(other)),
+            Err(ProposeError::NotLeader(e)) => Ok(Err(e)),
+            Err(ProposeError::Unknown(m)) => Err(ServerError::Unavailable(format!(
+                "the write's outcome is unknown (re-send it with the same request id): {m}"
+            ))
+            .into()),
         }
-        .map_err(|e| Status::from(ServerError::from(e)))
     }
 }
 
@@ -119,12 +133,32 @@ fn invalid(r: Result<(), String>) -> Result<(), Status> {
 /// response carrying the region error.
 macro_rules! enter {
     ($self:ident, $req:ident, $resp:ty) => {
-        match $self.enter($req.context.as_ref()).await {
+        match $self.enter($req.context.as_ref()) {
             Ok(x) => x,
             Err(Reject::Region(e)) => {
                 return Ok(Response::new(<$resp>::default_with_error(e)));
             }
             Err(Reject::Status(s)) => return Err(s),
+        }
+    };
+}
+
+/// Waits until the replica may serve a linearizable read, or returns the
+/// response with the region error.
+macro_rules! readable {
+    ($peer:expr, $resp:ty) => {
+        if let Err(e) = $peer.ready_to_read().await {
+            return Ok(Response::new(<$resp>::default_with_error(e)));
+        }
+    };
+}
+
+/// The results of a proposed write, or the response with its region error.
+macro_rules! written {
+    ($w:expr, $resp:ty) => {
+        match $w.await? {
+            Ok(results) => results,
+            Err(e) => return Ok(Response::new(<$resp>::default_with_error(e))),
         }
     };
 }
@@ -219,8 +253,9 @@ impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
-        let region = enter!(self, req, GetResponse);
+        let (peer, region) = enter!(self, req, GetResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
+        readable!(peer, GetResponse);
         // A read served from the memtables and the block cache runs right
         // here (a few microseconds); one that needs the disk goes to the
         // blocking pool, so that no runtime thread waits for I/O.
@@ -232,7 +267,6 @@ impl Kv for KvService {
             }
             Err(e) => return Err(ServerError::from(e).into()),
         };
-        drop(region);
         Ok(Response::new(match got {
             Some(v) => GetResponse {
                 region_error: None,
@@ -253,11 +287,12 @@ impl Kv for KvService {
         for k in &req.keys {
             invalid(self.limits.check_key(k))?;
         }
-        let region = enter!(self, req, BatchGetResponse);
+        let (peer, region) = enter!(self, req, BatchGetResponse);
         in_region!(
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchGetResponse
         );
+        readable!(peer, BatchGetResponse);
         let max_bytes = self.limits.max_response_bytes;
         // As for Get: answered here when the memtables and the block cache
         // hold every key's answer, else on the blocking pool.
@@ -280,7 +315,6 @@ impl Kv for KvService {
                 })?
             }
         };
-        drop(region);
         Ok(Response::new(BatchGetResponse {
             region_error: None,
             pairs,
@@ -293,19 +327,13 @@ impl Kv for KvService {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
         invalid(self.limits.check_value(&req.value))?;
-        let region = enter!(self, req, PutResponse);
+        let (peer, region) = enter!(self, req, PutResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), PutResponse);
-        match self
-            .write(
-                req.request_id,
-                vec![WriteOp::Put {
-                    key: req.key,
-                    value: req.value,
-                }],
-            )
-            .await?
-            .pop()
-        {
+        let ops = vec![Op::Put {
+            key: req.key,
+            value: req.value,
+        }];
+        match written!(self.write(&peer, &region, req.request_id, ops), PutResponse).pop() {
             Some(OpResult::Put(version)) => Ok(Response::new(PutResponse {
                 region_error: None,
                 version,
@@ -324,7 +352,7 @@ impl Kv for KvService {
             invalid(self.limits.check_key(&p.key))?;
             invalid(self.limits.check_value(&p.value))?;
         }
-        let region = enter!(self, req, BatchPutResponse);
+        let (peer, region) = enter!(self, req, BatchPutResponse);
         in_region!(
             check_keys(&region, req.pairs.iter().map(|p| p.key.as_slice())),
             BatchPutResponse
@@ -332,20 +360,21 @@ impl Kv for KvService {
         let ops = req
             .pairs
             .into_iter()
-            .map(|p| WriteOp::Put {
+            .map(|p| Op::Put {
                 key: p.key,
                 value: p.value,
             })
             .collect();
-        let versions = self
-            .write(req.request_id, ops)
-            .await?
-            .into_iter()
-            .map(|r| match r {
-                OpResult::Put(v) => Ok(v),
-                other => Err(unexpected(other)),
-            })
-            .collect::<Result<_, _>>()?;
+        let versions = written!(
+            self.write(&peer, &region, req.request_id, ops),
+            BatchPutResponse
+        )
+        .into_iter()
+        .map(|r| match r {
+            OpResult::Put(v) => Ok(v),
+            other => Err(unexpected(other)),
+        })
+        .collect::<Result<_, _>>()?;
         Ok(Response::new(BatchPutResponse {
             region_error: None,
             versions,
@@ -358,12 +387,14 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_key(&req.key))?;
-        let region = enter!(self, req, DeleteResponse);
+        let (peer, region) = enter!(self, req, DeleteResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), DeleteResponse);
-        match self
-            .write(req.request_id, vec![WriteOp::Delete { key: req.key }])
-            .await?
-            .pop()
+        let ops = vec![Op::Delete { key: req.key }];
+        match written!(
+            self.write(&peer, &region, req.request_id, ops),
+            DeleteResponse
+        )
+        .pop()
         {
             Some(OpResult::Delete(existed)) => Ok(Response::new(DeleteResponse {
                 region_error: None,
@@ -382,22 +413,19 @@ impl Kv for KvService {
         for k in &req.keys {
             invalid(self.limits.check_key(k))?;
         }
-        let region = enter!(self, req, BatchDeleteResponse);
+        let (peer, region) = enter!(self, req, BatchDeleteResponse);
         in_region!(
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchDeleteResponse
         );
-        let ops = req
-            .keys
-            .into_iter()
-            .map(|key| WriteOp::Delete { key })
-            .collect();
-        let deleted = self
-            .write(req.request_id, ops)
-            .await?
-            .into_iter()
-            .filter(|r| matches!(r, OpResult::Delete(true)))
-            .count();
+        let ops = req.keys.into_iter().map(|key| Op::Delete { key }).collect();
+        let deleted = written!(
+            self.write(&peer, &region, req.request_id, ops),
+            BatchDeleteResponse
+        )
+        .into_iter()
+        .filter(|r| matches!(r, OpResult::Delete(true)))
+        .count();
         Ok(Response::new(BatchDeleteResponse {
             region_error: None,
             deleted: deleted as u64,
@@ -420,11 +448,12 @@ impl Kv for KvService {
             0 => self.limits.max_scan_limit,
             n => n.min(self.limits.max_scan_limit),
         } as usize;
-        let region = enter!(self, req, ScanResponse);
+        let (peer, region) = enter!(self, req, ScanResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             ScanResponse
         );
+        readable!(peer, ScanResponse);
         let opts = ScanOptions {
             limit: page,
             reverse: req.reverse,
@@ -459,15 +488,17 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         invalid(self.limits.check_range(&req.start_key, &req.end_key))?;
-        let region = enter!(self, req, DeleteRangeResponse);
+        let (peer, region) = enter!(self, req, DeleteRangeResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             DeleteRangeResponse
         );
-        match self
-            .write(req.request_id, vec![WriteOp::DeleteRange { start, end }])
-            .await?
-            .pop()
+        let ops = vec![Op::DeleteRange { start, end }];
+        match written!(
+            self.write(&peer, &region, req.request_id, ops),
+            DeleteRangeResponse
+        )
+        .pop()
         {
             Some(OpResult::DeleteRange(deleted)) => Ok(Response::new(DeleteRangeResponse {
                 region_error: None,
@@ -485,11 +516,11 @@ impl Kv for KvService {
         invalid(self.limits.check_key(&req.key))?;
         invalid(self.limits.check_value(&req.new_value))?;
         let expected = match req.expected.as_ref().and_then(|c| c.condition.as_ref()) {
-            Some(Condition::Absent(_)) => Expected::Absent,
-            Some(Condition::Version(v)) => Expected::Version(*v),
+            Some(Condition::Absent(_)) => Expect::Absent,
+            Some(Condition::Version(v)) => Expect::Version(*v),
             Some(Condition::Value(v)) => {
                 invalid(self.limits.check_value(v))?;
-                Expected::Value(v.clone())
+                Expect::Value(v.clone())
             }
             None => {
                 return Err(ServerError::InvalidArgument(
@@ -498,7 +529,7 @@ impl Kv for KvService {
                 .into())
             }
         };
-        let region = enter!(self, req, CompareAndSwapResponse);
+        let (peer, region) = enter!(self, req, CompareAndSwapResponse);
         in_region!(
             check_keys(&region, [req.key.as_slice()]),
             CompareAndSwapResponse
@@ -508,17 +539,16 @@ impl Kv for KvService {
         } else {
             Some(req.new_value)
         };
-        match self
-            .write(
-                req.request_id,
-                vec![WriteOp::Cas {
-                    key: req.key,
-                    expected,
-                    new,
-                }],
-            )
-            .await?
-            .pop()
+        let ops = vec![Op::Cas {
+            key: req.key,
+            expected,
+            new,
+        }];
+        match written!(
+            self.write(&peer, &region, req.request_id, ops),
+            CompareAndSwapResponse
+        )
+        .pop()
         {
             Some(OpResult::Cas(o)) => {
                 let (found, current_value, current_version) = match o.current {

@@ -8,27 +8,29 @@
 //!   with PD).
 //! - [`bootstrap`]: creating the first region of a new cluster and settling
 //!   it with PD.
-//! - [`heartbeat`]: the heartbeats that tell PD the regions served here.
-//! - [`regions`]: the served regions, their records, and the routing checks
-//!   of every request.
+//! - [`heartbeat`]: the heartbeats that tell PD the regions led here.
+//! - [`regions`]: the region replicas held here, their records, and the
+//!   routing checks of every request.
+//! - [`peer`]: one replica of a region: its Raft group (through `rdb-raft`)
+//!   and its state machine (versions, CAS and exactly-once at apply).
+//! - [`command`]: the entries of a region's Raft log.
 //! - [`kv`]: the `flaredb.v1.Kv` service.
 //! - [`admin`]: the `flaredb.v1.StoreAdmin` service (argument checks; the
-//!   work is in [`split`] and [`moves`]).
-//! - [`split`]: applying a split ordered by PD.
-//! - [`moves`]: how a region moves between stores without ever being served
-//!   twice (source, target, move records, recovery at start).
+//!   work is in [`split`]).
+//! - [`split`]: a split ordered by PD, through the region's Raft log.
 //! - [`metrics`]: the store's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-server` binary).
 
 pub mod admin;
 pub mod bootstrap;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
 pub mod kv;
 pub mod metrics;
-pub mod moves;
 pub mod node;
+pub mod peer;
 pub mod regions;
 pub mod split;
 
@@ -119,14 +121,20 @@ pub async fn run(
         node::Node::start(
             &dir,
             engine.clone(),
-            &cfg.pd,
-            address,
-            Duration::from_secs(cfg.pd_wait_secs),
-            tls.as_ref().map(|t| t.client.clone()),
+            node::StartOptions {
+                pd: &cfg.pd,
+                address,
+                pd_wait: Duration::from_secs(cfg.pd_wait_secs),
+                tls: tls.as_ref().map(|t| t.client.clone()),
+                raft: node::RaftSettings {
+                    timing: cfg.timing(),
+                    ..Default::default()
+                },
+            },
         )
         .await?,
     );
-    node.resume_moves();
+    let events = tokio::spawn(node.clone().run());
     let hb = tokio::spawn(
         node.clone()
             .heartbeat_loop(Duration::from_millis(cfg.heartbeat_ms)),
@@ -137,7 +145,7 @@ pub async fn run(
         addr = %local,
         store_id = node.store_id,
         cluster_id = node.cluster_id,
-        regions = node.regions.read().await.regions().len(),
+        regions = node.regions().len(),
         data_dir = %dir.path().display(),
         sync = cfg.sync,
         tls = tls.is_some(),
@@ -170,6 +178,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(node.transport.service())
         .add_service(
             KvServer::new(kv::KvService::new(node.clone(), limits.clone()))
                 .max_decoding_message_size(limits.max_message_size)
@@ -183,6 +192,8 @@ pub async fn run(
         .serve_with_incoming_shutdown(rdb_daemon::net::incoming_batched(listener), shutdown);
     let served = rdb_daemon::net::serve_until(served, deadline).await;
     hb.abort();
+    node.shutdown().await;
+    events.abort();
     drop(status);
     if let Some(served) = served {
         served?;

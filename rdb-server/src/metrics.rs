@@ -4,7 +4,8 @@
 //! - `flaredb_region_errors_total{kind}`: requests answered with a routing
 //!   error (`epoch_not_match`, `key_not_in_region`, ...), by kind.
 //! - `flaredb_heartbeats_total{result}`: heartbeats sent to PD, `ok` or `failed`.
-//! - `flaredb_regions_served`: regions this store serves.
+//! - `flaredb_regions_served`: region replicas this store holds.
+//! - `flaredb_region_leaders`: regions whose Raft group this store leads.
 //! - `flaredb_rocksdb{property}`: RocksDB size and compaction gauges, read at
 //!   scrape time.
 
@@ -71,7 +72,14 @@ pub fn register(
     metrics: &Metrics,
     node: Arc<Node>,
 ) -> Result<rdb_daemon::status::Refresh, MetricsError> {
-    let regions = IntGauge::new("flaredb_regions_served", "Regions this store serves.")?;
+    let regions = IntGauge::new(
+        "flaredb_regions_served",
+        "Region replicas this store holds.",
+    )?;
+    let leaders = IntGauge::new(
+        "flaredb_region_leaders",
+        "Regions whose Raft group this store leads.",
+    )?;
     let rocksdb = IntGaugeVec::new(
         Opts::new(
             "flaredb_rocksdb",
@@ -82,9 +90,12 @@ pub fn register(
     metrics.register(&*REGION_ERRORS)?;
     metrics.register(&*HEARTBEATS)?;
     metrics.register(&regions)?;
+    metrics.register(&leaders)?;
     metrics.register(&rocksdb)?;
     Ok(Arc::new(move || {
-        regions.set(node.regions.blocking_read().regions().len() as i64);
+        let peers = node.regions().peers();
+        regions.set(peers.len() as i64);
+        leaders.set(peers.iter().filter(|p| p.group.is_leader()).count() as i64);
         for p in ROCKSDB_PROPERTIES {
             if let Some(v) = node.engine.int_property(p) {
                 rocksdb

@@ -1,26 +1,50 @@
-//! A running store: its engine, its regions, its PD client, and how it
-//! starts (registration with PD, then bootstrap or recovery).
+//! A running store: its engine, its region replicas, its PD client, and
+//! how it starts (registration with PD, bootstrap, then one Raft group
+//! member per region replica).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdb_proto::failover::FailoverChannel;
 use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::pd_client::PdClient;
 use rdb_proto::v1::{
-    AllocIdRequest, IsBootstrappedRequest, MoveRecord, PutStoreRequest, Store, StoreState,
+    AllocIdRequest, IsBootstrappedRequest, Peer, PeerRole, PutStoreRequest, Region, Store,
+    StoreState,
 };
 use rdb_storage::{DataDir, Engine, Identity};
-use tokio::sync::RwLock;
+use tokio::sync::mpsc;
 
 use crate::bootstrap::pending_bootstrap;
 use crate::error::{Result, ServerError};
-use crate::regions::{load_regions, RegionMap};
+use crate::peer::{load_counter, member, Event, RegionMachine, RegionPeer};
+use crate::regions::{load_regions, put_region_op, RegionMap};
+
+/// Raft settings of the region replicas.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// Heartbeat and election timing.
+    pub timing: rdb_raft::Timing,
+    /// Entries between two snapshots (and kept behind one).
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            timing: rdb_raft::Timing::default(),
+            snapshot_every: 10_000,
+        }
+    }
+}
 
 /// A running store.
 pub struct Node {
     /// The storage engine.
     pub engine: Engine,
-    /// The regions served here.
+    /// The region replicas held here.
     pub regions: RwLock<RegionMap>,
     /// This store's id.
     pub store_id: u64,
@@ -32,8 +56,16 @@ pub struct Node {
     pub(crate) pd: PdClient<FailoverChannel>,
     /// How this store connects to PD and other stores over TLS (`None`: plaintext).
     pub tls: Option<ClientTls>,
-    /// Moves a previous run left unsettled (see [`crate::moves`]).
-    pub(crate) pending_moves: std::sync::Mutex<Vec<MoveRecord>>,
+    /// The Raft transport shared by every replica here.
+    pub transport: rdb_raft::Transport,
+    /// Raft settings of the replicas.
+    raft: RaftSettings,
+    /// Where the replicas' state machines send their events.
+    events: mpsc::UnboundedSender<Event>,
+    /// The events' receiving end, until [`Node::run`] takes it.
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// Set while the store shuts down: a group that stops then is expected.
+    stopping: AtomicBool,
 }
 
 /// Connects to PD lazily (over TLS with `tls`); calls fail until PD answers.
@@ -67,17 +99,32 @@ pub(crate) async fn alloc_id(pd: &mut PdClient<FailoverChannel>, what: &str) -> 
     Ok(resp.into_inner().id)
 }
 
+/// How a store starts: where PD is and how long to wait for it.
+pub struct StartOptions<'a> {
+    /// PD's members, comma-separated.
+    pub pd: &'a str,
+    /// The address clients and other stores reach this store on.
+    pub address: String,
+    /// How long to wait for PD at start.
+    pub pd_wait: Duration,
+    /// TLS towards PD and other stores.
+    pub tls: Option<ClientTls>,
+    /// Raft settings of the replicas.
+    pub raft: RaftSettings,
+}
+
 impl Node {
     /// Registers with PD (waiting up to `pd_wait` for it), bootstraps the
-    /// cluster if it is new, and loads the regions this store serves.
-    pub async fn start(
-        dir: &DataDir,
-        engine: Engine,
-        pd_addr: &str,
-        address: String,
-        pd_wait: Duration,
-        tls: Option<ClientTls>,
-    ) -> Result<Node> {
+    /// cluster if it is new, and starts a Raft group member for every
+    /// region replica recorded here.
+    pub async fn start(dir: &DataDir, engine: Engine, opts: StartOptions<'_>) -> Result<Node> {
+        let StartOptions {
+            pd: pd_addr,
+            address,
+            pd_wait,
+            tls,
+            raft,
+        } = opts;
         let identity = dir.check_role("server")?;
         let mut pd = pd_client(pd_addr, tls.as_ref())?;
         let deadline = Instant::now() + pd_wait;
@@ -136,18 +183,214 @@ impl Node {
         } else if !boot.bootstrapped && regions.is_empty() {
             regions = Self::bootstrap(&mut pd, &engine, ids, pd_wait).await?;
         }
+        let regions = adopt_unreplicated(&mut pd, &engine, store_id, regions).await?;
+        let (events, events_rx) = mpsc::unbounded_channel();
         let node = Node {
+            transport: rdb_raft::Transport::new(tls.clone()),
             engine,
-            regions: RwLock::new(RegionMap::new(regions)),
+            regions: RwLock::new(RegionMap::default()),
             store_id,
             cluster_id,
             address,
             pd,
             tls,
-            pending_moves: std::sync::Mutex::new(Vec::new()),
+            raft,
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
+            stopping: AtomicBool::new(false),
         };
-        node.drop_stale_regions().await?;
-        node.pause_unsettled_moves().await?;
+        // Replicas start side by side: a restarted member of a group of
+        // several stays quiet for an election timeout first.
+        let started =
+            futures::future::join_all(regions.into_iter().map(|r| node.start_peer(r))).await;
+        for s in started {
+            s?;
+        }
         Ok(node)
     }
+
+    /// The regions map, read-locked (never held across an await).
+    pub fn regions(&self) -> std::sync::RwLockReadGuard<'_, RegionMap> {
+        self.regions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn regions_mut(&self) -> std::sync::RwLockWriteGuard<'_, RegionMap> {
+        self.regions.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts this store's member of `region`'s group. A group with no Raft
+    /// state yet (a region just bootstrapped or split here) is initialized
+    /// with the region's peers: every replica does the same with the same
+    /// peers.
+    pub async fn start_peer(&self, region: Region) -> Result<()> {
+        let Some(me) = region.peers.iter().find(|p| p.store_id == self.store_id) else {
+            tracing::warn!(
+                region_id = region.id,
+                "region record names no replica on this store: not started"
+            );
+            return Ok(());
+        };
+        let peer_id = me.id;
+        let counter = load_counter(&self.engine, region.id)?;
+        let machine = Arc::new(RegionMachine::new(
+            self.engine.clone(),
+            region.clone(),
+            counter,
+            self.events.clone(),
+        ));
+        let group = rdb_raft::Group::start_batched(
+            rdb_raft::GroupConfig {
+                group_id: region.id,
+                node_id: peer_id,
+                timing: self.raft.timing,
+                snapshot_every: self.raft.snapshot_every,
+            },
+            self.engine.clone(),
+            machine.clone(),
+            self.transport.clone(),
+        )
+        .await
+        .map_err(|e| ServerError::Internal(format!("starting region {}: {e}", region.id)))?;
+        let internal = |what: &str, e: rdb_raft::Error| {
+            ServerError::Internal(format!("{what} region {}: {e}", region.id))
+        };
+        if !group
+            .is_initialized()
+            .await
+            .map_err(|e| internal("starting", e))?
+        {
+            let members = self.members_of(&region).await?;
+            group
+                .initialize(members)
+                .await
+                .map_err(|e| internal("initializing", e))?;
+        }
+        tracing::debug!(region_id = region.id, peer_id, "region replica started");
+        self.regions_mut().insert(
+            region.id,
+            Arc::new(RegionPeer {
+                group: group.clone(),
+                machine,
+            }),
+        );
+        Ok(())
+    }
+
+    /// The voters of `region` as Raft members (their stores' addresses
+    /// from PD; this store's own address without asking).
+    async fn members_of(
+        &self,
+        region: &Region,
+    ) -> Result<BTreeMap<rdb_raft::NodeId, rdb_raft::Member>> {
+        let mut members = BTreeMap::new();
+        for p in &region.peers {
+            if p.role == PeerRole::Learner as i32 {
+                continue;
+            }
+            let store = if p.store_id == self.store_id {
+                Store {
+                    id: self.store_id,
+                    address: self.address.clone(),
+                    ..Default::default()
+                }
+            } else {
+                self.pd
+                    .clone()
+                    .get_store(rdb_proto::v1::GetStoreRequest {
+                        store_id: p.store_id,
+                    })
+                    .await
+                    .map_err(|s| ServerError::remote("looking up a peer's store", &s))?
+                    .into_inner()
+                    .store
+                    .unwrap_or_default()
+            };
+            members.insert(p.id, member(&store));
+        }
+        Ok(members)
+    }
+
+    /// Handles the replicas' events and watches their groups until the
+    /// process stops. A group that stops on its own (a storage error the
+    /// engine did not already stop the process for) stops the store, with
+    /// the storage failure's exit code: a store must not go on serving
+    /// some regions with a broken disk.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut rx) = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(Event::Split { right }) => {
+                        let id = right.id;
+                        if let Err(e) = self.start_peer(right).await {
+                            tracing::error!(region_id = id, error = %e, "cannot start the replica of a new region");
+                        }
+                    }
+                    None => return,
+                },
+                _ = check.tick() => self.check_groups(),
+            }
+        }
+    }
+
+    fn check_groups(&self) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for p in self.regions().peers() {
+            if let Some(reason) = p.group.status().stopped {
+                tracing::error!(region_id = p.region().id, %reason, "a region's Raft group stopped; exiting");
+                std::process::exit(rdb_storage::fatal::STORAGE_FAILURE_EXIT_CODE);
+            }
+        }
+    }
+
+    /// Stops every replica's group.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let peers = self.regions().peers();
+        futures::future::join_all(peers.iter().map(|p| p.group.shutdown())).await;
+    }
+}
+
+/// Gives every region recorded before replication (no peers) its replica
+/// here, with a peer id from PD, and a new conf_ver (so that PD adopts the
+/// record with its peers from the next heartbeat).
+async fn adopt_unreplicated(
+    pd: &mut PdClient<FailoverChannel>,
+    engine: &Engine,
+    store_id: u64,
+    regions: Vec<Region>,
+) -> Result<Vec<Region>> {
+    let mut out = Vec::with_capacity(regions.len());
+    for mut r in regions {
+        if r.peers.is_empty() {
+            let id = alloc_id(pd, "a peer id").await?;
+            r.peers.push(Peer {
+                id,
+                store_id,
+                role: PeerRole::Voter as i32,
+            });
+            let mut epoch = r.epoch_or_default();
+            epoch.conf_ver += 1;
+            r.epoch = Some(epoch);
+            r.store_id = store_id;
+            engine.write(vec![put_region_op(&r)]).await?;
+            tracing::info!(
+                region_id = r.id,
+                peer_id = id,
+                "region from before replication: replica recorded"
+            );
+        }
+        out.push(r);
+    }
+    Ok(out)
 }

@@ -1,17 +1,18 @@
 //! The regions this store serves, and the checks every request goes through.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost::Message;
 use rdb_proto::region::display_key;
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::{
     Context, EpochNotMatch, KeyNotInRegion, Region, RegionEpoch, RegionError, RegionNotFound,
-    ServerIsBusy,
 };
 use rdb_storage::{Engine, WriteOp};
 
 use crate::error::{Result, ServerError};
+use crate::peer::RegionPeer;
 
 /// Prefix of the meta keys of region records.
 const REGION_PREFIX: &[u8] = b"region/";
@@ -58,148 +59,97 @@ pub fn load_records<M: Message + Default>(
         .collect()
 }
 
-/// A served region.
-#[derive(Debug, Clone)]
-pub struct RegionState {
-    /// The region's current metadata.
-    pub region: Region,
-    /// Set while the region's data is being moved to another store; requests
-    /// get `ServerIsBusy` meanwhile.
-    pub moving: bool,
-}
-
-/// The regions of this store, by id and by start key.
-#[derive(Debug, Default)]
+/// The replicas of regions on this store, by region id.
+#[derive(Default)]
 pub struct RegionMap {
-    /// The regions, by id: what a request's context names.
-    by_id: HashMap<u64, RegionState>,
-    /// Region ids by start key: the regions in key order (for heartbeats).
-    by_start: BTreeMap<Vec<u8>, u64>,
-    /// Move ids whose import was called off by SettleImport: never served.
-    called_off: HashSet<u64>,
+    by_id: HashMap<u64, Arc<RegionPeer>>,
 }
 
 impl RegionMap {
-    /// Builds the map from persisted records.
-    pub fn new(regions: Vec<Region>) -> Self {
-        let mut m = RegionMap::default();
-        for r in regions {
-            m.insert(r);
-        }
-        m
+    /// Adds or replaces the replica of region `id`.
+    pub fn insert(&mut self, id: u64, peer: Arc<RegionPeer>) {
+        self.by_id.insert(id, peer);
     }
 
-    /// Adds or replaces a region.
-    pub fn insert(&mut self, r: Region) {
-        self.remove(r.id);
-        self.by_start.insert(r.start_key.clone(), r.id);
-        self.by_id.insert(
-            r.id,
-            RegionState {
-                region: r,
-                moving: false,
-            },
-        );
+    /// Removes the replica of region `id`.
+    pub fn remove(&mut self, id: u64) -> Option<Arc<RegionPeer>> {
+        self.by_id.remove(&id)
     }
 
-    /// Removes a region.
-    pub fn remove(&mut self, id: u64) -> Option<Region> {
-        let old = self.by_id.remove(&id)?;
-        if self.by_start.get(&old.region.start_key) == Some(&id) {
-            self.by_start.remove(&old.region.start_key);
-        }
-        Some(old.region)
+    /// The replica of region `id`.
+    pub fn get(&self, id: u64) -> Option<Arc<RegionPeer>> {
+        self.by_id.get(&id).cloned()
     }
 
-    /// Records that the import of move `move_id` was called off: it must
-    /// never start serving.
-    pub fn call_off(&mut self, move_id: u64) {
-        self.called_off.insert(move_id);
+    /// Every replica.
+    pub fn peers(&self) -> Vec<Arc<RegionPeer>> {
+        self.by_id.values().cloned().collect()
     }
 
-    /// Whether the import of move `move_id` was called off.
-    pub fn is_called_off(&self, move_id: u64) -> bool {
-        self.called_off.contains(&move_id)
+    /// How many replicas.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
     }
 
-    /// A region by id.
-    pub fn get(&self, id: u64) -> Option<&RegionState> {
-        self.by_id.get(&id)
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 
-    /// A region by id, mutable.
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut RegionState> {
-        self.by_id.get_mut(&id)
-    }
-
-    /// All regions, in key order.
+    /// The regions as applied here, in key order.
     pub fn regions(&self) -> Vec<Region> {
-        self.by_start
-            .values()
-            .filter_map(|id| self.by_id.get(id))
-            .map(|s| s.region.clone())
-            .collect()
+        let mut all: Vec<Region> = self.by_id.values().map(|p| p.region()).collect();
+        all.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        all
     }
 
-    /// Whether any served region overlaps `[start, end)`.
-    pub fn overlaps(&self, start: &[u8], end: &[u8]) -> Option<u64> {
-        self.by_id
-            .values()
-            .find(|s| s.region.overlaps(start, end))
-            .map(|s| s.region.id)
-    }
-
-    /// Checks a request's context: the region is served here, with this
-    /// epoch, and is not being moved. Returns the region.
+    /// Checks a request's context: the region has a replica here and the
+    /// request's epoch is the region's. Returns the replica and the region.
     pub fn check_context(
         &self,
         ctx: Option<&Context>,
-    ) -> std::result::Result<&Region, RegionCheck> {
+    ) -> std::result::Result<(Arc<RegionPeer>, Region), RegionCheck> {
         let ctx = ctx.ok_or_else(|| {
             RegionCheck::Invalid(
                 "request has no context: set the region id and epoch (from PD's GetRegion)".into(),
             )
         })?;
-        self.check(ctx.region_id, ctx.region_epoch)
-            .map_err(RegionCheck::Region)
-    }
-
-    /// Checks that region `region_id` is served here, at `epoch`, and is not
-    /// being moved. Returns the region.
-    pub fn check(
-        &self,
-        region_id: u64,
-        epoch: Option<RegionEpoch>,
-    ) -> std::result::Result<&Region, RegionError> {
-        let Some(state) = self.by_id.get(&region_id) else {
-            return Err(RegionError::new(
-                format!("region {region_id} is not served by this store"),
-                RegionErrorKind::RegionNotFound(RegionNotFound { region_id }),
-            ));
+        let Some(peer) = self.get(ctx.region_id) else {
+            return Err(RegionCheck::Region(not_found(ctx.region_id)));
         };
-        let region = &state.region;
-        let epoch = epoch.unwrap_or_default();
-        if epoch != region.epoch_or_default() {
-            let cur = region.epoch_or_default();
-            return Err(RegionError::new(
-                format!(
-                    "region {} epoch is {{version {}, conf_ver {}}}, request has {{version {}, conf_ver {}}}",
-                    region.id, cur.version, cur.conf_ver, epoch.version, epoch.conf_ver
-                ),
-                RegionErrorKind::EpochNotMatch(EpochNotMatch { current_regions: vec![region.clone()] }),
-            ));
-        }
-        if state.moving {
-            return Err(RegionError::new(
-                format!("region {} is being moved to another store", region.id),
-                RegionErrorKind::ServerIsBusy(ServerIsBusy {
-                    reason: format!("region {} is being moved", region.id),
-                    backoff_ms: 50,
-                }),
-            ));
-        }
-        Ok(region)
+        let region = peer.region();
+        check_epoch(&region, ctx.region_epoch).map_err(RegionCheck::Region)?;
+        Ok((peer, region))
     }
+}
+
+/// The `RegionNotFound` error for region `region_id`.
+pub fn not_found(region_id: u64) -> RegionError {
+    RegionError::new(
+        format!("region {region_id} has no replica on this store"),
+        RegionErrorKind::RegionNotFound(RegionNotFound { region_id }),
+    )
+}
+
+/// Checks that a request's `epoch` is the region's.
+pub fn check_epoch(
+    region: &Region,
+    epoch: Option<RegionEpoch>,
+) -> std::result::Result<(), RegionError> {
+    let epoch = epoch.unwrap_or_default();
+    let cur = region.epoch_or_default();
+    if epoch != cur {
+        return Err(RegionError::new(
+            format!(
+                "region {} epoch is {{version {}, conf_ver {}}}, request has {{version {}, conf_ver {}}}",
+                region.id, cur.version, cur.conf_ver, epoch.version, epoch.conf_ver
+            ),
+            RegionErrorKind::EpochNotMatch(EpochNotMatch {
+                current_regions: vec![region.clone()],
+            }),
+        ));
+    }
+    Ok(())
 }
 
 /// Why a request cannot be served by the region it names.
@@ -284,6 +234,7 @@ mod tests {
                 conf_ver: 1,
             }),
             store_id: 1,
+            peers: Vec::new(),
         }
     }
 
@@ -306,38 +257,27 @@ mod tests {
     }
 
     #[test]
-    fn context_checks() {
-        let mut m = RegionMap::new(vec![region(1, b"", b"m"), region(2, b"m", b"")]);
-        let ctx = |id, v| Context {
-            region_id: id,
-            region_epoch: Some(RegionEpoch {
+    fn epoch_and_key_checks() {
+        let r = region(2, b"m", b"t");
+        let epoch = |v| {
+            Some(RegionEpoch {
                 version: v,
                 conf_ver: 1,
-            }),
+            })
         };
+        assert!(check_epoch(&r, epoch(2)).is_ok());
         assert!(matches!(
-            m.check_context(None),
+            check_epoch(&r, epoch(1)).unwrap_err().error,
+            Some(RegionErrorKind::EpochNotMatch(_))
+        ));
+        assert!(matches!(
+            not_found(3).error,
+            Some(RegionErrorKind::RegionNotFound(_))
+        ));
+        assert!(matches!(
+            RegionMap::default().check_context(None),
             Err(RegionCheck::Invalid(_))
         ));
-        assert_eq!(m.check_context(Some(&ctx(1, 2))).unwrap().id, 1);
-        let e = |r: std::result::Result<&Region, RegionCheck>| match r {
-            Err(RegionCheck::Region(e)) => e.error.unwrap(),
-            other => panic!("{other:?}"),
-        };
-        assert!(matches!(
-            e(m.check_context(Some(&ctx(3, 2)))),
-            RegionErrorKind::RegionNotFound(_)
-        ));
-        assert!(matches!(
-            e(m.check_context(Some(&ctx(1, 1)))),
-            RegionErrorKind::EpochNotMatch(_)
-        ));
-        m.get_mut(2).unwrap().moving = true;
-        assert!(matches!(
-            e(m.check_context(Some(&ctx(2, 2)))),
-            RegionErrorKind::ServerIsBusy(_)
-        ));
-        let r = region(2, b"m", b"t");
         assert!(check_keys(&r, [&b"m"[..], b"s"]).is_ok());
         assert!(check_keys(&r, [&b"t"[..]]).is_err());
         assert_eq!(
@@ -354,7 +294,5 @@ mod tests {
             (b"m".to_vec(), b"p".to_vec())
         );
         assert!(clamp_range(&r, b"a", b"m").is_err());
-        assert_eq!(m.overlaps(b"a", b"b"), Some(1));
-        assert_eq!(m.regions().len(), 2);
     }
 }

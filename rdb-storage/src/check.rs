@@ -17,7 +17,7 @@
 //! | `tso_window` (PD meta)                   | rdb-pd tso          | [`decode_u64`]          | same                  |
 //! | `store/<id>` (PD meta)                   | rdb-pd cluster      | protobuf `Store`        | [`message_bytes`], [`message_round_trip`] |
 //! | `region/<id>` (PD and server meta)       | rdb-pd, rdb-server  | protobuf `Region`       | same                  |
-//! | `move/<region id>` (server meta)         | rdb-server moves    | protobuf `MoveRecord`   | same                  |
+//! | `region_version/<id>` (server meta)      | rdb-server peer     | [`decode_u64`]          | [`meta_u64_bytes`], [`meta_u64_round_trip`] |
 //! | `IDENTITY` file of a data directory      | [`DataDir`](crate::DataDir) | [`Identity::parse`] | [`identity_bytes`], [`identity_round_trip`] |
 //!
 //! PD's `bootstrapped` meta key is only tested for presence; its value is

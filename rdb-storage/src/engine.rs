@@ -127,6 +127,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// A write request in the writer's queue (see [`Engine::enqueue_versioned`]).
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<Result<Vec<OpResult>>>);
+
+impl Queued {
+    /// The request's results, once it is applied (and durable).
+    pub async fn wait(self) -> Result<Vec<OpResult>> {
+        self.0.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
 impl Engine {
     /// Opens (or creates) an engine in `path`.
     pub fn open(path: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
@@ -238,13 +249,20 @@ impl Engine {
     }
 
     async fn submit(&self, id: Option<RequestId>, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
-        let (reply, rx) = oneshot::channel();
+        self.submit_with(id, ops, None).await
+    }
+
+    async fn submit_with(
+        &self,
+        id: Option<RequestId>,
+        ops: Vec<WriteOp>,
+        first_version: Option<u64>,
+    ) -> Result<Vec<OpResult>> {
         // Waits (without blocking the thread) while the queue is full.
-        self.sender()?
-            .send(Msg::Write(Request { id, ops, reply }))
+        self.enqueue_versioned(id, ops, first_version)
+            .await?
+            .wait()
             .await
-            .map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Applies `ops` atomically; returns one result per op, in order. The
@@ -266,6 +284,58 @@ impl Engine {
         self.submit(Some(id), ops).await
     }
 
+    /// Applies `ops` like [`write_once`](Engine::write_once) (or
+    /// [`write`](Engine::write) without `id`), with versions numbered by the
+    /// caller instead of the store-wide counter: `first_version`,
+    /// `first_version + 1`, ..., one per `Put` and per `Cas` with a new
+    /// value, in op order, taken whether or not the CAS succeeds. The
+    /// numbers a request uses thus depend only on its ops, never on the
+    /// data: a replicated state machine gives every replica the same
+    /// versions (see `specs/006-replication/spec.md`, section 5). Versions
+    /// must stay in `1..=MAX_COUNTER`.
+    pub async fn write_versioned(
+        &self,
+        id: Option<RequestId>,
+        ops: Vec<WriteOp>,
+        first_version: u64,
+    ) -> Result<Vec<OpResult>> {
+        self.submit_with(id, ops, Some(first_version)).await
+    }
+
+    /// Queues a [`write_versioned`](Engine::write_versioned) request and
+    /// returns once it is in the writer's queue: requests queued one after
+    /// the other are applied in that order (except those with a counted
+    /// `DeleteRange`, which wait for their count: await such a request
+    /// before queueing the next when the order matters), and requests
+    /// queued together share one RocksDB write batch and its sync.
+    pub async fn enqueue_versioned(
+        &self,
+        id: Option<RequestId>,
+        ops: Vec<WriteOp>,
+        first_version: Option<u64>,
+    ) -> Result<Queued> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Write(Request {
+                id,
+                ops,
+                reply,
+                first_version,
+            }))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(Queued(rx))
+    }
+
+    /// The highest version the store-wide counter handed out (versions of
+    /// [`write_versioned`](Engine::write_versioned) requests are not counted).
+    pub fn last_store_version(&self) -> Result<u64> {
+        let Some(raw) = self.get_meta(LAST_VERSION_KEY)? else {
+            return Ok(0);
+        };
+        decode_counter(&raw, "last_version", MAX_COUNTER)
+    }
+
     /// Blocking form of [`write`](Engine::write); must not be called on an async runtime thread.
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
         let (reply, rx) = oneshot::channel();
@@ -274,6 +344,7 @@ impl Engine {
                 id: None,
                 ops,
                 reply,
+                first_version: None,
             }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?

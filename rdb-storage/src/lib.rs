@@ -131,6 +131,6 @@ mod writer;
 
 pub use datadir::{DataDir, Identity};
 #[cfg(feature = "engine")]
-pub use engine::{Engine, EngineOptions, Entry, ScanOptions};
+pub use engine::{Engine, EngineOptions, Entry, Queued, ScanOptions};
 pub use error::{Result, StorageError};
 pub use op::{CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp, REQUEST_ID_LEN};

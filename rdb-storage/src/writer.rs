@@ -33,6 +33,11 @@ pub(crate) struct Request {
     /// The exactly-once id, if the caller gave one.
     pub id: Option<RequestId>,
     pub ops: Vec<WriteOp>,
+    /// Where the request's versions come from: `None`, the store-wide
+    /// counter; `Some(n)`, `n, n + 1, ...`, one per `Put` and per `Cas`
+    /// with a new value, in op order, whether or not the CAS succeeds (see
+    /// [`Engine::write_versioned`](crate::Engine::write_versioned)).
+    pub first_version: Option<u64>,
     pub reply: Reply,
 }
 
@@ -481,7 +486,14 @@ impl Writer {
             let mut muts = Vec::new();
             let saved_version = self.last_version;
             let outcome = self
-                .apply_request(&req.ops, count.as_ref(), &overlay, &mut local, &mut muts)
+                .apply_request(
+                    &req.ops,
+                    req.first_version,
+                    count.as_ref(),
+                    &overlay,
+                    &mut local,
+                    &mut muts,
+                )
                 .and_then(|results| {
                     if let Some(id) = req.id {
                         muts.push(Mutation::Dedup(id, encode_dedup(applied_ms, &results)));
@@ -615,9 +627,20 @@ impl Writer {
         crate::engine::get_from_db(&self.db, key)
     }
 
-    fn next_version(&mut self) -> u64 {
-        self.last_version += 1;
-        self.last_version
+    /// The next version: from the request's own numbers when it has them
+    /// (`fixed`), else from the store-wide counter.
+    fn next_version(&mut self, fixed: &mut Option<u64>) -> u64 {
+        match fixed {
+            Some(n) => {
+                let v = *n;
+                *n += 1;
+                v
+            }
+            None => {
+                self.last_version += 1;
+                self.last_version
+            }
+        }
     }
 
     fn set(
@@ -706,6 +729,7 @@ impl Writer {
     fn apply_request(
         &mut self,
         ops: &[WriteOp],
+        first_version: Option<u64>,
         count: Option<&Counted<'_>>,
         overlay: &Overlay,
         local: &mut Overlay,
@@ -713,11 +737,25 @@ impl Writer {
     ) -> std::result::Result<Vec<OpResult>, Apply> {
         let mut results = Vec::with_capacity(ops.len());
         let mut counts = count.map(|c| c.counts.iter());
+        let mut fixed = first_version;
+        if let Some(first) = first_version {
+            let needed = ops
+                .iter()
+                .filter(|op| matches!(op, WriteOp::Put { .. } | WriteOp::Cas { new: Some(_), .. }))
+                .count() as u64;
+            if first == 0 || first.saturating_add(needed) > crate::codec::MAX_COUNTER {
+                return Err(StorageError::InvalidArgument(format!(
+                    "versions {first}..+{needed} are outside 1..={}",
+                    crate::codec::MAX_COUNTER
+                ))
+                .into());
+            }
+        }
         for op in ops {
             let res = match op {
                 WriteOp::Put { key, value } => {
                     check_key(key)?;
-                    let version = self.next_version();
+                    let version = self.next_version(&mut fixed);
                     self.set(
                         key.clone(),
                         Some(VersionedValue {
@@ -741,11 +779,21 @@ impl Writer {
                     check_key(key)?;
                     let current = self.read(key, overlay, local)?;
                     let succeeded = expected.matches(current.as_ref());
+                    // With the request's own numbers, a CAS with a new
+                    // value takes its number whatever the outcome, so that
+                    // the numbers do not depend on the data.
+                    let reserved = match (new, fixed.is_some()) {
+                        (Some(_), true) => Some(self.next_version(&mut fixed)),
+                        _ => None,
+                    };
                     let mut new_version = None;
                     if succeeded {
                         match new {
                             Some(value) => {
-                                let version = self.next_version();
+                                let version = match reserved {
+                                    Some(v) => v,
+                                    None => self.next_version(&mut fixed),
+                                };
                                 new_version = Some(version);
                                 self.set(
                                     key.clone(),

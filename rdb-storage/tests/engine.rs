@@ -613,3 +613,49 @@ async fn reclaim_range_deletes_the_range_and_keeps_the_next_key() {
     e.reclaim_range(b"a".to_vec(), Vec::new()).await.unwrap();
     assert!(e.scan(b"", b"", ScanOptions::default()).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn caller_numbered_versions_do_not_depend_on_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let cas = |expected: Expected, v: &[u8]| WriteOp::Cas {
+        key: b"c".to_vec(),
+        expected,
+        new: Some(v.to_vec()),
+    };
+    // A failing CAS still takes its number: the put after it gets 12 either way.
+    let r = e
+        .write_versioned(
+            None,
+            vec![cas(Expected::Version(99), b"x"), put(b"p", b"1")],
+            11,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&r[0], OpResult::Cas(o) if !o.succeeded && o.new_version.is_none()));
+    assert_eq!(r[1], OpResult::Put(12));
+    let r = e
+        .write_versioned(None, vec![cas(Expected::Absent, b"y")], 13)
+        .await
+        .unwrap();
+    assert!(matches!(&r[0], OpResult::Cas(o) if o.succeeded && o.new_version == Some(13)));
+    assert_eq!(e.get(b"c").unwrap().unwrap().version, 13);
+    // Exactly-once applies to numbered requests too.
+    let id = RequestId { client: 7, seq: 1 };
+    let first = e
+        .write_versioned(Some(id), vec![put(b"q", b"1")], 20)
+        .await
+        .unwrap();
+    let again = e
+        .write_versioned(Some(id), vec![put(b"q", b"2")], 30)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(e.get(b"q").unwrap().unwrap().value, b"1");
+    // The store-wide counter is untouched by numbered requests.
+    assert_eq!(e.last_store_version().unwrap(), 0);
+    assert!(matches!(
+        e.write_versioned(None, vec![put(b"z", b"1")], 0).await,
+        Err(StorageError::InvalidArgument(_))
+    ));
+}

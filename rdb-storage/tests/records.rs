@@ -5,7 +5,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-use rdb_proto::v1::{MoveRecord, Region, RegionEpoch, Store};
+use rdb_proto::v1::{Peer, Region, RegionEpoch, Store};
 use rdb_storage::check;
 use rdb_storage::codec::{encode_dedup, encode_record};
 use rdb_storage::{CasOutcome, Identity, OpResult, VersionedValue};
@@ -83,6 +83,14 @@ fn epoch() -> impl Strategy<Value = Option<RegionEpoch>> {
     )
 }
 
+fn peer() -> impl Strategy<Value = Peer> {
+    (any::<u64>(), any::<u64>(), any::<i32>()).prop_map(|(id, store_id, role)| Peer {
+        id,
+        store_id,
+        role,
+    })
+}
+
 fn region() -> impl Strategy<Value = Region> {
     (
         any::<u64>(),
@@ -90,13 +98,15 @@ fn region() -> impl Strategy<Value = Region> {
         vec(any::<u8>(), 0..12),
         epoch(),
         any::<u64>(),
+        vec(peer(), 0..4),
     )
-        .prop_map(|(id, start_key, end_key, epoch, store_id)| Region {
+        .prop_map(|(id, start_key, end_key, epoch, store_id, peers)| Region {
             id,
             start_key,
             end_key,
             epoch,
             store_id,
+            peers,
         })
 }
 
@@ -114,19 +124,6 @@ fn store() -> impl Strategy<Value = Store> {
             state,
             last_heartbeat_ms,
             version,
-        })
-}
-
-fn move_record() -> impl Strategy<Value = MoveRecord> {
-    (
-        proptest::option::of(region()),
-        proptest::option::of(store()),
-        any::<u64>(),
-    )
-        .prop_map(|(region, target, move_id)| MoveRecord {
-            region,
-            target,
-            move_id,
         })
 }
 
@@ -150,14 +147,6 @@ fn check_store(raw: &[u8]) -> bool {
 
 fn check_region(raw: &[u8]) -> bool {
     check::message_bytes(raw, |b: &[u8]| Region::decode(b), Region::encode_to_vec)
-}
-
-fn check_move(raw: &[u8]) -> bool {
-    check::message_bytes(
-        raw,
-        |b: &[u8]| MoveRecord::decode(b),
-        MoveRecord::encode_to_vec,
-    )
 }
 
 proptest! {
@@ -205,7 +194,6 @@ proptest! {
     fn protobuf_records_from_random_bytes(raw in vec(any::<u8>(), 0..48)) {
         check_store(&raw);
         check_region(&raw);
-        check_move(&raw);
     }
 
     #[test]
@@ -219,17 +207,11 @@ proptest! {
     }
 
     #[test]
-    fn move_records(msg in move_record()) {
-        check::message_round_trip(&msg, |b: &[u8]| MoveRecord::decode(b), MoveRecord::encode_to_vec);
-    }
-
-    #[test]
     fn damaged_protobuf_records(
-        raw in move_record().prop_flat_map(|m| damaged(m.encode_to_vec()))
+        raw in region().prop_flat_map(|m| damaged(m.encode_to_vec()))
     ) {
         check_store(&raw);
         check_region(&raw);
-        check_move(&raw);
     }
 }
 
@@ -245,6 +227,11 @@ fn inputs_reach_both_outcomes() {
             conf_ver: 3,
         }),
         store_id: 1,
+        peers: vec![Peer {
+            id: 9,
+            store_id: 1,
+            role: 1,
+        }],
     };
     let bytes = region.encode_to_vec();
     assert!(check_region(&bytes));
@@ -253,7 +240,7 @@ fn inputs_reach_both_outcomes() {
     assert!(!check_store(&[0x12, 1, 0xff]));
     assert!(check_store(&[0x12, 1, b'x']));
     // Unknown fields are skipped, and dropped by re-encoding.
-    assert!(check_move(&[0xf8, 0x01, 5]));
+    assert!(check_region(&[0xf8, 0x01, 5]));
     check::record_bytes(&encode_record(9, b"v"));
     let dedup = encode_dedup(5, &[OpResult::Put(1), OpResult::Delete(true)]);
     assert!(rdb_storage::codec::decode_dedup(&dedup).is_ok());

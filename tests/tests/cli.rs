@@ -134,9 +134,23 @@ fn cli_commands_json_and_exit_codes() {
         2
     );
     let j = json(&cli(&["--json", "split", "b"]));
-    assert_ne!(j["left"]["store_id"], j["right"]["store_id"]);
+    assert_ne!(j["left"]["id"], j["right"]["id"]);
+    assert_eq!(
+        j["left"]["store_id"], j["right"]["store_id"],
+        "both halves keep the region's replica and leader"
+    );
     let regions = json(&cli(&["--json", "regions"]));
     assert_eq!(regions.as_array().unwrap().len(), 2);
+    for r in regions.as_array().unwrap() {
+        let peers = r["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "{r}");
+        assert_eq!(peers[0]["store_id"], r["leader_store_id"], "{r}");
+        assert_eq!(peers[0]["role"], "voter", "{r}");
+    }
+    assert_ne!(
+        regions[0]["peers"][0]["id"], regions[1]["peers"][0]["id"],
+        "each region's replica has a peer id of its own"
+    );
     assert_eq!(regions[1]["start_key"], Value::String("b".into()));
     assert!(ok(&cli(&["regions"])).contains("+inf"));
     assert_eq!(

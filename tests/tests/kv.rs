@@ -311,7 +311,7 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
 async fn coalesced_puts_and_gets_answer_each_call() {
     let cluster = TestCluster::start(2);
     let client = cluster.client().await;
-    client.split(k("m"), false).await.expect("split at m");
+    client.split(k("m")).await.expect("split at m");
     let regions = client.regions().await.unwrap();
     assert_eq!(regions.len(), 2);
     let plain = rdb_client::Client::connect_with(

@@ -467,7 +467,7 @@ async fn the_whole_pd_crashes_and_restarts_without_losing_anything() {
         .await
         .unwrap();
     client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
-    client.split(b"m".to_vec(), true).await.unwrap();
+    client.split(Vec::from("m")).await.unwrap();
     let mut before = 0;
     for _ in 0..1000 {
         before = before.max(client.tso().await.unwrap());

@@ -70,11 +70,9 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
             .version,
         v
     );
-    // A split with a move: PD calls the stores and the stores each other, over TLS.
-    client
-        .split(b"m".to_vec(), false)
-        .await
-        .expect("split and move over TLS");
+    // A split: PD calls the region's leader over TLS.
+    let split_key: Vec<u8> = b"m".into();
+    client.split(split_key).await.expect("split over TLS");
     client.put(b"x".to_vec(), b"right".to_vec()).await.unwrap();
     assert_eq!(
         client.get(b"x".to_vec()).await.unwrap().unwrap().value,

@@ -1,5 +1,6 @@
-//! Splits: the two halves on two stores, reads and scans across the split,
-//! stale routes refused by the store and corrected by the client's retry path.
+//! Splits through the region's Raft log: both halves keep the region's
+//! replica, reads and scans across the split, stale routes refused by the
+//! store and corrected by the client's retry path, writes during a split.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ fn letters() -> Vec<Vec<u8>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn split_moves_half_to_another_store_and_reads_cross_it() {
+async fn split_through_the_raft_log_and_reads_cross_it() {
     let cluster = TestCluster::start(2);
     let stale = cluster.client().await;
     let c = cluster.client().await;
@@ -31,7 +32,7 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
     assert_eq!(before.len(), 1);
     let old = before[0].region.clone().unwrap();
 
-    let (left, right) = c.split(k("m"), false).await.unwrap();
+    let (left, right) = c.split(k("m")).await.unwrap();
     let (l, r) = (left.region.clone().unwrap(), right.region.clone().unwrap());
     assert_eq!(
         (l.start_key.as_slice(), l.end_key.as_slice()),
@@ -41,9 +42,15 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
         (r.start_key.as_slice(), r.end_key.as_slice()),
         (&b"m"[..], &b""[..])
     );
-    assert_ne!(
+    assert_eq!(
         l.store_id, r.store_id,
-        "the halves are served by two different stores"
+        "both halves keep the region's replica and leader"
+    );
+    assert_eq!((l.peers.len(), r.peers.len()), (1, 1));
+    assert_eq!(l.peers[0].store_id, r.peers[0].store_id);
+    assert_ne!(
+        l.peers[0].id, r.peers[0].id,
+        "a new peer id for the new region"
     );
     assert!(l.epoch.unwrap().version > old.epoch.unwrap().version);
     let regions = c.regions().await.unwrap();
@@ -142,7 +149,18 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
         region_id: r.id,
         region_epoch: r.epoch,
     });
-    let resp = left_store
+    // The other store holds no replica of the region.
+    let other = c
+        .stores()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id != r.store_id)
+        .unwrap();
+    let mut other_store = KvClient::connect(format!("http://{}", other.address))
+        .await
+        .unwrap();
+    let resp = other_store
         .put(PutRequest {
             context: right_ctx,
             key: k("x"),
@@ -197,7 +215,7 @@ async fn split_moves_half_to_another_store_and_reads_cross_it() {
     ));
 
     // Splitting at a region's start key is refused.
-    let err = c.split(k("m"), false).await.unwrap_err();
+    let err = c.split(k("m")).await.unwrap_err();
     assert!(
         matches!(err, rdb_client::Error::InvalidArgument(_)),
         "{err:?}"
@@ -211,8 +229,8 @@ async fn split_survives_restarts_and_a_dead_store_is_shown_down() {
     c.batch_put(letters().into_iter().map(|l| (l.clone(), l)).collect())
         .await
         .unwrap();
-    c.split(k("g"), true).await.unwrap();
-    let (_, right) = c.split(k("t"), false).await.unwrap();
+    c.split(k("g")).await.unwrap();
+    let (_, right) = c.split(k("t")).await.unwrap();
     assert_eq!(c.regions().await.unwrap().len(), 3);
 
     // Restart everything: the layout and the data come back.
@@ -226,7 +244,7 @@ async fn split_survives_restarts_and_a_dead_store_is_shown_down() {
     let all = c2.scan(Vec::new(), Vec::new(), 0).await.unwrap();
     assert_eq!(all.len(), 26);
 
-    // The store holding the moved region dies: PD shows it down after missed heartbeats.
+    // The store holding the regions dies: PD shows it down after missed heartbeats.
     let dead = right.region.unwrap().store_id;
     let idx = cluster.stores.iter().position(|s| s.id == dead).unwrap();
     cluster.stores[idx].kill9();
@@ -245,10 +263,10 @@ async fn split_survives_restarts_and_a_dead_store_is_shown_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn writes_during_a_split_and_move_are_never_lost() {
+async fn writes_during_a_split_are_never_lost() {
     let cluster = TestCluster::start(2);
     let c = cluster.client().await;
-    // Some data so the move takes a moment.
+    // Some data in the region being split.
     let bulk: Vec<_> = (0..2000)
         .map(|i| (format!("n-bulk-{i:05}").into_bytes(), vec![b'x'; 512]))
         .collect();
@@ -278,11 +296,8 @@ async fn writes_during_a_split_and_move_are_never_lost() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (left, right) = c.split(k("m"), false).await.unwrap();
-    assert_ne!(
-        left.region.unwrap().store_id,
-        right.region.unwrap().store_id
-    );
+    let (left, right) = c.split(k("m")).await.unwrap();
+    assert_ne!(left.region.unwrap().id, right.region.unwrap().id);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut acked = Vec::new();

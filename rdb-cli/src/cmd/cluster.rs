@@ -57,15 +57,29 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
         Json::Array(routes.iter().map(|r| out.route(r)).collect()),
         || {
             let mut t = format!(
-                "{:<6} {:<20} {:<20} {:<10} STORE",
-                "ID", "START", "END", "EPOCH"
+                "{:<6} {:<20} {:<20} {:<10} {:<28} LEADER",
+                "ID", "START", "END", "EPOCH", "PEERS (id@store)"
             );
             for r in &routes {
                 let j = out.route(r);
                 let region = r.region.clone().unwrap_or_default();
                 let e = region.epoch.unwrap_or_default();
+                let peers = region
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let learner = p.role == rdb_client::PeerRole::Learner as i32;
+                        format!(
+                            "{}@{}{}",
+                            p.id,
+                            p.store_id,
+                            if learner { "(l)" } else { "" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
                 t.push_str(&format!(
-                    "\n{:<6} {:<20} {:<20} {:<10} {} ({})",
+                    "\n{:<6} {:<20} {:<20} {:<10} {:<28} {} ({})",
                     region.id,
                     if region.start_key.is_empty() {
                         "-inf".into()
@@ -78,6 +92,7 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
                         out.bytes(&region.end_key)
                     },
                     format!("{}/{}", e.version, e.conf_ver),
+                    peers,
                     region.store_id,
                     j["store_address"].as_str().unwrap_or("?"),
                 ));
@@ -89,19 +104,12 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
 }
 
 /// Splits a region.
-pub async fn split(
-    client: &Client,
-    out: &Out,
-    key: String,
-    same_store: bool,
-) -> Result<(), Failure> {
-    let (left, right) = client
-        .split(arg(out, &key, "split key")?, same_store)
-        .await?;
+pub async fn split(client: &Client, out: &Out, key: String) -> Result<(), Failure> {
+    let (left, right) = client.split(arg(out, &key, "split key")?).await?;
     let (l, r) = (out.route(&left), out.route(&right));
     out.print(json!({"left": l, "right": r}), || {
         format!(
-            "left:  region {} on store {}\nright: region {} on store {}",
+            "left:  region {} led by store {}\nright: region {} led by store {}",
             l["id"], l["store_id"], r["id"], r["store_id"]
         )
     });

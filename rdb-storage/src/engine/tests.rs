@@ -113,7 +113,12 @@ fn spawn_write(e: &Engine, id: Option<RequestId>, ops: Vec<WriteOp>) -> Write {
     std::thread::spawn(move || {
         let (reply, rx) = oneshot::channel();
         e.sender()?
-            .blocking_send(Msg::Write(Request { id, ops, reply }))
+            .blocking_send(Msg::Write(Request {
+                id,
+                ops,
+                reply,
+                first_version: None,
+            }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
     })

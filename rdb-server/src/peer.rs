@@ -1,0 +1,604 @@
+//! One replica of one region: its Raft group and its state machine.
+//!
+//! The state machine ([`RegionMachine`]) applies the region's committed
+//! entries through the engine's writer: each entry's writes, the region's
+//! version counter and the entry's applied mark go in one writer request
+//! (atomic), and the requests of a batch of entries are queued back to back
+//! so that they share one RocksDB write and its sync. Versions are numbered
+//! by the entry, from the region's counter, never from the data (see
+//! `specs/006-replication/spec.md`, section 5), so every replica gives a key
+//! the same versions; CAS and the exactly-once check run at apply, against
+//! the replica's state, which is the same on every replica.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use prost::Message;
+use rdb_proto::v1::region_error::Error as RegionErrorKind;
+use rdb_proto::v1::{
+    EpochNotMatch, NotLeader, Peer, PeerRole, Region, RegionEpoch, RegionError, Store,
+};
+use rdb_raft::{BatchMachine, Entry, Member, Membership, NodeId};
+use rdb_storage::{Engine, OpResult, Queued, StorageError, WriteOp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::command::{self, Answer, Command, Outcome};
+use crate::regions::put_region_op;
+
+/// Prefix of the meta keys of the regions' version counters.
+const VERSION_PREFIX: &[u8] = b"region_version/";
+
+/// Meta key of region `id`'s version counter: the last version it gave.
+pub fn version_key(id: u64) -> Vec<u8> {
+    crate::regions::record_key(VERSION_PREFIX, id)
+}
+
+/// The write that persists region `id`'s counter.
+fn put_counter_op(id: u64, last: u64) -> WriteOp {
+    WriteOp::PutMeta {
+        key: version_key(id),
+        value: last.to_be_bytes().to_vec(),
+    }
+}
+
+/// The last version region `id` gave; a region from before replication
+/// (no counter yet) starts above every version the store gave.
+pub fn load_counter(engine: &Engine, id: u64) -> crate::error::Result<u64> {
+    match engine.get_meta(&version_key(id))? {
+        Some(raw) => Ok(rdb_storage::codec::decode_u64(
+            &raw,
+            "region version counter",
+        )?),
+        None => Ok(engine.last_store_version()?),
+    }
+}
+
+/// A Raft member record for a replica on `store`.
+pub fn member(store: &Store) -> Member {
+    Member {
+        name: store.id.to_string(),
+        address: store.address.clone(),
+    }
+}
+
+/// The store of a Raft member record (its name is the store id).
+pub fn member_store(m: &Member) -> Store {
+    Store {
+        id: m.name.parse().unwrap_or_default(),
+        address: m.address.clone(),
+        ..Default::default()
+    }
+}
+
+/// What a region's state machine tells its store.
+#[derive(Debug)]
+pub enum Event {
+    /// A split was applied here: the new region (its record and counter are
+    /// on disk) needs its replica started.
+    Split {
+        /// The new region.
+        right: Region,
+    },
+}
+
+/// A region as its replica has applied it.
+#[derive(Debug, Clone)]
+struct Applied {
+    region: Region,
+    /// The last version given.
+    counter: u64,
+}
+
+/// The state machine of one replica of one region.
+pub struct RegionMachine {
+    engine: Engine,
+    state: RwLock<Applied>,
+    events: mpsc::UnboundedSender<Event>,
+    /// A term in which this replica proposed a split not applied yet: no
+    /// lease reads in it (the new region's leader may be elsewhere and take
+    /// writes for keys this region still holds until the split applies here).
+    split_pending_term: AtomicU64,
+}
+
+/// A region's state for a snapshot: its record, counter and data.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    region: Vec<u8>,
+    counter: u64,
+    /// Key, version, value.
+    pairs: Vec<(Vec<u8>, u64, Vec<u8>)>,
+}
+
+fn storage_err(e: StorageError) -> String {
+    e.to_string()
+}
+
+impl RegionMachine {
+    /// The machine of a replica of `region`, whose counter is at `counter`.
+    pub fn new(
+        engine: Engine,
+        region: Region,
+        counter: u64,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> RegionMachine {
+        RegionMachine {
+            engine,
+            state: RwLock::new(Applied { region, counter }),
+            events,
+            split_pending_term: AtomicU64::new(0),
+        }
+    }
+
+    /// The region as applied here.
+    pub fn region(&self) -> Region {
+        self.read().region.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that this replica proposes a split in `term`.
+    pub fn split_proposed(&self, term: u64) {
+        self.split_pending_term.store(term, Ordering::Release);
+    }
+
+    /// Whether a split this replica proposed in `term` may still be pending.
+    pub fn split_pending(&self, term: u64) -> bool {
+        self.split_pending_term.load(Ordering::Acquire) == term
+    }
+
+    /// Queues `ops` with the entry's marks; returns the queued request.
+    async fn queue(
+        &self,
+        id: Option<rdb_storage::RequestId>,
+        mut ops: Vec<WriteOp>,
+        marks: Vec<WriteOp>,
+        first_version: Option<u64>,
+    ) -> Result<Queued, String> {
+        ops.extend(marks);
+        self.engine
+            .enqueue_versioned(id, ops, first_version)
+            .await
+            .map_err(storage_err)
+    }
+
+    /// Queues a client write at the region's current epoch.
+    async fn queue_write(
+        &self,
+        epoch_version: u64,
+        request_id: Option<(u128, u64)>,
+        ops: Vec<command::Op>,
+        marks: Vec<WriteOp>,
+    ) -> Result<Queuing, String> {
+        let numbered = {
+            let mut st = self.write();
+            if st.region.epoch_or_default().version != epoch_version {
+                Err(Answer::EpochChanged(st.region.encode_to_vec()))
+            } else {
+                let first = st.counter + 1;
+                st.counter += ops.iter().map(command::Op::versions).sum::<u64>();
+                Ok((first, st.counter, st.region.id))
+            }
+        };
+        let (first, counter, region_id) = match numbered {
+            Ok(n) => n,
+            Err(answer) => {
+                let q = self.queue(None, Vec::new(), marks, None).await?;
+                return Ok(Queuing::Refused(q, answer));
+            }
+        };
+        let ranged = ops
+            .iter()
+            .any(|op| matches!(op, command::Op::DeleteRange { .. }));
+        let n = ops.len();
+        let mut wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
+        wops.push(put_counter_op(region_id, counter));
+        let q = self
+            .queue(command::request_id(request_id), wops, marks, Some(first))
+            .await?;
+        Ok(Queuing::Write { q, n, ranged })
+    }
+
+    /// Applies a split entry; returns its answer.
+    async fn apply_split(
+        &self,
+        epoch: (u64, u64),
+        split_key: Vec<u8>,
+        new_region_id: u64,
+        new_peer_ids: Vec<u64>,
+        marks: Vec<WriteOp>,
+    ) -> Result<Answer, String> {
+        let (region, counter) = {
+            let st = self.read();
+            (st.region.clone(), st.counter)
+        };
+        let cur = region.epoch_or_default();
+        let refused = if (cur.version, cur.conf_ver) != epoch {
+            Some(Answer::EpochChanged(region.encode_to_vec()))
+        } else if split_key.is_empty()
+            || split_key == region.start_key
+            || !region.contains(&split_key)
+        {
+            Some(Answer::Refused(format!(
+                "split key {} is not strictly inside region {}",
+                rdb_proto::region::display_key(&split_key),
+                region.id
+            )))
+        } else if new_peer_ids.len() != region.peers.len()
+            || new_region_id == 0
+            || new_region_id == region.id
+        {
+            Some(Answer::Refused(format!(
+                "split of region {} needs a new region id and {} peer ids, got {new_region_id} and {}",
+                region.id,
+                region.peers.len(),
+                new_peer_ids.len()
+            )))
+        } else {
+            None
+        };
+        if let Some(answer) = refused {
+            self.queue(None, Vec::new(), marks, None)
+                .await?
+                .wait()
+                .await
+                .map_err(storage_err)?;
+            return Ok(answer);
+        }
+        let new_epoch = RegionEpoch {
+            version: cur.version + 1,
+            conf_ver: cur.conf_ver,
+        };
+        let left = Region {
+            end_key: split_key.clone(),
+            epoch: Some(new_epoch),
+            ..region.clone()
+        };
+        let right = Region {
+            id: new_region_id,
+            start_key: split_key,
+            end_key: region.end_key.clone(),
+            epoch: Some(new_epoch),
+            store_id: region.store_id,
+            peers: region
+                .peers
+                .iter()
+                .zip(&new_peer_ids)
+                .map(|(p, id)| Peer { id: *id, ..*p })
+                .collect(),
+        };
+        // The left half's new range is visible at once to the entries after
+        // this one; the right half starts once both are on disk.
+        self.write().region = left.clone();
+        let ops = vec![
+            put_region_op(&left),
+            put_region_op(&right),
+            put_counter_op(right.id, counter),
+        ];
+        self.queue(None, ops, marks, None)
+            .await?
+            .wait()
+            .await
+            .map_err(storage_err)?;
+        self.split_pending_term.store(0, Ordering::Release);
+        tracing::info!(
+            region_id = left.id,
+            new_region_id = right.id,
+            split_key = %rdb_proto::region::display_key(&right.start_key),
+            "applied split"
+        );
+        let _ = self.events.send(Event::Split {
+            right: right.clone(),
+        });
+        Ok(Answer::Split {
+            left: left.encode_to_vec(),
+            right: right.encode_to_vec(),
+        })
+    }
+
+    /// Applies a membership entry: the region's peers follow the group's
+    /// members (conf_ver + 1 when they change).
+    fn apply_membership(&self, m: &Membership) -> Option<WriteOp> {
+        let mut st = self.write();
+        let role = |id: &NodeId| {
+            if m.voters.contains(id) {
+                PeerRole::Voter
+            } else {
+                PeerRole::Learner
+            }
+        };
+        let mut peers: Vec<Peer> = st
+            .region
+            .peers
+            .iter()
+            .filter(|p| m.members.contains_key(&p.id))
+            .map(|p| Peer {
+                role: role(&p.id) as i32,
+                ..*p
+            })
+            .collect();
+        for (id, member) in &m.members {
+            if !peers.iter().any(|p| p.id == *id) {
+                peers.push(Peer {
+                    id: *id,
+                    store_id: member.name.parse().unwrap_or_default(),
+                    role: role(id) as i32,
+                });
+            }
+        }
+        let normalize = |ps: &[Peer]| -> BTreeMap<u64, (u64, i32)> {
+            ps.iter()
+                .map(|p| {
+                    let role = if p.role == PeerRole::Learner as i32 {
+                        PeerRole::Learner as i32
+                    } else {
+                        PeerRole::Voter as i32
+                    };
+                    (p.id, (p.store_id, role))
+                })
+                .collect()
+        };
+        if normalize(&peers) == normalize(&st.region.peers) {
+            return None;
+        }
+        let mut epoch = st.region.epoch_or_default();
+        epoch.conf_ver += 1;
+        st.region.peers = peers;
+        st.region.epoch = Some(epoch);
+        Some(put_region_op(&st.region))
+    }
+}
+
+#[tonic::async_trait]
+impl BatchMachine for RegionMachine {
+    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String> {
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(entries.len());
+        // Writes queued and not yet answered: entry position, request.
+        let mut queued: Vec<(usize, Queued, usize)> = Vec::new();
+        let mut marks_only: Vec<Queued> = Vec::new();
+        for (i, e) in entries.into_iter().enumerate() {
+            answers.push(None);
+            let cmd = match (&e.command, &e.membership) {
+                (Some(raw), _) => match command::decode::<Command>(raw) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        tracing::error!(index = e.index, error = %m, "skipping an undecodable entry");
+                        answers[i] = Some(Answer::Refused(m));
+                        None
+                    }
+                },
+                (None, Some(m)) => {
+                    let ops: Vec<WriteOp> = self.apply_membership(m).into_iter().collect();
+                    marks_only.push(self.queue(None, ops, e.marks, None).await?);
+                    continue;
+                }
+                (None, None) => None,
+            };
+            match cmd {
+                Some(Command::Write {
+                    epoch_version,
+                    request_id,
+                    ops,
+                }) => match self
+                    .queue_write(epoch_version, request_id, ops, e.marks)
+                    .await?
+                {
+                    Queuing::Refused(q, answer) => {
+                        answers[i] = Some(answer);
+                        marks_only.push(q);
+                    }
+                    Queuing::Write { q, n, ranged: true } => {
+                        // A counted range deletion waits for its count in
+                        // the writer: the entries after it wait for it.
+                        answers[i] = Some(written(q.wait().await, n)?);
+                    }
+                    Queuing::Write { q, n, .. } => queued.push((i, q, n)),
+                },
+                Some(Command::Split {
+                    epoch,
+                    split_key,
+                    new_region_id,
+                    new_peer_ids,
+                }) => {
+                    // The entries before it are written first.
+                    for (j, q, n) in queued.drain(..) {
+                        answers[j] = Some(written(q.wait().await, n)?);
+                    }
+                    answers[i] = Some(
+                        self.apply_split(epoch, split_key, new_region_id, new_peer_ids, e.marks)
+                            .await?,
+                    );
+                }
+                None => marks_only.push(self.queue(None, Vec::new(), e.marks, None).await?),
+            }
+        }
+        for (j, q, n) in queued {
+            answers[j] = Some(written(q.wait().await, n)?);
+        }
+        for q in marks_only {
+            q.wait().await.map_err(storage_err)?;
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map(|a| command::encode(&a)).unwrap_or_default())
+            .collect())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<u8>, String> {
+        let Applied { region, counter } = self.read().clone();
+        let engine = self.engine.clone();
+        let (start, end) = (region.start_key.clone(), region.end_key.clone());
+        let entries = tokio::task::spawn_blocking(move || {
+            engine.scan(&start, &end, rdb_storage::ScanOptions::default())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(storage_err)?;
+        let data = SnapshotData {
+            region: region.encode_to_vec(),
+            counter,
+            pairs: entries
+                .into_iter()
+                .map(|e| (e.key, e.version, e.value))
+                .collect(),
+        };
+        postcard::to_stdvec(&data).map_err(|e| e.to_string())
+    }
+
+    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String> {
+        let snap: SnapshotData = postcard::from_bytes(&data).map_err(|e| e.to_string())?;
+        let region = Region::decode(snap.region.as_slice()).map_err(|e| e.to_string())?;
+        let old = self.region();
+        let mut ops = vec![WriteOp::ClearRange {
+            start: old.start_key.clone(),
+            end: old.end_key.clone(),
+        }];
+        if (old.start_key.as_slice(), old.end_key.as_slice())
+            != (region.start_key.as_slice(), region.end_key.as_slice())
+        {
+            ops.push(WriteOp::ClearRange {
+                start: region.start_key.clone(),
+                end: region.end_key.clone(),
+            });
+        }
+        ops.extend(
+            snap.pairs
+                .into_iter()
+                .map(|(key, version, value)| WriteOp::Import {
+                    key,
+                    value,
+                    version,
+                }),
+        );
+        ops.push(put_region_op(&region));
+        ops.push(put_counter_op(region.id, snap.counter));
+        ops.extend(marks);
+        self.engine.write(ops).await.map_err(storage_err)?;
+        *self.write() = Applied {
+            region,
+            counter: snap.counter,
+        };
+        Ok(())
+    }
+}
+
+/// A client write handed to the writer.
+enum Queuing {
+    /// Refused at apply (the epoch changed): its marks are queued alone.
+    Refused(Queued, Answer),
+    /// Queued: `n` ops of its own (the counter and the marks follow them),
+    /// `ranged` when one is a counted range deletion.
+    Write { q: Queued, n: usize, ranged: bool },
+}
+
+/// The answer of a queued client write of `n` ops (the results of the
+/// counter and marks written with it are dropped).
+fn written(r: rdb_storage::Result<Vec<OpResult>>, n: usize) -> Result<Answer, String> {
+    match r {
+        Ok(results) => Ok(Answer::Written(
+            results.into_iter().take(n).map(Outcome::from).collect(),
+        )),
+        // Refused as a whole before anything was written: the same on every
+        // replica (the checks depend only on the entry).
+        Err(StorageError::InvalidArgument(m)) => Ok(Answer::Refused(m)),
+        Err(e) => Err(storage_err(e)),
+    }
+}
+
+/// One replica of a region on this store.
+pub struct RegionPeer {
+    /// Its Raft group member.
+    pub group: rdb_raft::Group,
+    /// Its state machine.
+    pub machine: Arc<RegionMachine>,
+}
+
+/// Why a proposal did not give an answer.
+#[derive(Debug)]
+pub enum ProposeError {
+    /// Not the leader: nothing was proposed.
+    NotLeader(RegionError),
+    /// The outcome is unknown (the group stopped or lost leadership after
+    /// the entry was appended): it may still be applied.
+    Unknown(String),
+}
+
+impl RegionPeer {
+    /// The region as applied here.
+    pub fn region(&self) -> Region {
+        self.machine.region()
+    }
+
+    /// The `NotLeader` error naming the leader this replica knows.
+    pub fn not_leader(&self, leader: Option<(NodeId, Member)>) -> RegionError {
+        let region_id = self.region().id;
+        let leader = leader.map(|(_, m)| member_store(&m));
+        RegionError::new(
+            match &leader {
+                Some(s) => format!(
+                    "this store does not lead region {region_id}; store {} ({}) does",
+                    s.id, s.address
+                ),
+                None => format!("this store does not lead region {region_id}; no leader known"),
+            },
+            RegionErrorKind::NotLeader(NotLeader { region_id, leader }),
+        )
+    }
+
+    /// Checks that this replica may serve a linearizable read now: it
+    /// leads, and its lease holds (no round trip) or a ReadIndex round
+    /// confirms it (which also waits until everything committed before it
+    /// is applied here).
+    pub async fn ready_to_read(&self) -> Result<(), RegionError> {
+        let term = self.group.term();
+        if self.group.lease_holds() && !self.machine.split_pending(term) {
+            return Ok(());
+        }
+        match self.group.ensure_leader().await {
+            Ok(()) => Ok(()),
+            Err(rdb_raft::Error::NotLeader { leader }) => Err(self.not_leader(leader)),
+            Err(e) => Err(self.not_leader_because(&e)),
+        }
+    }
+
+    fn not_leader_because(&self, e: &rdb_raft::Error) -> RegionError {
+        let mut err = self.not_leader(self.group.leader());
+        err.message = format!("{}: {e}", err.message);
+        err
+    }
+
+    /// Proposes `cmd` and waits until it is applied here.
+    pub async fn propose(&self, cmd: &Command) -> Result<Answer, ProposeError> {
+        if matches!(cmd, Command::Split { .. }) {
+            self.machine.split_proposed(self.group.term());
+        }
+        match self.group.write(command::encode(cmd)).await {
+            Ok(raw) => command::decode(&raw).map_err(ProposeError::Unknown),
+            Err(rdb_raft::Error::NotLeader { leader }) => {
+                Err(ProposeError::NotLeader(self.not_leader(leader)))
+            }
+            Err(e) => Err(ProposeError::Unknown(e.to_string())),
+        }
+    }
+}
+
+/// The `EpochNotMatch` error for a region as it is now.
+pub fn epoch_changed(current: Region) -> RegionError {
+    let e = current.epoch_or_default();
+    RegionError::new(
+        format!(
+            "region {} changed while the request waited (now {{version {}, conf_ver {}}})",
+            current.id, e.version, e.conf_ver
+        ),
+        RegionErrorKind::EpochNotMatch(EpochNotMatch {
+            current_regions: vec![current],
+        }),
+    )
+}
