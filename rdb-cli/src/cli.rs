@@ -129,8 +129,13 @@ pub enum Command {
     },
     /// List the stores with their state.
     Stores,
-    /// List the regions in key order with the store that serves each.
+    /// List the regions in key order with their replicas (peer id @ store)
+    /// and the store that leads each.
     Regions,
+    /// Replica operators, run by PD one at a time: add or remove a region's
+    /// replica on a store, hand a region's leadership to a store.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// The PD members: list them, add one, remove one.
     #[command(subcommand)]
     Pd(PdCommand),
@@ -139,6 +144,35 @@ pub enum Command {
     Split {
         /// The split key: the first key of the new right region.
         key: String,
+    },
+}
+
+/// Replica operators.
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Add a replica of REGION on STORE: it joins as a learner, catches up
+    /// from a snapshot and the log, then votes.
+    AddReplica {
+        /// The region id (see `rdb-cli regions`).
+        region: u64,
+        /// The store id (see `rdb-cli stores`).
+        store: u64,
+    },
+    /// Remove REGION's replica on STORE (if it leads, its leadership is
+    /// handed to another voter first); the replica's data is deleted on
+    /// STORE when that store is up.
+    RemoveReplica {
+        /// The region id.
+        region: u64,
+        /// The store id.
+        store: u64,
+    },
+    /// Hand REGION's leadership to its replica on STORE.
+    TransferLeader {
+        /// The region id.
+        region: u64,
+        /// The store id.
+        store: u64,
     },
 }
 

@@ -11,6 +11,9 @@ use crate::retry::*;
 use crate::routing::*;
 use crate::Client;
 
+/// Longest wait for a replica operator (a new replica catches up first).
+const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Client {
     /// One timestamp from PD's oracle: strictly greater than every timestamp
     /// handed out before, to any client.
@@ -86,6 +89,53 @@ impl Client {
                 message: "PD answered the split without regions".into(),
             }),
         }
+    }
+
+    /// Adds a replica of region `region_id` on store `store_id` (PD's
+    /// operator: a learner that catches up from a snapshot and the log,
+    /// then a voter). Returns the region with its peers and leader.
+    pub async fn add_replica(&self, region_id: u64, store_id: u64) -> Result<RegionRoute> {
+        let req = AddReplicaRequest {
+            region_id,
+            store_id,
+        };
+        self.operator(|mut c| async move { c.add_replica(req).await })
+            .await
+    }
+
+    /// Removes region `region_id`'s replica on store `store_id` (its
+    /// leadership is handed over first if it leads).
+    pub async fn remove_replica(&self, region_id: u64, store_id: u64) -> Result<RegionRoute> {
+        let req = RemoveReplicaRequest {
+            region_id,
+            store_id,
+        };
+        self.operator(|mut c| async move { c.remove_replica(req).await })
+            .await
+    }
+
+    /// Hands region `region_id`'s leadership to its replica on store `store_id`.
+    pub async fn transfer_leader(&self, region_id: u64, store_id: u64) -> Result<RegionRoute> {
+        let req = TransferLeaderOperatorRequest {
+            region_id,
+            store_id,
+        };
+        self.operator(|mut c| async move { c.transfer_leader(req).await })
+            .await
+    }
+
+    async fn operator<F, Fut>(&self, f: F) -> Result<RegionRoute>
+    where
+        F: Fn(rdb_proto::v1::pd_client::PdClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<tonic::Response<OperatorResponse>, tonic::Status>,
+        >,
+    {
+        let r = self.pd_call_within(OPERATOR_TIMEOUT, f).await?;
+        r.route.ok_or_else(|| Error::Rpc {
+            code: tonic::Code::Internal,
+            message: "PD answered the operator without the region".into(),
+        })
     }
 
     /// The id of the cluster this client is bound to: the first PD that

@@ -189,6 +189,24 @@ pub(crate) struct Resend {
     pub max_backoff: Duration,
     /// Re-sends stop this long after the first copy was sent.
     pub budget: Duration,
+    /// Where a copy goes when this store cannot take it: the client of the
+    /// region's current leader, if the region is unchanged (same epoch).
+    /// Its replicas share one log, so the batch is applied once whichever
+    /// leader got a copy.
+    pub relocate: Relocate,
+}
+
+/// See [`Resend::relocate`].
+pub(crate) type Relocate = Arc<
+    dyn Fn(Context) -> futures::future::BoxFuture<'static, Option<KvClient<Channel>>> + Send + Sync,
+>;
+
+/// Whether the region error says another replica leads.
+fn not_leader(e: &RegionError) -> bool {
+    matches!(
+        e.error,
+        Some(rdb_proto::v1::region_error::Error::NotLeader(_))
+    )
 }
 
 /// Sends one region's calls of one kind as one RPC and answers each caller.
@@ -256,6 +274,14 @@ async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>, resend: Arc<Res
                     }
                     Some(e) if unknown.is_none() => return answer_region_error(replies, e),
                     Some(e) if busy_hint(&e).is_some() => e.message,
+                    Some(e) if not_leader(&e) => {
+                        if let Some(c) = context {
+                            if let Some(next) = (resend.relocate)(c).await {
+                                kv = next;
+                            }
+                        }
+                        e.message
+                    }
                     Some(e) => {
                         let message =
                             format!("{} (the first copy may have been applied)", e.message);
@@ -281,6 +307,11 @@ async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>, resend: Arc<Res
                     Failure::NeverSent | Failure::Unreachable => {
                         let message = describe(&status, None);
                         unknown.get_or_insert_with(|| message.clone());
+                        if let Some(c) = context {
+                            if let Some(next) = (resend.relocate)(c).await {
+                                kv = next;
+                            }
+                        }
                         message
                     }
                 },

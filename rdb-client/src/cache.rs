@@ -59,6 +59,21 @@ impl RegionCache {
         covers.then(|| route.clone())
     }
 
+    /// Points the cached route of region `region_id` at `leader`; false if
+    /// the region is not cached.
+    pub fn set_leader(&mut self, region_id: u64, leader: rdb_proto::v1::Store) -> bool {
+        for route in self.by_start.values_mut() {
+            if region(route).id == region_id {
+                if let Some(r) = route.region.as_mut() {
+                    r.store_id = leader.id;
+                }
+                route.leader = Some(leader);
+                return true;
+            }
+        }
+        false
+    }
+
     pub fn invalidate(&mut self, region_id: u64) {
         self.by_start.retain(|_, r| region(r).id != region_id);
     }

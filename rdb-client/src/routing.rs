@@ -157,6 +157,19 @@ impl Client {
             .entry(address.to_string())
             .or_insert_with(|| {
                 let cfg = &self.inner.config;
+                let weak = Arc::downgrade(&self.inner);
+                let relocate: batch::Relocate = Arc::new(move |ctx: Context| {
+                    let weak = weak.clone();
+                    Box::pin(async move {
+                        let client = Client {
+                            inner: weak.upgrade()?,
+                        };
+                        let now = client
+                            .same_region_now(ctx.region_id, ctx.region_epoch)
+                            .await?;
+                        client.kv(&leader_address(&now)).ok()
+                    })
+                });
                 Arc::new(batch::StoreBatcher::new(
                     kv,
                     cfg.max_coalesced,
@@ -167,6 +180,7 @@ impl Client {
                         initial_backoff: cfg.initial_backoff,
                         max_backoff: cfg.max_backoff,
                         budget: cfg.retry_deadline.min(cfg.max_resend_age),
+                        relocate,
                     },
                 ))
             })
@@ -193,6 +207,14 @@ impl Client {
 
     pub(crate) fn invalidate(&self, err: &RegionError, region_id: u64) {
         let mut cache = self.inner.cache.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(RegionErrorKind::NotLeader(n)) = &err.error {
+            // Another replica leads: follow the hint, keep the region.
+            if let Some(leader) = n.leader.clone().filter(|s| !s.address.is_empty()) {
+                if cache.set_leader(region_id, leader) {
+                    return;
+                }
+            }
+        }
         cache.invalidate(region_id);
         if let Some(RegionErrorKind::EpochNotMatch(e)) = &err.error {
             for r in &e.current_regions {

@@ -77,6 +77,14 @@ pub(crate) enum Written<T> {
     },
 }
 
+/// The leader a `NotLeader` error names, when it names one with an address.
+fn not_leader_hint(e: &RegionError) -> Option<rdb_proto::v1::Store> {
+    match &e.error {
+        Some(RegionErrorKind::NotLeader(n)) => n.leader.clone().filter(|s| !s.address.is_empty()),
+        _ => None,
+    }
+}
+
 /// The backoff a `ServerIsBusy` error asks for.
 pub(crate) fn busy_hint(e: &RegionError) -> Option<Duration> {
     match &e.error {
@@ -86,6 +94,25 @@ pub(crate) fn busy_hint(e: &RegionError) -> Option<Duration> {
 }
 
 impl Client {
+    /// The route of region `region_id` as PD knows it now, if the region is
+    /// unchanged (still at `epoch`) and has a leader.
+    pub(crate) async fn same_region_now(
+        &self,
+        region_id: u64,
+        epoch: Option<rdb_proto::v1::RegionEpoch>,
+    ) -> Option<RegionRoute> {
+        let resp = self
+            .pd_call(|mut c| async move {
+                c.get_region_by_id(rdb_proto::v1::GetRegionByIdRequest { region_id })
+                    .await
+            })
+            .await
+            .ok()?;
+        let now = resp.route?;
+        let same = now.region.as_ref()?.epoch == epoch;
+        (same && now.leader.is_some()).then_some(now)
+    }
+
     /// A new request id for one write.
     pub(crate) fn request_id(&self) -> RequestId {
         self.inner.ids.next()
@@ -105,7 +132,8 @@ impl Client {
     {
         let cfg = &self.inner.config;
         let id = self.request_id();
-        let address = leader_address(route);
+        let mut address = leader_address(route);
+        let mut route = route.clone();
         let first_sent = Instant::now();
         let mut retry = Retry::new(cfg);
         // Set once a copy may have reached the store.
@@ -125,6 +153,17 @@ impl Client {
                     }
                     // Busy: this copy was not applied; wait and send it again.
                     (Some(_), Some(busy)) => (Some(busy), e.message),
+                    // Another replica of the same region leads now: the
+                    // copy goes there, with the same id. The replicas share
+                    // one log, so the request is applied once whichever
+                    // leader got the first copy.
+                    (Some(_), None) if not_leader_hint(&e).is_some() => {
+                        if let Some(leader) = not_leader_hint(&e) {
+                            address = leader.address.clone();
+                            route.leader = Some(leader);
+                        }
+                        (None, e.message)
+                    }
                     (Some(first), None) => {
                         return Err(Error::Undetermined {
                             address,
@@ -151,6 +190,15 @@ impl Client {
                             tracing::debug!(%address, seq = id.seq, error = %message,
                                 "write outcome unknown, re-sending the same request");
                             unknown = Some(message.clone());
+                        }
+                        // The copy goes to the region's leader as PD knows
+                        // it now, if the region is unchanged (its replicas
+                        // share one log: applied once either way).
+                        let region = route.region.as_ref();
+                        let (rid, epoch) = (region.map_or(0, |r| r.id), region.and_then(|r| r.epoch));
+                        if let Some(now) = self.same_region_now(rid, epoch).await {
+                            address = leader_address(&now);
+                            route = now;
                         }
                         (None, message)
                     }

@@ -14,7 +14,7 @@ use crate::meta::{Command, Meta, MetaState};
 use crate::tso::now_ms;
 
 use prost::Message;
-use rdb_proto::v1::{Region, RegionRoute, Store, StoreState};
+use rdb_proto::v1::{Region, RegionRoute, RegionStat, Store, StoreState};
 use tokio::sync::Mutex;
 
 use crate::error::{PdError, Result};
@@ -27,10 +27,12 @@ struct IdAlloc {
     end: u64,
 }
 
-/// The leader's memory: heartbeat times, since when it leads.
+/// The leader's memory: heartbeat times, since when it leads, and the
+/// leader of each region (store id, Raft term) as the stores report it.
 struct Liveness {
     heartbeats: HashMap<u64, Instant>,
     since: Instant,
+    leaders: HashMap<u64, (u64, u64)>,
 }
 
 /// The cluster metadata, served by the PD leader.
@@ -70,6 +72,7 @@ impl Cluster {
             live: std::sync::Mutex::new(Liveness {
                 heartbeats: HashMap::new(),
                 since: Instant::now(),
+                leaders: HashMap::new(),
             }),
             store_down_after,
         }
@@ -87,7 +90,39 @@ impl Cluster {
         };
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.heartbeats.clear();
+        live.leaders.clear();
         live.since = Instant::now();
+    }
+
+    /// Records that `store_id` leads the regions of `stats` in their terms
+    /// (a report of an older term than the one known is stale).
+    pub fn follow_leaders(&self, store_id: u64, stats: &[RegionStat]) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stats {
+            let known = live.leaders.get(&s.region_id).map_or(0, |(_, term)| *term);
+            if s.term >= known {
+                live.leaders.insert(s.region_id, (store_id, s.term));
+            }
+        }
+    }
+
+    /// Records that `store_id` now leads region `region_id` (an operator
+    /// saw the leadership move), above any term known.
+    pub fn set_leader(&self, region_id: u64, store_id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        // The new leader's term is above the last one reported.
+        let term = live.leaders.get(&region_id).map_or(0, |(_, t)| *t);
+        live.leaders.insert(region_id, (store_id, term + 1));
+    }
+
+    /// The store that leads region `r`, as last reported.
+    fn leader_of(&self, r: &Region) -> u64 {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaders
+            .get(&r.id)
+            .map_or(r.store_id, |(store, _)| *store)
     }
 
     async fn propose(&self, cmd: &Command) -> Result<u64> {
@@ -306,9 +341,12 @@ impl Cluster {
     }
 
     fn route(&self, st: &MetaState, r: &Region) -> RegionRoute {
+        let leader = self.leader_of(r);
+        let mut region = r.clone();
+        region.store_id = leader;
         RegionRoute {
-            region: Some(r.clone()),
-            leader: st.stores.get(&r.store_id).map(|s| self.view_store(s)),
+            region: Some(region),
+            leader: st.stores.get(&leader).map(|s| self.view_store(s)),
         }
     }
 
@@ -367,6 +405,11 @@ impl Cluster {
                 )
             })
             .map(|s| self.view_store(s))
+    }
+
+    /// Whether a store is registered and up (no await: for filters).
+    pub fn is_up_now(&self, id: u64) -> bool {
+        self.meta.read().stores.contains_key(&id) && self.is_up(id)
     }
 
     /// Whether a store is registered and up.

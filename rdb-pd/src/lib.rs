@@ -20,6 +20,7 @@ pub mod error;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod service;
 pub mod tso;
 

@@ -25,9 +25,9 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct PdService {
     node: Arc<PdNode>,
     tso: Arc<Tso>,
-    cluster: Arc<Cluster>,
-    /// Serializes admin operations (splits and moves).
-    admin_lock: Arc<Mutex<()>>,
+    pub(crate) cluster: Arc<Cluster>,
+    /// Serializes admin operations (splits and replica operators).
+    pub(crate) admin_lock: Arc<Mutex<()>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// How PD connects to stores over TLS (`None`: plaintext).
     tls: Option<rdb_proto::tls::ClientTls>,
@@ -46,7 +46,10 @@ impl PdService {
         }
     }
 
-    async fn admin_client(&self, store: &Store) -> Result<StoreAdminClient<Channel>, PdError> {
+    pub(crate) async fn admin_client(
+        &self,
+        store: &Store,
+    ) -> Result<StoreAdminClient<Channel>, PdError> {
         let mut chans = self.channels.lock().await;
         let ch = match chans.get(&store.address) {
             Some(ch) => ch.clone(),
@@ -273,7 +276,13 @@ impl Pd for PdService {
         self.node.check_serving()?;
         let req = request.into_inner();
         let result = match self.cluster.check_cluster(req.cluster_id) {
-            Ok(()) => self.cluster.heartbeat(req.store_id, req.regions).await,
+            Ok(()) => {
+                let r = self.cluster.heartbeat(req.store_id, req.regions).await;
+                if r.is_ok() {
+                    self.cluster.follow_leaders(req.store_id, &req.region_stats);
+                }
+                r
+            }
             Err(e) => Err(e),
         };
         let label = if result.is_ok() { "ok" } else { "failed" };
@@ -336,6 +345,36 @@ impl Pd for PdService {
     ) -> Result<Response<SplitRegionResponse>, Status> {
         self.node.check_serving()?;
         Ok(Response::new(self.split(request.into_inner()).await?))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<AddReplicaRequest>,
+    ) -> Result<Response<OperatorResponse>, Status> {
+        self.node.check_serving()?;
+        let req = request.into_inner();
+        let route = self.add_replica(req.region_id, req.store_id).await?;
+        Ok(Response::new(OperatorResponse { route: Some(route) }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<OperatorResponse>, Status> {
+        self.node.check_serving()?;
+        let req = request.into_inner();
+        let route = self.remove_replica(req.region_id, req.store_id).await?;
+        Ok(Response::new(OperatorResponse { route: Some(route) }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderOperatorRequest>,
+    ) -> Result<Response<OperatorResponse>, Status> {
+        self.node.check_serving()?;
+        let req = request.into_inner();
+        let route = PdService::transfer_leader(self, req.region_id, req.store_id).await?;
+        Ok(Response::new(OperatorResponse { route: Some(route) }))
     }
 
     async fn get_members(

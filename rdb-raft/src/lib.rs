@@ -542,6 +542,47 @@ impl Group {
         Ok(())
     }
 
+    /// Takes a snapshot of the state applied here and drops the log up to
+    /// it (waits at most `timeout`): a member added afterwards catches up
+    /// from a snapshot instead of replaying the log from the group's first
+    /// entry (which holds only what happened since the group was created:
+    /// a region made by a split started with its parent's data).
+    pub async fn compact_log(&self, timeout: Duration) -> Result<()> {
+        let applied = self.raft.metrics().borrow_watched().last_applied;
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        let upto = applied.index();
+        let stopped = |e: &dyn fmt::Display| Error::Stopped(e.to_string());
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| stopped(&e))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.as_ref().is_some_and(|s| s.index() >= upto),
+                "snapshot of the applied state",
+            )
+            .await
+            .map_err(|e| Error::Refused(format!("log compaction: {e}")))?;
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| stopped(&e))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.purged.as_ref().is_some_and(|p| p.index() >= upto),
+                "log purged up to the snapshot",
+            )
+            .await
+            .map_err(|e| Error::Refused(format!("log compaction: {e}")))?;
+        Ok(())
+    }
+
     /// Stops the member (unregisters it from the transport first).
     pub async fn shutdown(&self) {
         self.transport
@@ -638,6 +679,16 @@ async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Leas
             Err(_) => tracing::debug!("leadership check timed out"),
         }
     }
+}
+
+/// The writes that delete a stopped member's Raft state from its engine
+/// (log, vote, applied mark, membership), for a member removed from its
+/// group: its id is never used again, so nothing of it is kept. The caller
+/// writes them with the deletion of its own state, atomically.
+pub fn delete_member_ops(group_id: u64) -> Vec<rdb_storage::WriteOp> {
+    let mut ops = log::delete_group_ops(group_id);
+    ops.extend(sm::delete_group_ops(group_id));
+    ops
 }
 
 /// Encodes a value with rdb-raft's encoding.

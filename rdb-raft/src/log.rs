@@ -32,6 +32,16 @@ fn key(group: u64, kind: u8, index: Option<u64>) -> Vec<u8> {
     k
 }
 
+/// The writes that delete every log entry and the vote of `group`.
+pub(crate) fn delete_group_ops(group: u64) -> Vec<WriteOp> {
+    let start = group.to_be_bytes().to_vec();
+    let end = match group.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    };
+    vec![WriteOp::DeleteRaftRange { start, end }]
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }

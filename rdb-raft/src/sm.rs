@@ -146,6 +146,16 @@ fn meta_key(group: u64, what: &str) -> Vec<u8> {
     format!("raft/{group:016x}/{what}").into_bytes()
 }
 
+/// The writes that delete the applied mark and membership of `group`.
+pub(crate) fn delete_group_ops(group: u64) -> Vec<WriteOp> {
+    ["applied", "membership", "snapshot"]
+        .iter()
+        .map(|what| WriteOp::DeleteMeta {
+            key: meta_key(group, what),
+        })
+        .collect()
+}
+
 impl Adapter {
     pub(crate) fn open(
         engine: &Engine,

@@ -1,11 +1,15 @@
 //! The `flaredb.v1.StoreAdmin` gRPC service: region changes ordered by PD
 //! that go through a region's Raft log. The handlers check their arguments
-//! and call into [`crate::split`].
+//! and call into [`crate::split`] and [`crate::operator`].
 
 use std::sync::Arc;
 
 use rdb_proto::v1::store_admin_server::StoreAdmin;
-use rdb_proto::v1::{ApplySplitRequest, ApplySplitResponse};
+use rdb_proto::v1::{
+    ApplySplitRequest, ApplySplitResponse, ChangePeerRequest, ChangePeerResponse,
+    CreatePeerRequest, CreatePeerResponse, DestroyPeerRequest, DestroyPeerResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
@@ -44,5 +48,44 @@ impl StoreAdmin for AdminService {
             )
             .await?;
         Ok(Response::new(resp))
+    }
+
+    async fn change_peer(
+        &self,
+        request: Request<ChangePeerRequest>,
+    ) -> Result<Response<ChangePeerResponse>, Status> {
+        Ok(Response::new(
+            self.node.change_peer(request.into_inner()).await?,
+        ))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node
+                .transfer_leader(req.region_id, req.epoch, req.to_peer_id)
+                .await?,
+        ))
+    }
+
+    async fn create_peer(
+        &self,
+        request: Request<CreatePeerRequest>,
+    ) -> Result<Response<CreatePeerResponse>, Status> {
+        let req = request.into_inner();
+        self.node.create_peer(req.region_id, req.peer_id).await?;
+        Ok(Response::new(CreatePeerResponse {}))
+    }
+
+    async fn destroy_peer(
+        &self,
+        request: Request<DestroyPeerRequest>,
+    ) -> Result<Response<DestroyPeerResponse>, Status> {
+        let req = request.into_inner();
+        self.node.destroy_peer(req.region_id, req.peer_id).await?;
+        Ok(Response::new(DestroyPeerResponse {}))
     }
 }

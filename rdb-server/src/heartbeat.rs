@@ -4,25 +4,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdb_proto::v1::StoreHeartbeatRequest;
+use rdb_proto::v1::{RegionStat, StoreHeartbeatRequest};
 
 use crate::error::{Result, ServerError};
 use crate::node::Node;
 
+/// A replica whose log is this many entries behind the leader's is pending.
+const PENDING_LAG: u64 = 100;
+
 impl Node {
     /// Sends one heartbeat with the regions whose groups this store leads.
     pub async fn heartbeat(&self) -> Result<()> {
-        let mut regions: Vec<_> = self
-            .regions()
-            .peers()
-            .into_iter()
-            .filter(|p| p.group.is_leader())
-            .map(|p| {
-                let mut r = p.region();
-                r.store_id = self.store_id;
-                r
-            })
-            .collect();
+        let mut regions = Vec::new();
+        let mut region_stats = Vec::new();
+        for p in self.regions().peers() {
+            let st = p.group.status();
+            if !st.is_leader {
+                continue;
+            }
+            let mut r = p.region();
+            r.store_id = self.store_id;
+            region_stats.push(RegionStat {
+                region_id: r.id,
+                term: st.term,
+                leader_peer_id: st.id,
+                pending_peer_ids: st
+                    .members
+                    .keys()
+                    .filter(|id| **id != st.id)
+                    .filter(|id| {
+                        st.matched.get(id).copied().unwrap_or(0) + PENDING_LAG < st.last_log_index
+                    })
+                    .copied()
+                    .collect(),
+            });
+            regions.push(r);
+        }
         regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
         let engine = self.engine.clone();
         let (keys, size) = tokio::task::spawn_blocking(move || engine.approximate_stats())
@@ -36,6 +53,7 @@ impl Node {
                 regions,
                 approximate_keys: keys,
                 approximate_size: size,
+                region_stats,
             })
             .await
             .map_err(|s| ServerError::remote("heartbeat", &s))?;

@@ -18,6 +18,8 @@
 //! - [`admin`]: the `flaredb.v1.StoreAdmin` service (argument checks; the
 //!   work is in [`split`]).
 //! - [`split`]: a split ordered by PD, through the region's Raft log.
+//! - [`operator`]: the steps of PD's replica operators (add, promote,
+//!   remove a replica; hand over leadership; create and destroy replicas).
 //! - [`metrics`]: the store's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-server` binary).
 
@@ -30,6 +32,7 @@ pub mod heartbeat;
 pub mod kv;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod peer;
 pub mod regions;
 pub mod split;

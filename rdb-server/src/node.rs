@@ -201,10 +201,24 @@ impl Node {
         };
         // Replicas start side by side: a restarted member of a group of
         // several stays quiet for an election timeout first.
+        let pending: Vec<(u64, u64)> = node
+            .engine
+            .scan_meta(crate::operator::PENDING_PREFIX)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let id = u64::from_be_bytes(k.get(k.len().checked_sub(8)?..)?.try_into().ok()?);
+                let peer = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+                Some((id, peer))
+            })
+            .filter(|(id, _)| !regions.iter().any(|r| r.id == *id))
+            .collect();
         let started =
             futures::future::join_all(regions.into_iter().map(|r| node.start_peer(r))).await;
         for s in started {
             s?;
+        }
+        for (id, peer) in pending {
+            node.start_empty_peer(id, peer).await?;
         }
         Ok(node)
     }
@@ -214,7 +228,7 @@ impl Node {
         self.regions.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn regions_mut(&self) -> std::sync::RwLockWriteGuard<'_, RegionMap> {
+    pub(crate) fn regions_mut(&self) -> std::sync::RwLockWriteGuard<'_, RegionMap> {
         self.regions.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -232,25 +246,7 @@ impl Node {
         };
         let peer_id = me.id;
         let counter = load_counter(&self.engine, region.id)?;
-        let machine = Arc::new(RegionMachine::new(
-            self.engine.clone(),
-            region.clone(),
-            counter,
-            self.events.clone(),
-        ));
-        let group = rdb_raft::Group::start_batched(
-            rdb_raft::GroupConfig {
-                group_id: region.id,
-                node_id: peer_id,
-                timing: self.raft.timing,
-                snapshot_every: self.raft.snapshot_every,
-            },
-            self.engine.clone(),
-            machine.clone(),
-            self.transport.clone(),
-        )
-        .await
-        .map_err(|e| ServerError::Internal(format!("starting region {}: {e}", region.id)))?;
+        let (group, machine) = self.start_group(region.clone(), peer_id, counter).await?;
         let internal = |what: &str, e: rdb_raft::Error| {
             ServerError::Internal(format!("{what} region {}: {e}", region.id))
         };
@@ -266,13 +262,57 @@ impl Node {
                 .map_err(|e| internal("initializing", e))?;
         }
         tracing::debug!(region_id = region.id, peer_id, "region replica started");
-        self.regions_mut().insert(
-            region.id,
-            Arc::new(RegionPeer {
-                group: group.clone(),
-                machine,
-            }),
+        self.regions_mut()
+            .insert(region.id, Arc::new(RegionPeer { group, machine }));
+        Ok(())
+    }
+
+    /// Starts the Raft group member `peer_id` of `region` (its counter at
+    /// `counter`) with its state machine.
+    async fn start_group(
+        &self,
+        region: Region,
+        peer_id: u64,
+        counter: u64,
+    ) -> Result<(rdb_raft::Group, Arc<RegionMachine>)> {
+        let region_id = region.id;
+        let machine = Arc::new(RegionMachine::new(
+            self.engine.clone(),
+            region,
+            counter,
+            self.events.clone(),
+        ));
+        let group = rdb_raft::Group::start_batched(
+            rdb_raft::GroupConfig {
+                group_id: region_id,
+                node_id: peer_id,
+                timing: self.raft.timing,
+                snapshot_every: self.raft.snapshot_every,
+            },
+            self.engine.clone(),
+            machine.clone(),
+            self.transport.clone(),
+        )
+        .await
+        .map_err(|e| ServerError::Internal(format!("starting region {region_id}: {e}")))?;
+        Ok((group, machine))
+    }
+
+    /// Starts an empty replica `peer_id` of region `region_id`: a Raft
+    /// member that waits for its leader's snapshot, serving nothing.
+    pub async fn start_empty_peer(&self, region_id: u64, peer_id: u64) -> Result<()> {
+        let region = Region {
+            id: region_id,
+            ..Default::default()
+        };
+        let (group, machine) = self.start_group(region, peer_id, 0).await?;
+        tracing::info!(
+            region_id,
+            peer_id,
+            "empty replica started, waiting for a snapshot"
         );
+        self.regions_mut()
+            .insert(region_id, Arc::new(RegionPeer { group, machine }));
         Ok(())
     }
 

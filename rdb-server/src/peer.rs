@@ -457,15 +457,16 @@ impl BatchMachine for RegionMachine {
         let region = Region::decode(snap.region.as_slice()).map_err(|e| e.to_string())?;
         let old = self.region();
         let mut ops = vec![WriteOp::ClearRange {
-            start: old.start_key.clone(),
-            end: old.end_key.clone(),
+            start: region.start_key.clone(),
+            end: region.end_key.clone(),
         }];
-        if (old.start_key.as_slice(), old.end_key.as_slice())
-            != (region.start_key.as_slice(), region.end_key.as_slice())
+        if !old.peers.is_empty()
+            && (old.start_key.as_slice(), old.end_key.as_slice())
+                != (region.start_key.as_slice(), region.end_key.as_slice())
         {
             ops.push(WriteOp::ClearRange {
-                start: region.start_key.clone(),
-                end: region.end_key.clone(),
+                start: old.start_key.clone(),
+                end: old.end_key.clone(),
             });
         }
         ops.extend(
@@ -479,6 +480,9 @@ impl BatchMachine for RegionMachine {
         );
         ops.push(put_region_op(&region));
         ops.push(put_counter_op(region.id, snap.counter));
+        ops.push(WriteOp::DeleteMeta {
+            key: crate::regions::record_key(crate::operator::PENDING_PREFIX, region.id),
+        });
         ops.extend(marks);
         self.engine.write(ops).await.map_err(storage_err)?;
         *self.write() = Applied {

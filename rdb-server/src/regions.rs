@@ -118,6 +118,10 @@ impl RegionMap {
             return Err(RegionCheck::Region(not_found(ctx.region_id)));
         };
         let region = peer.region();
+        if region.peers.is_empty() {
+            // An empty replica waiting for its first snapshot.
+            return Err(RegionCheck::Region(not_found(ctx.region_id)));
+        }
         check_epoch(&region, ctx.region_epoch).map_err(RegionCheck::Region)?;
         Ok((peer, region))
     }

@@ -115,3 +115,50 @@ pub async fn split(client: &Client, out: &Out, key: String) -> Result<(), Failur
     });
     Ok(())
 }
+
+/// Runs a replica operator and prints the region after it.
+pub async fn operator(
+    client: &Client,
+    out: &Out,
+    op: crate::cli::OperatorCommand,
+) -> Result<(), Failure> {
+    use crate::cli::OperatorCommand as Op;
+    let (what, route) = match op {
+        Op::AddReplica { region, store } => (
+            format!("added a replica of region {region} on store {store}"),
+            client.add_replica(region, store).await?,
+        ),
+        Op::RemoveReplica { region, store } => (
+            format!("removed region {region}'s replica on store {store}"),
+            client.remove_replica(region, store).await?,
+        ),
+        Op::TransferLeader { region, store } => (
+            format!("store {store} leads region {region}"),
+            client.transfer_leader(region, store).await?,
+        ),
+    };
+    let j = out.route(&route);
+    out.print(json!({"region": j}), || {
+        let peers: Vec<String> = j["peers"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{}@{} ({})",
+                            p["id"],
+                            p["store_id"],
+                            p["role"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "{what}\npeers: {}\nleader: store {}",
+            peers.join(", "),
+            j["store_id"]
+        )
+    });
+    Ok(())
+}

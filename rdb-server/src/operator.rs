@@ -1,0 +1,317 @@
+//! The steps of PD's replica operators, as a store carries them out: on the
+//! region's leader, changes of the group's membership and leadership; on
+//! the other stores, creating an empty replica before it is added and
+//! deleting a replica after it was removed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdb_proto::v1::{
+    ChangePeerRequest, ChangePeerResponse, ChangeType, Region, RegionEpoch, RegionError, Store,
+    TransferLeaderResponse,
+};
+use rdb_storage::WriteOp;
+
+use crate::error::{Result, ServerError};
+use crate::node::Node;
+use crate::peer::{member, version_key, RegionPeer};
+use crate::regions::{check_epoch, not_found, record_key, region_meta_key};
+
+/// Prefix of the meta keys of replicas created empty and not filled yet
+/// (by the leader's snapshot): region id → peer id.
+pub(crate) const PENDING_PREFIX: &[u8] = b"pending_peer/";
+
+/// Longest wait for a learner to catch up before it is promoted.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+
+/// Longest wait for a transfer's target to take over.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a snapshot and log compaction before a learner is added.
+const COMPACT_WAIT: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// The replica of `region_id` if this store leads it at `epoch`.
+    fn leading(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+    ) -> std::result::Result<(Arc<RegionPeer>, Region), RegionError> {
+        let peer = self
+            .regions()
+            .get(region_id)
+            .ok_or_else(|| not_found(region_id))?;
+        let region = peer.region();
+        check_epoch(&region, epoch)?;
+        if !peer.group.is_leader() {
+            return Err(peer.not_leader(peer.group.leader()));
+        }
+        Ok((peer, region))
+    }
+
+    /// One step of a replica change, on the region's leader.
+    pub async fn change_peer(&self, req: ChangePeerRequest) -> Result<ChangePeerResponse> {
+        let (peer, region) = match self.leading(req.region_id, req.epoch) {
+            Ok(x) => x,
+            Err(e) => {
+                return Ok(ChangePeerResponse {
+                    region_error: Some(e),
+                    region: None,
+                })
+            }
+        };
+        let target = req
+            .peer
+            .ok_or_else(|| ServerError::InvalidArgument("the change names no peer".into()))?;
+        if target.id == 0 {
+            return Err(ServerError::InvalidArgument("peer id 0".into()));
+        }
+        let group = &peer.group;
+        let raft = |e: rdb_raft::Error| match e {
+            rdb_raft::Error::NotLeader { .. } | rdb_raft::Error::Refused(_) => {
+                ServerError::FailedPrecondition(format!("region {}: {e}", region.id))
+            }
+            e => ServerError::Unavailable(format!(
+                "region {}: the change's outcome is unknown: {e}",
+                region.id
+            )),
+        };
+        match ChangeType::try_from(req.change_type).unwrap_or(ChangeType::Unspecified) {
+            ChangeType::AddLearner => {
+                let store: Store = req.store.ok_or_else(|| {
+                    ServerError::InvalidArgument("adding a learner needs its store".into())
+                })?;
+                if store.id == 0 || store.address.is_empty() || store.id != target.store_id {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "the learner's store {} ({:?}) does not match its peer's store {}",
+                        store.id, store.address, target.store_id
+                    )));
+                }
+                if region.peers.iter().any(|p| p.store_id == store.id) {
+                    return Err(ServerError::FailedPrecondition(format!(
+                        "store {} already holds a replica of region {}",
+                        store.id, region.id
+                    )));
+                }
+                // The new replica must start from a snapshot: the group's
+                // log does not reach back to the region's creation.
+                group.compact_log(COMPACT_WAIT).await.map_err(raft)?;
+                group
+                    .add_learner(target.id, member(&store))
+                    .await
+                    .map_err(raft)?;
+            }
+            ChangeType::Promote => {
+                let deadline = Instant::now() + CATCH_UP_WAIT;
+                let want = group.status().applied_index;
+                loop {
+                    let st = group.status();
+                    if !st.members.contains_key(&target.id) {
+                        return Err(ServerError::FailedPrecondition(format!(
+                            "peer {} is not a member of region {}",
+                            target.id, region.id
+                        )));
+                    }
+                    if st.matched.get(&target.id).copied().unwrap_or(0) >= want {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(ServerError::Unavailable(format!(
+                            "learner {} of region {} did not catch up within {:?}",
+                            target.id, region.id, CATCH_UP_WAIT
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                group.promote(target.id).await.map_err(raft)?;
+            }
+            ChangeType::Remove => {
+                if target.id == group.node_id() {
+                    return Err(ServerError::FailedPrecondition(format!(
+                        "peer {} leads region {}: transfer the leadership first",
+                        target.id, region.id
+                    )));
+                }
+                group.remove(target.id).await.map_err(raft)?;
+            }
+            ChangeType::Unspecified => {
+                return Err(ServerError::InvalidArgument(
+                    "change_type is not set".into(),
+                ))
+            }
+        }
+        let mut now = peer.region();
+        now.store_id = self.store_id;
+        tracing::info!(region_id = now.id, peer_id = target.id, change = ?req.change_type, peers = ?now.peers, "replicas changed");
+        Ok(ChangePeerResponse {
+            region_error: None,
+            region: Some(now),
+        })
+    }
+
+    /// Hands the leadership of a region led here to voter `to`; answers
+    /// once `to` leads.
+    pub async fn transfer_leader(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+        to: u64,
+    ) -> Result<TransferLeaderResponse> {
+        let (peer, _) = match self.leading(region_id, epoch) {
+            Ok(x) => x,
+            Err(e) => {
+                return Ok(TransferLeaderResponse {
+                    region_error: Some(e),
+                })
+            }
+        };
+        peer.group
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ServerError::FailedPrecondition(format!("region {region_id}: {e}")))?;
+        let deadline = Instant::now() + TRANSFER_WAIT;
+        let mut watch = peer.group.watch();
+        loop {
+            if watch.borrow_and_update().leader == Some(to) {
+                tracing::info!(region_id, to, "leadership handed over");
+                return Ok(TransferLeaderResponse { region_error: None });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, watch.changed()).await.is_err() {
+                return Err(ServerError::Unavailable(format!(
+                    "peer {to} did not take over region {region_id} within {TRANSFER_WAIT:?}"
+                )));
+            }
+        }
+    }
+
+    /// Creates an empty replica `peer_id` of `region_id` here, recorded so
+    /// that it is started again after a restart until the leader's
+    /// snapshot fills it.
+    pub async fn create_peer(&self, region_id: u64, peer_id: u64) -> Result<()> {
+        if region_id == 0 || peer_id == 0 {
+            return Err(ServerError::InvalidArgument(
+                "region id and peer id must not be 0".into(),
+            ));
+        }
+        if let Some(p) = self.regions().get(region_id) {
+            return if p.group.node_id() == peer_id {
+                Ok(())
+            } else {
+                Err(ServerError::FailedPrecondition(format!(
+                    "this store already holds replica {} of region {region_id}",
+                    p.group.node_id()
+                )))
+            };
+        }
+        self.engine
+            .write(vec![WriteOp::PutMeta {
+                key: record_key(PENDING_PREFIX, region_id),
+                value: peer_id.to_be_bytes().to_vec(),
+            }])
+            .await?;
+        self.start_empty_peer(region_id, peer_id).await
+    }
+
+    /// Deletes replica `peer_id` of `region_id` here: stops its group and
+    /// deletes its Raft state, records and data in one write.
+    pub async fn destroy_peer(&self, region_id: u64, peer_id: u64) -> Result<()> {
+        let Some(peer) = self.regions().get(region_id) else {
+            return Ok(());
+        };
+        if peer.group.node_id() != peer_id {
+            return Err(ServerError::FailedPrecondition(format!(
+                "this store holds replica {} of region {region_id}, not {peer_id}",
+                peer.group.node_id()
+            )));
+        }
+        peer.group.shutdown().await;
+        self.regions_mut().remove(region_id);
+        let region = peer.region();
+        let mut ops = rdb_raft::delete_member_ops(region_id);
+        ops.extend([
+            WriteOp::DeleteMeta {
+                key: region_meta_key(region_id),
+            },
+            WriteOp::DeleteMeta {
+                key: version_key(region_id),
+            },
+            WriteOp::DeleteMeta {
+                key: record_key(PENDING_PREFIX, region_id),
+            },
+        ]);
+        if !region.peers.is_empty() {
+            // Only what no other replica here holds: a stale replica's
+            // range may overlap a newer region's.
+            let others: Vec<Region> = self.regions().regions();
+            for (start, end) in uncovered(&region.start_key, &region.end_key, &others) {
+                ops.push(WriteOp::ClearRange { start, end });
+            }
+        }
+        self.engine.write(ops).await?;
+        tracing::info!(region_id, peer_id, "replica destroyed");
+        Ok(())
+    }
+}
+
+/// The parts of `[start, end)` (empty `end`: unbounded) that none of
+/// `others` covers.
+fn uncovered(start: &[u8], end: &[u8], others: &[Region]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut covered: Vec<(&[u8], &[u8])> = others
+        .iter()
+        .filter(|r| !r.peers.is_empty() && r.overlaps(start, end))
+        .map(|r| (r.start_key.as_slice(), r.end_key.as_slice()))
+        .collect();
+    covered.sort();
+    let mut out = Vec::new();
+    let mut at = start.to_vec();
+    for (s, e) in covered {
+        if s > at.as_slice() {
+            out.push((at.clone(), s.to_vec()));
+        }
+        if e.is_empty() {
+            return out;
+        }
+        if e > at.as_slice() {
+            at = e.to_vec();
+        }
+    }
+    if end.is_empty() || at.as_slice() < end {
+        out.push((at, end.to_vec()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str, e: &str) -> Region {
+        Region {
+            start_key: s.into(),
+            end_key: e.into(),
+            peers: vec![Default::default()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_ranges_no_other_replica_holds_are_cleared() {
+        let v = |x: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            x.iter()
+                .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(uncovered(b"m", b"z", &[]), v(&[("m", "z")]));
+        assert_eq!(
+            uncovered(b"m", b"z", &[r("a", "n"), r("p", "q"), r("y", "")]),
+            v(&[("n", "p"), ("q", "y")])
+        );
+        assert_eq!(uncovered(b"m", b"", &[r("t", "")]), v(&[("m", "t")]));
+        assert_eq!(
+            uncovered(b"m", b"", &[r("p", "r")]),
+            v(&[("m", "p"), ("r", "")])
+        );
+        assert_eq!(uncovered(b"m", b"z", &[r("", "")]), v(&[]));
+    }
+}
