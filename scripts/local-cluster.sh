@@ -3,13 +3,16 @@
 # working with rdb-cli, and keeps it running until Ctrl-C.
 #
 #   bash scripts/local-cluster.sh [--data-dir DIR] [--pd-port N]
-#                                 [--pd-members 1|3|5] [--stores N] [--demo-only]
+#                                 [--pd-members 1|3|5] [--stores N]
+#                                 [--replicas N] [--demo-only]
 #
 # Data goes under DIR (default: a new temporary directory, kept afterwards).
 # --pd-members 3 starts a PD of three members (ports N, N+100, N+200) that
 # keeps serving when any one of them stops; default 1. --stores: how many
-# stores (default 2). --demo-only stops the cluster after the demo instead
-# of waiting for Ctrl-C.
+# stores (default 3). --replicas: replicas of every region (default 3, at
+# most --stores), added with `rdb-cli operator add-replica` once the first
+# region exists. --demo-only stops the cluster after the demo instead of
+# waiting for Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,20 +20,27 @@ DATA_DIR=""
 PD_PORT=2379
 DEMO_ONLY=0
 PD_MEMBERS=1
-STORES=2
+STORES=3
+REPLICAS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --pd-port) PD_PORT="$2"; shift 2 ;;
     --pd-members) PD_MEMBERS="$2"; shift 2 ;;
     --stores) STORES="$2"; shift 2 ;;
+    --replicas) REPLICAS="$2"; shift 2 ;;
     --demo-only) DEMO_ONLY=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$PD_MEMBERS" in 1|3|5) ;; *) echo "local-cluster.sh: --pd-members must be 1, 3 or 5" >&2; exit 2 ;; esac
 case "$STORES" in ''|*[!0-9]*|0) echo "local-cluster.sh: --stores must be a positive number" >&2; exit 2 ;; esac
+[ -n "$REPLICAS" ] || REPLICAS=$(( STORES < 3 ? STORES : 3 ))
+case "$REPLICAS" in ''|*[!0-9]*|0) echo "local-cluster.sh: --replicas must be a positive number" >&2; exit 2 ;; esac
+if [ "$REPLICAS" -gt "$STORES" ]; then
+  echo "local-cluster.sh: --replicas $REPLICAS is more than --stores $STORES" >&2; exit 2
+fi
 [ -n "$DATA_DIR" ] || DATA_DIR="$(mktemp -d -t flaredb-XXXXXX)"
 mkdir -p "$DATA_DIR"
 
@@ -109,6 +119,18 @@ echo "local-cluster: PD on $PD, stores on $STORE_ADDRS, data in $DATA_DIR"
 CLI=("$BIN/rdb-cli" --pd "$PD")
 run() { echo "\$ rdb-cli --pd $PD $*"; "${CLI[@]}" "$@" || echo "(exit code $?)"; }
 run put greeting hello
+if [ "$REPLICAS" -gt 1 ]; then
+  # The first region has one replica, on the store that bootstrapped it:
+  # add the others (a split later keeps them for both halves). `regions`
+  # prints ID START END EPOCH PEERS(id@store,...) LEADER.
+  peers() { "${CLI[@]}" regions | awk 'NR == 2 { print $5 }' | tr ',' '\n'; }
+  REGION=$("${CLI[@]}" regions | awk 'NR == 2 { print $1 }')
+  for STORE in $("${CLI[@]}" stores | awk 'NR > 1 { print $1 }'); do
+    [ "$(peers | grep -c .)" -lt "$REPLICAS" ] || break
+    peers | grep -q "@$STORE\$" && continue
+    run operator add-replica "$REGION" "$STORE"
+  done
+fi
 run get greeting
 run --json get greeting
 run cas counter 1 --expect-absent

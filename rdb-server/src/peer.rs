@@ -102,13 +102,17 @@ pub struct RegionMachine {
     split_pending_term: AtomicU64,
 }
 
-/// A region's state for a snapshot: its record, counter and data.
+/// A region's state for a snapshot: its record, counter, data and the
+/// exactly-once records of its writes (so that a replica added later
+/// answers a re-sent write as the others do).
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     region: Vec<u8>,
     counter: u64,
     /// Key, version, value.
     pairs: Vec<(Vec<u8>, u64, Vec<u8>)>,
+    /// Key and value in the `dedup` column family.
+    dedup: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 fn storage_err(e: StorageError) -> String {
@@ -155,6 +159,8 @@ impl RegionMachine {
     }
 
     /// Queues `ops` with the entry's marks; returns the queued request.
+    /// The request id's record is kept under the region's id, so that the
+    /// region's snapshots carry it.
     async fn queue(
         &self,
         id: Option<rdb_storage::RequestId>,
@@ -163,8 +169,9 @@ impl RegionMachine {
         first_version: Option<u64>,
     ) -> Result<Queued, String> {
         ops.extend(marks);
+        let scope = self.read().region.id;
         self.engine
-            .enqueue_versioned(id, ops, first_version)
+            .enqueue_versioned(id, ops, first_version, scope)
             .await
             .map_err(storage_err)
     }
@@ -435,8 +442,11 @@ impl BatchMachine for RegionMachine {
         let Applied { region, counter } = self.read().clone();
         let engine = self.engine.clone();
         let (start, end) = (region.start_key.clone(), region.end_key.clone());
-        let entries = tokio::task::spawn_blocking(move || {
-            engine.scan(&start, &end, rdb_storage::ScanOptions::default())
+        let id = region.id;
+        let (entries, dedup) = tokio::task::spawn_blocking(move || {
+            let entries = engine.scan(&start, &end, rdb_storage::ScanOptions::default())?;
+            let dedup = engine.scan_dedup(&rdb_storage::dedup_scope_prefix(id))?;
+            Ok::<_, StorageError>((entries, dedup))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -448,6 +458,7 @@ impl BatchMachine for RegionMachine {
                 .into_iter()
                 .map(|e| (e.key, e.version, e.value))
                 .collect(),
+            dedup,
         };
         postcard::to_stdvec(&data).map_err(|e| e.to_string())
     }
@@ -477,6 +488,11 @@ impl BatchMachine for RegionMachine {
                     value,
                     version,
                 }),
+        );
+        ops.extend(
+            snap.dedup
+                .into_iter()
+                .map(|(key, value)| WriteOp::PutDedup { key, value }),
         );
         ops.push(put_region_op(&region));
         ops.push(put_counter_op(region.id, snap.counter));

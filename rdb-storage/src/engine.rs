@@ -259,7 +259,7 @@ impl Engine {
         first_version: Option<u64>,
     ) -> Result<Vec<OpResult>> {
         // Waits (without blocking the thread) while the queue is full.
-        self.enqueue_versioned(id, ops, first_version)
+        self.enqueue_versioned(id, ops, first_version, 0)
             .await?
             .wait()
             .await
@@ -308,11 +308,16 @@ impl Engine {
     /// `DeleteRange`, which wait for their count: await such a request
     /// before queueing the next when the order matters), and requests
     /// queued together share one RocksDB write batch and its sync.
+    ///
+    /// `scope` (a region id; 0: none) keys the request id's record under
+    /// [`dedup_scope_prefix`](crate::dedup_scope_prefix)`(scope)`, so that
+    /// the records of one region can be listed ([`Engine::scan_dedup`]).
     pub async fn enqueue_versioned(
         &self,
         id: Option<RequestId>,
         ops: Vec<WriteOp>,
         first_version: Option<u64>,
+        scope: u64,
     ) -> Result<Queued> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -321,6 +326,7 @@ impl Engine {
                 ops,
                 reply,
                 first_version,
+                scope,
             }))
             .await
             .map_err(|_| StorageError::Closed)?;
@@ -345,6 +351,7 @@ impl Engine {
                 ops,
                 reply,
                 first_version: None,
+                scope: 0,
             }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
@@ -554,12 +561,17 @@ impl Engine {
 
     /// Lists metadata entries whose key starts with `prefix`, in key order.
     pub fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_prefix(CF_META, prefix)
+    }
+
+    /// The entries of column family `cf` whose key starts with `prefix`.
+    fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let db = &self.inner.db;
-        let cf = db
-            .cf_handle(CF_META)
-            .ok_or_else(|| StorageError::Corruption("missing meta column family".into()))?;
+        let handle = db
+            .cf_handle(cf)
+            .ok_or_else(|| StorageError::Corruption(format!("missing {cf} column family")))?;
         let mut out = Vec::new();
-        for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in db.iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
                 break;
@@ -567,6 +579,13 @@ impl Engine {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The exactly-once records whose key starts with `prefix`, in key
+    /// order (with [`dedup_scope_prefix`](crate::dedup_scope_prefix): one
+    /// region's records, for its snapshot).
+    pub fn scan_dedup(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_prefix(CF_DEDUP, prefix)
     }
 
     /// Reads an entry of the `raft` column family.

@@ -133,4 +133,7 @@ pub use datadir::{DataDir, Identity};
 #[cfg(feature = "engine")]
 pub use engine::{Engine, EngineOptions, Entry, Queued, ScanOptions};
 pub use error::{Result, StorageError};
-pub use op::{CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp, REQUEST_ID_LEN};
+pub use op::{
+    dedup_scope_prefix, CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp,
+    REQUEST_ID_LEN,
+};

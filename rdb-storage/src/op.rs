@@ -108,6 +108,14 @@ pub enum WriteOp {
         /// The value.
         value: Vec<u8>,
     },
+    /// Stores an exactly-once record as it was read from another store's
+    /// `dedup` column family (a region's snapshot), key and value as they are.
+    PutDedup {
+        /// The key ([`RequestId::scoped_key`]).
+        key: Vec<u8>,
+        /// The encoded record.
+        value: Vec<u8>,
+    },
     /// Removes the entries of the `raft` column family in `[start, end)`
     /// (`start < end`; one range tombstone).
     DeleteRaftRange {
@@ -140,7 +148,7 @@ pub enum OpResult {
     Cas(CasOutcome),
     /// `DeleteRange`: how many keys were removed.
     DeleteRange(u64),
-    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`, `PutRaft`, `DeleteRaftRange`.
+    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`, `PutRaft`, `PutDedup`, `DeleteRaftRange`.
     Done,
 }
 
@@ -172,7 +180,31 @@ pub struct RequestId {
 /// Length of a [`RequestId`] as a key of the `dedup` column family.
 pub const REQUEST_ID_LEN: usize = 24;
 
+/// The first byte of a scoped exactly-once key (see [`RequestId::scoped_key`]).
+pub const SCOPED_DEDUP_MARK: u8 = 0xff;
+
+/// The prefix of the exactly-once keys of `scope` in the `dedup` column
+/// family: every record of one region, for its snapshots.
+pub fn dedup_scope_prefix(scope: u64) -> [u8; 9] {
+    let mut p = [SCOPED_DEDUP_MARK; 9];
+    p[1..].copy_from_slice(&scope.to_be_bytes());
+    p
+}
+
 impl RequestId {
+    /// The key of this id in `scope` (a region id; 0: no scope) in the
+    /// `dedup` column family: [`to_key`](RequestId::to_key) without a
+    /// scope, else [`dedup_scope_prefix`] then `client` and `seq` (33
+    /// bytes, so never equal to an unscoped key).
+    pub fn scoped_key(&self, scope: u64) -> Vec<u8> {
+        if scope == 0 {
+            return self.to_key().to_vec();
+        }
+        let mut key = dedup_scope_prefix(scope).to_vec();
+        key.extend_from_slice(&self.to_key());
+        key
+    }
+
     /// The key of this id in the `dedup` column family: `client` then
     /// `seq`, both big-endian.
     pub fn to_key(&self) -> [u8; REQUEST_ID_LEN] {

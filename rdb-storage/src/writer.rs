@@ -38,6 +38,8 @@ pub(crate) struct Request {
     /// with a new value, in op order, whether or not the CAS succeeds (see
     /// [`Engine::write_versioned`](crate::Engine::write_versioned)).
     pub first_version: Option<u64>,
+    /// The scope of the request id's record (a region id; 0: none).
+    pub scope: u64,
     pub reply: Reply,
 }
 
@@ -139,8 +141,8 @@ enum Mutation {
     /// (`start < end`).
     DataRange(Vec<u8>, Vec<u8>),
     Meta(Vec<u8>, Option<Vec<u8>>),
-    /// The exactly-once record of a request: id and encoded results.
-    Dedup(RequestId, Vec<u8>),
+    /// The exactly-once record of a request: its key and encoded results.
+    Dedup(Vec<u8>, Vec<u8>),
     /// An entry of the raft column family.
     Raft(Vec<u8>, Vec<u8>),
     /// A range tombstone over `[start, end)` of the raft column family.
@@ -459,15 +461,15 @@ impl Writer {
         let mut replies = Vec::with_capacity(group.len());
         let mut written = Vec::new();
         // Results of the exactly-once requests applied in this group.
-        let mut applied: HashMap<RequestId, Vec<OpResult>> = HashMap::new();
+        let mut applied: HashMap<(u64, RequestId), Vec<OpResult>> = HashMap::new();
         let mut recount = Vec::new();
         let start_version = self.last_version;
         let applied_ms = now_ms();
         for Ready { req, count } in group {
             if let Some(id) = req.id {
-                let earlier = match applied.get(&id) {
+                let earlier = match applied.get(&(req.scope, id)) {
                     Some(results) => Ok(Some(results.clone())),
-                    None => self.recorded(id),
+                    None => self.recorded(&id.scoped_key(req.scope)),
                 };
                 match earlier {
                     // Already applied: answer as the first time, apply nothing.
@@ -496,7 +498,10 @@ impl Writer {
                 )
                 .and_then(|results| {
                     if let Some(id) = req.id {
-                        muts.push(Mutation::Dedup(id, encode_dedup(applied_ms, &results)));
+                        muts.push(Mutation::Dedup(
+                            id.scoped_key(req.scope),
+                            encode_dedup(applied_ms, &results),
+                        ));
                     }
                     self.stage(&mut batch, &muts)?;
                     Ok(results)
@@ -504,7 +509,7 @@ impl Writer {
             match outcome {
                 Ok(results) => {
                     if let Some(id) = req.id {
-                        applied.insert(id, results.clone());
+                        applied.insert((req.scope, id), results.clone());
                     }
                     overlay.merge(local);
                     written.extend(muts);
@@ -583,13 +588,14 @@ impl Writer {
         self.db.write_opt(batch, &wo).map_err(CommitError::from)
     }
 
-    /// The stored results of an exactly-once request, if it was applied.
-    fn recorded(&self, id: RequestId) -> Result<Option<Vec<OpResult>>> {
+    /// The stored results of an exactly-once request (its record's key),
+    /// if it was applied.
+    fn recorded(&self, key: &[u8]) -> Result<Option<Vec<OpResult>>> {
         let cf = self
             .db
             .cf_handle(CF_DEDUP)
             .ok_or_else(|| missing_cf(CF_DEDUP))?;
-        match self.db.get_pinned_cf(cf, id.to_key())? {
+        match self.db.get_pinned_cf(cf, key)? {
             Some(raw) => Ok(Some(decode_dedup(&raw)?.1)),
             None => Ok(None),
         }
@@ -607,7 +613,7 @@ impl Writer {
                 Mutation::DataRange(s, e) => batch.delete_range_cf(data, s, e),
                 Mutation::Meta(k, Some(v)) => batch.put_cf(meta, k, v),
                 Mutation::Meta(k, None) => batch.delete_cf(meta, k),
-                Mutation::Dedup(id, v) => batch.put_cf(dedup, id.to_key(), v),
+                Mutation::Dedup(k, v) => batch.put_cf(dedup, k, v),
                 Mutation::Raft(k, v) => batch.put_cf(raft, k, v),
                 Mutation::RaftRange(s, e) => batch.delete_range_cf(raft, s, e),
             }
@@ -873,6 +879,11 @@ impl Writer {
                 }
                 WriteOp::PutRaft { key, value } => {
                     muts.push(Mutation::Raft(key.clone(), value.clone()));
+                    OpResult::Done
+                }
+                WriteOp::PutDedup { key, value } => {
+                    crate::codec::decode_dedup(value)?;
+                    muts.push(Mutation::Dedup(key.clone(), value.clone()));
                     OpResult::Done
                 }
                 WriteOp::DeleteRaftRange { start, end } => {

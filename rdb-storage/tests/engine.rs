@@ -659,3 +659,46 @@ async fn caller_numbered_versions_do_not_depend_on_the_data() {
         Err(StorageError::InvalidArgument(_))
     ));
 }
+
+#[tokio::test]
+async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let id = RequestId { client: 9, seq: 1 };
+    for scope in [5, 6] {
+        e.enqueue_versioned(Some(id), vec![put(b"k", b"v")], Some(scope * 10), scope)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+    }
+    let five = e.scan_dedup(&rdb_storage::dedup_scope_prefix(5)).unwrap();
+    assert_eq!(five.len(), 1, "one record in scope 5");
+    // The same id in scope 6 was applied (a record of its own, not a hit).
+    assert_eq!(e.get(b"k").unwrap().unwrap().version, 60);
+    // A record copied into another engine answers the re-send there.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let other = open(tmp2.path());
+    let (key, value) = five[0].clone();
+    other
+        .write(vec![WriteOp::PutDedup { key, value }])
+        .await
+        .unwrap();
+    let again = other
+        .enqueue_versioned(Some(id), vec![put(b"k", b"w")], Some(99), 5)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(again[0], OpResult::Put(50));
+    assert_eq!(other.get(b"k").unwrap(), None, "answered, not applied");
+    assert!(other
+        .write(vec![WriteOp::PutDedup {
+            key: b"x".to_vec(),
+            value: b"garbage".to_vec()
+        }])
+        .await
+        .is_err());
+}

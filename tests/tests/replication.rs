@@ -280,3 +280,77 @@ async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
     let r = only_region(&client).await.region.unwrap();
     assert_eq!(r.store_id, fourth);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
+    let cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
+    let route = only_region(&client).await;
+    let region = route.region.unwrap();
+    client
+        .add_replica(region.id, cluster.stores[1].id)
+        .await
+        .unwrap();
+    let now = only_region(&client).await;
+    let region = now.region.unwrap();
+    let put = |address: String, value: &'static [u8]| {
+        let region = region.clone();
+        async move {
+            let mut kv = KvClient::connect(format!("http://{address}"))
+                .await
+                .unwrap();
+            kv.put(rdb_proto::v1::PutRequest {
+                context: Some(Context {
+                    region_id: region.id,
+                    region_epoch: region.epoch,
+                }),
+                key: b"k".to_vec(),
+                value: value.to_vec(),
+                request_id: Some(rdb_proto::v1::RequestId {
+                    client: vec![7; 16],
+                    seq: 1,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let first = put(now.leader.unwrap().address, b"one").await;
+    assert!(first.region_error.is_none(), "{first:?}");
+    client.put(b"k".to_vec(), b"two".to_vec()).await.unwrap();
+
+    // A third replica, filled by a snapshot, then leading.
+    let third = cluster.stores[2].id;
+    client.add_replica(region.id, third).await.unwrap();
+    let led = client.transfer_leader(region.id, third).await.unwrap();
+    let region = led.region.clone().unwrap();
+    let resent = {
+        let mut kv = KvClient::connect(format!("http://{}", led.leader.unwrap().address))
+            .await
+            .unwrap();
+        kv.put(rdb_proto::v1::PutRequest {
+            context: Some(Context {
+                region_id: region.id,
+                region_epoch: region.epoch,
+            }),
+            key: b"k".to_vec(),
+            value: b"one".to_vec(),
+            request_id: Some(rdb_proto::v1::RequestId {
+                client: vec![7; 16],
+                seq: 1,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    assert!(resent.region_error.is_none(), "{resent:?}");
+    assert_eq!(resent.version, first.version, "answered from the record");
+    assert_eq!(
+        client.get(b"k".to_vec()).await.unwrap().unwrap().value,
+        b"two",
+        "the re-sent write was not applied again"
+    );
+}

@@ -118,6 +118,7 @@ fn spawn_write(e: &Engine, id: Option<RequestId>, ops: Vec<WriteOp>) -> Write {
                 ops,
                 reply,
                 first_version: None,
+                scope: 0,
             }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
