@@ -281,6 +281,28 @@ async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
     assert_eq!(r.store_id, fourth);
 }
 
+/// Puts `k` = `one` on the store at `address` with one fixed request id.
+async fn resend_one(address: String, region: &rdb_client::Region) -> rdb_proto::v1::PutResponse {
+    let mut kv = KvClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    kv.put(rdb_proto::v1::PutRequest {
+        context: Some(Context {
+            region_id: region.id,
+            region_epoch: region.epoch,
+        }),
+        key: b"k".to_vec(),
+        value: b"one".to_vec(),
+        request_id: Some(rdb_proto::v1::RequestId {
+            client: vec![7; 16],
+            seq: 1,
+        }),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
     let cluster = TestCluster::start(3);
@@ -294,30 +316,7 @@ async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
         .unwrap();
     let now = only_region(&client).await;
     let region = now.region.unwrap();
-    let put = |address: String, value: &'static [u8]| {
-        let region = region.clone();
-        async move {
-            let mut kv = KvClient::connect(format!("http://{address}"))
-                .await
-                .unwrap();
-            kv.put(rdb_proto::v1::PutRequest {
-                context: Some(Context {
-                    region_id: region.id,
-                    region_epoch: region.epoch,
-                }),
-                key: b"k".to_vec(),
-                value: value.to_vec(),
-                request_id: Some(rdb_proto::v1::RequestId {
-                    client: vec![7; 16],
-                    seq: 1,
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-        }
-    };
-    let first = put(now.leader.unwrap().address, b"one").await;
+    let first = resend_one(now.leader.unwrap().address, &region).await;
     assert!(first.region_error.is_none(), "{first:?}");
     client.put(b"k".to_vec(), b"two".to_vec()).await.unwrap();
 
@@ -326,26 +325,7 @@ async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
     client.add_replica(region.id, third).await.unwrap();
     let led = client.transfer_leader(region.id, third).await.unwrap();
     let region = led.region.clone().unwrap();
-    let resent = {
-        let mut kv = KvClient::connect(format!("http://{}", led.leader.unwrap().address))
-            .await
-            .unwrap();
-        kv.put(rdb_proto::v1::PutRequest {
-            context: Some(Context {
-                region_id: region.id,
-                region_epoch: region.epoch,
-            }),
-            key: b"k".to_vec(),
-            value: b"one".to_vec(),
-            request_id: Some(rdb_proto::v1::RequestId {
-                client: vec![7; 16],
-                seq: 1,
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-    };
+    let resent = resend_one(led.leader.unwrap().address, &region).await;
     assert!(resent.region_error.is_none(), "{resent:?}");
     assert_eq!(resent.version, first.version, "answered from the record");
     assert_eq!(
