@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdb_client::{Client, ClientConfig};
 
+pub mod linearizability;
 mod proxy;
 pub use proxy::{Cut, CutProxy};
 
@@ -257,6 +258,36 @@ fn check_failpoints_on(bin: &str, log: &Path) {
     );
 }
 
+/// The file whose existence cuts the Raft traffic of the daemon in `dir`.
+fn cut_file(dir: &Path) -> PathBuf {
+    dir.with_extension("raft-cut")
+}
+
+/// The environment that arms the Raft cut switch of the daemon in `dir`
+/// (test builds with the `failpoints` feature).
+fn cut_switch_env(dir: &Path) -> (String, String) {
+    (
+        "FLAREDB_TEST_RAFT_CUT".to_string(),
+        cut_file(dir).display().to_string(),
+    )
+}
+
+/// Cuts daemon `d`'s Raft traffic, both ways (clients still reach it).
+pub fn cut_raft(d: &Daemon) {
+    let log = std::fs::read_to_string(Daemon::log_path(&d.dir)).unwrap_or_default();
+    assert!(
+        log.contains("Raft cut switch armed"),
+        "the daemon has no Raft cut switch: build it with `--features rdb-pd/failpoints,rdb-server/failpoints` \
+         (scripts/test.sh does)"
+    );
+    std::fs::write(cut_file(&d.dir), b"cut").expect("write cut file");
+}
+
+/// Undoes [`cut_raft`].
+pub fn heal_raft(d: &Daemon) {
+    let _ = std::fs::remove_file(cut_file(&d.dir));
+}
+
 /// The members of a PD group, started together on free loopback ports.
 /// Each member's Raft traffic can be cut both ways ([`PdGroup::cut`]; test
 /// builds of rdb-pd only) while clients still reach it.
@@ -295,10 +326,7 @@ impl PdGroup {
                             "3".into(),
                         ];
                         flags.extend_from_slice(extra);
-                        let env = [(
-                            "FLAREDB_TEST_RAFT_CUT".to_string(),
-                            Self::cut_file(&dir).display().to_string(),
-                        )];
+                        let env = [cut_switch_env(&dir)];
                         Daemon::start_env(Kind::Pd, &dir, addr, &flags, &env)
                     })
                 })
@@ -309,10 +337,6 @@ impl PdGroup {
                 .collect()
         });
         PdGroup { members }
-    }
-
-    fn cut_file(dir: &Path) -> PathBuf {
-        dir.with_extension("raft-cut")
     }
 
     /// Every member's address, comma-separated (for `--pd`).
@@ -326,19 +350,12 @@ impl PdGroup {
 
     /// Cuts member `i`'s Raft traffic, both ways (clients still reach it).
     pub fn cut(&self, i: usize) {
-        let log =
-            std::fs::read_to_string(Daemon::log_path(&self.members[i].dir)).unwrap_or_default();
-        assert!(
-            log.contains("Raft cut switch armed"),
-            "rdb-pd has no Raft cut switch: build it with `--features rdb-pd/failpoints` \
-             (scripts/test.sh does)"
-        );
-        std::fs::write(Self::cut_file(&self.members[i].dir), b"cut").expect("write cut file");
+        cut_raft(&self.members[i]);
     }
 
     /// Undoes [`PdGroup::cut`].
     pub fn heal(&self, i: usize) {
-        let _ = std::fs::remove_file(Self::cut_file(&self.members[i].dir));
+        heal_raft(&self.members[i]);
     }
 
     /// The members' view through `GetMembers` on member `i`.
@@ -444,7 +461,9 @@ impl TestCluster {
             "200".into(),
         ];
         let extra = [extra, self.store_extra.clone()].concat();
-        let d = Daemon::start_env(Kind::Server, &dir, "127.0.0.1:0", &extra, env);
+        let mut env = env.to_vec();
+        env.push(cut_switch_env(&dir));
+        let d = Daemon::start_env(Kind::Server, &dir, "127.0.0.1:0", &extra, &env);
         self.stores.push(d);
         self.stores.last().expect("just pushed")
     }
