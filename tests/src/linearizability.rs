@@ -108,57 +108,107 @@ pub fn check(events: &[Event], limit: u64) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Whether one register's history (from an absent value) is linearizable.
-fn linearizable(ops: &[Event], limit: u64) -> bool {
-    let n = ops.len();
-    let words = n.div_ceil(64);
-    let mut done = vec![0u64; words];
-    let mut seen: HashSet<(Vec<u64>, Option<Val>)> = HashSet::new();
-    let mut steps = 0u64;
-    search(ops, &mut done, None, 0, &mut seen, &mut steps, limit)
+/// A pseudo-random 128-bit tag per operation (splitmix64), for hashing
+/// the set of placed operations incrementally (Zobrist hashing).
+fn tag(i: usize) -> u128 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let a = mix(i as u64);
+    (u128::from(a) << 64) | u128::from(mix(a))
 }
 
-fn search(
-    ops: &[Event],
-    done: &mut Vec<u64>,
-    state: Option<Val>,
-    count: usize,
-    seen: &mut HashSet<(Vec<u64>, Option<Val>)>,
-    steps: &mut u64,
-    limit: u64,
-) -> bool {
-    if count == ops.len() {
-        return true;
-    }
-    *steps += 1;
-    if *steps > limit || !seen.insert((done.clone(), state)) {
-        return false;
-    }
-    let is_done = |done: &Vec<u64>, i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-    // The earliest return among the operations not placed yet: an operation
-    // invoked after it cannot come next.
-    let first_return = (0..ops.len())
-        .filter(|i| !is_done(done, *i))
-        .filter_map(|i| ops[i].returned)
-        .min();
-    for i in 0..ops.len() {
-        if is_done(done, i) {
-            continue;
+/// Whether one register's history (from an absent value) is linearizable.
+///
+/// Depth-first search over the order in which operations take effect: an
+/// operation can come next if no operation still unplaced returned before
+/// it was invoked; configurations (set of placed operations, value) already
+/// explored are not explored again. Iterative, so that histories of
+/// thousands of operations do not overflow the stack.
+fn linearizable(ops: &[Event], limit: u64) -> bool {
+    use std::collections::BTreeSet;
+    let n = ops.len();
+    let mut done = vec![false; n];
+    // Unplaced operations, and the return times of those that returned.
+    let mut open: BTreeSet<usize> = (0..n).collect();
+    let mut returns: BTreeSet<(Instant, usize)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.returned.map(|r| (r, i)))
+        .collect();
+    let mut seen: HashSet<(u128, Option<Val>)> = HashSet::new();
+    let mut placed_hash = 0u128;
+    let mut state: Option<Val> = None;
+    // The operations placed so far, with the value before each.
+    let mut stack: Vec<(usize, Option<Val>)> = Vec::new();
+    let mut steps = 0u64;
+    let mut resume = 0usize;
+    let mut fresh = true;
+    loop {
+        let mut exhausted = false;
+        if fresh {
+            if stack.len() == n {
+                return true;
+            }
+            steps += 1;
+            if steps > limit {
+                return false;
+            }
+            if seen.insert((placed_hash, state)) {
+                resume = open.first().copied().unwrap_or(n);
+            } else {
+                exhausted = true;
+            }
         }
-        if first_return.is_some_and(|r| ops[i].invoked > r) {
-            // Ops are sorted by invocation: no later one can come next.
-            break;
+        let mut found = None;
+        if !exhausted {
+            let bound = returns.first().map(|(r, _)| *r);
+            let mut i = resume;
+            while i < n {
+                if !done[i] {
+                    if bound.is_some_and(|b| ops[i].invoked > b) {
+                        // Sorted by invocation: no later one can come next.
+                        break;
+                    }
+                    if let Some(next) = step(state, &ops[i].op) {
+                        found = Some((i, next));
+                        break;
+                    }
+                }
+                i += 1;
+            }
         }
-        let Some(next) = step(state, &ops[i].op) else {
-            continue;
-        };
-        done[i / 64] |= 1 << (i % 64);
-        if search(ops, done, next, count + 1, seen, steps, limit) {
-            return true;
+        match found {
+            Some((i, next)) => {
+                stack.push((i, state));
+                done[i] = true;
+                open.remove(&i);
+                if let Some(r) = ops[i].returned {
+                    returns.remove(&(r, i));
+                }
+                placed_hash ^= tag(i);
+                state = next;
+                fresh = true;
+            }
+            None => {
+                let Some((i, prev)) = stack.pop() else {
+                    return false;
+                };
+                done[i] = false;
+                open.insert(i);
+                if let Some(r) = ops[i].returned {
+                    returns.insert((r, i));
+                }
+                placed_hash ^= tag(i);
+                state = prev;
+                resume = i + 1;
+                fresh = false;
+            }
         }
-        done[i / 64] &= !(1 << (i % 64));
     }
-    false
 }
 
 #[cfg(test)]
@@ -256,5 +306,18 @@ mod tests {
             ev(Op::Get(None), 3, Some(4)),
         ];
         assert!(check(&flip, 100_000).is_err());
+    }
+
+    #[test]
+    fn long_histories_are_checked_without_deep_recursion() {
+        // 20,000 sequential puts and reads, then one stale read.
+        let mut h = Vec::new();
+        for i in 0..10_000u64 {
+            h.push(ev(Op::Put(i), 4 * i, Some(4 * i + 1)));
+            h.push(ev(Op::Get(Some(i)), 4 * i + 2, Some(4 * i + 3)));
+        }
+        assert!(check(&h, 10_000_000).is_ok());
+        h.push(ev(Op::Get(Some(3)), 50_000, Some(50_001)));
+        assert!(check(&h, 10_000_000).is_err());
     }
 }
