@@ -62,7 +62,9 @@ pub struct Entry {
 }
 
 /// What a group replicates, for machines that write their own changes
-/// (and read the engine while they apply).
+/// (and read the engine while they apply). Their writes need not be
+/// synced: the group's log is synced, and every snapshot is built by a
+/// synced write before the log behind it is dropped.
 #[tonic::async_trait]
 pub trait BatchMachine: Send + Sync + 'static {
     /// Applies committed entries, in order; returns one answer per entry.
@@ -126,6 +128,7 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// every snapshot built. So a group never holds a copy of its state just
 /// in case a member falls behind.
 pub struct Adapter {
+    engine: Engine,
     group: u64,
     machine: Arc<dyn BatchMachine>,
     applied: Option<LogIdOf<TypeConfig>>,
@@ -139,6 +142,8 @@ pub struct Adapter {
 /// A snapshot's log id, taken when openraft asked for a builder (no apply
 /// runs then).
 pub struct Builder {
+    engine: Engine,
+    group: u64,
     meta: SnapshotMetaOf<TypeConfig>,
 }
 
@@ -175,6 +180,7 @@ impl Adapter {
             None => StoredMembership::default(),
         };
         Ok(Adapter {
+            engine: engine.clone(),
             group,
             machine,
             applied,
@@ -222,6 +228,18 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>> {
+        // A synced write: the machine may write its entries without
+        // syncing (its log is their durable record); openraft drops the log
+        // up to this snapshot once it is built, so everything applied up to
+        // here must be durable first (the WAL is sequential: this sync
+        // covers every earlier write).
+        self.engine
+            .write(vec![WriteOp::PutMeta {
+                key: meta_key(self.group, "snapshot"),
+                value: encode(&self.meta).map_err(io_err)?,
+            }])
+            .await
+            .map_err(io_err)?;
         Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
             meta: self.meta.clone(),
             snapshot: Cursor::new(Vec::new()),
@@ -280,6 +298,8 @@ impl RaftStateMachine<TypeConfig> for Adapter {
 
     async fn get_snapshot_builder(&mut self) -> Builder {
         Builder {
+            engine: self.engine.clone(),
+            group: self.group,
             meta: self.snapshot_meta(),
         }
     }

@@ -20,7 +20,7 @@ use rdb_proto::v1::{
     EpochNotMatch, NotLeader, Peer, PeerRole, Region, RegionEpoch, RegionError, Store,
 };
 use rdb_raft::{BatchMachine, Entry, Member, Membership, NodeId};
-use rdb_storage::{Engine, OpResult, Queued, StorageError, WriteOp};
+use rdb_storage::{Engine, OpResult, Queued, StorageError, VersionedWrite, WriteOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -170,8 +170,18 @@ impl RegionMachine {
     ) -> Result<Queued, String> {
         ops.extend(marks);
         let scope = self.read().region.id;
+        // Not synced: the group's synced log is the durable record of the
+        // entry, applied again after a crash that lost this write (its
+        // applied mark goes with it); a snapshot is built only after a
+        // synced write (rdb-raft), before the log behind it is dropped.
         self.engine
-            .enqueue_versioned(id, ops, first_version, scope)
+            .enqueue_versioned(VersionedWrite {
+                id,
+                ops,
+                first_version,
+                scope,
+                sync: false,
+            })
             .await
             .map_err(storage_err)
     }

@@ -127,6 +127,26 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// A write for [`Engine::enqueue_versioned`].
+#[derive(Debug, Default)]
+pub struct VersionedWrite {
+    /// The exactly-once id, if any.
+    pub id: Option<RequestId>,
+    /// The operations, applied atomically.
+    pub ops: Vec<WriteOp>,
+    /// The first of the request's own version numbers (`None`: the
+    /// store-wide counter).
+    pub first_version: Option<u64>,
+    /// The scope of the id's record (a region id; 0: none).
+    pub scope: u64,
+    /// Whether the answer waits for the write to be synced (with the
+    /// engine's `sync` on). `false` for writes whose durable record is
+    /// elsewhere (a Raft group's applied entries: its synced log is the
+    /// record; the next synced write makes them durable too, the WAL being
+    /// sequential).
+    pub sync: bool,
+}
+
 /// A write request in the writer's queue (see [`Engine::enqueue_versioned`]).
 #[derive(Debug)]
 pub struct Queued(oneshot::Receiver<Result<Vec<OpResult>>>);
@@ -259,10 +279,16 @@ impl Engine {
         first_version: Option<u64>,
     ) -> Result<Vec<OpResult>> {
         // Waits (without blocking the thread) while the queue is full.
-        self.enqueue_versioned(id, ops, first_version, 0)
-            .await?
-            .wait()
-            .await
+        self.enqueue_versioned(VersionedWrite {
+            id,
+            ops,
+            first_version,
+            scope: 0,
+            sync: true,
+        })
+        .await?
+        .wait()
+        .await
     }
 
     /// Applies `ops` atomically; returns one result per op, in order. The
@@ -312,21 +338,16 @@ impl Engine {
     /// `scope` (a region id; 0: none) keys the request id's record under
     /// [`dedup_scope_prefix`](crate::dedup_scope_prefix)`(scope)`, so that
     /// the records of one region can be listed ([`Engine::scan_dedup`]).
-    pub async fn enqueue_versioned(
-        &self,
-        id: Option<RequestId>,
-        ops: Vec<WriteOp>,
-        first_version: Option<u64>,
-        scope: u64,
-    ) -> Result<Queued> {
+    pub async fn enqueue_versioned(&self, w: VersionedWrite) -> Result<Queued> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Msg::Write(Request {
-                id,
-                ops,
+                id: w.id,
+                ops: w.ops,
                 reply,
-                first_version,
-                scope,
+                first_version: w.first_version,
+                scope: w.scope,
+                sync: w.sync,
             }))
             .await
             .map_err(|_| StorageError::Closed)?;
@@ -352,6 +373,7 @@ impl Engine {
                 reply,
                 first_version: None,
                 scope: 0,
+                sync: true,
             }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?

@@ -40,6 +40,9 @@ pub(crate) struct Request {
     pub first_version: Option<u64>,
     /// The scope of the request id's record (a region id; 0: none).
     pub scope: u64,
+    /// Whether the request must be durable when answered (with the
+    /// engine's `sync` on). A group is synced if any of its requests is.
+    pub sync: bool,
     pub reply: Reply,
 }
 
@@ -465,6 +468,7 @@ impl Writer {
         let mut recount = Vec::new();
         let start_version = self.last_version;
         let applied_ms = now_ms();
+        let sync = group.iter().any(|r| r.req.sync);
         for Ready { req, count } in group {
             if let Some(id) = req.id {
                 let earlier = match applied.get(&(req.scope, id)) {
@@ -539,7 +543,7 @@ impl Writer {
                     }
                 }
             }
-            match self.commit(batch) {
+            match self.commit(batch, sync) {
                 Ok(()) => {
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -579,12 +583,12 @@ impl Writer {
         Flow::Continue
     }
 
-    fn commit(&self, batch: WriteBatch) -> std::result::Result<(), CommitError> {
+    fn commit(&self, batch: WriteBatch, sync: bool) -> std::result::Result<(), CommitError> {
         if let Some(hook) = &self.hooks.before_commit {
             hook()?;
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
+        wo.set_sync(self.sync && sync);
         self.db.write_opt(batch, &wo).map_err(CommitError::from)
     }
 

@@ -666,12 +666,18 @@ async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
     let e = open(tmp.path());
     let id = RequestId { client: 9, seq: 1 };
     for scope in [5, 6] {
-        e.enqueue_versioned(Some(id), vec![put(b"k", b"v")], Some(scope * 10), scope)
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        e.enqueue_versioned(rdb_storage::VersionedWrite {
+            id: Some(id),
+            ops: vec![put(b"k", b"v")],
+            first_version: Some(scope * 10),
+            scope,
+            sync: true,
+        })
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     }
     let five = e.scan_dedup(&rdb_storage::dedup_scope_prefix(5)).unwrap();
     assert_eq!(five.len(), 1, "one record in scope 5");
@@ -686,7 +692,13 @@ async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
         .await
         .unwrap();
     let again = other
-        .enqueue_versioned(Some(id), vec![put(b"k", b"w")], Some(99), 5)
+        .enqueue_versioned(rdb_storage::VersionedWrite {
+            id: Some(id),
+            ops: vec![put(b"k", b"w")],
+            first_version: Some(99),
+            scope: 5,
+            sync: false,
+        })
         .await
         .unwrap()
         .wait()

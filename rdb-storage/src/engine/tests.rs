@@ -119,6 +119,7 @@ fn spawn_write(e: &Engine, id: Option<RequestId>, ops: Vec<WriteOp>) -> Write {
                 reply,
                 first_version: None,
                 scope: 0,
+                sync: true,
             }))
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
