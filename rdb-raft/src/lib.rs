@@ -362,6 +362,11 @@ impl Group {
             .map_err(|e| Error::Stopped(e.to_string()))
     }
 
+    /// The group's timing.
+    pub fn timing(&self) -> Timing {
+        self.config.timing
+    }
+
     /// This member's id.
     pub fn node_id(&self) -> NodeId {
         self.config.node_id

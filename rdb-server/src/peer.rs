@@ -591,10 +591,16 @@ impl RegionPeer {
         if self.group.lease_holds() && !self.machine.split_pending(term) {
             return Ok(());
         }
-        match self.group.ensure_leader().await {
-            Ok(()) => Ok(()),
-            Err(rdb_raft::Error::NotLeader { leader }) => Err(self.not_leader(leader)),
-            Err(e) => Err(self.not_leader_because(&e)),
+        // A leader cut off from its replicas gets no answer to its round:
+        // after an election timeout it cannot be sure it still leads.
+        let wait = self.group.timing().election_max;
+        match tokio::time::timeout(wait, self.group.ensure_leader()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(rdb_raft::Error::NotLeader { leader })) => Err(self.not_leader(leader)),
+            Ok(Err(e)) => Err(self.not_leader_because(&e)),
+            Err(_) => Err(self.not_leader_because(&rdb_raft::Error::Refused(format!(
+                "no majority confirmed the leadership within {wait:?}"
+            )))),
         }
     }
 
@@ -609,12 +615,19 @@ impl RegionPeer {
         if matches!(cmd, Command::Split { .. }) {
             self.machine.split_proposed(self.group.term());
         }
-        match self.group.write(command::encode(cmd)).await {
-            Ok(raw) => command::decode(&raw).map_err(ProposeError::Unknown),
-            Err(rdb_raft::Error::NotLeader { leader }) => {
+        // A proposal that no majority commits (a leader cut off from its
+        // replicas) is answered as unknown after two election timeouts: the
+        // client re-sends it, with its request id, to the leader PD knows.
+        let wait = 2 * self.group.timing().election_max;
+        match tokio::time::timeout(wait, self.group.write(command::encode(cmd))).await {
+            Ok(Ok(raw)) => command::decode(&raw).map_err(ProposeError::Unknown),
+            Ok(Err(rdb_raft::Error::NotLeader { leader })) => {
                 Err(ProposeError::NotLeader(self.not_leader(leader)))
             }
-            Err(e) => Err(ProposeError::Unknown(e.to_string())),
+            Ok(Err(e)) => Err(ProposeError::Unknown(e.to_string())),
+            Err(_) => Err(ProposeError::Unknown(format!(
+                "not committed within {wait:?} (no majority answers this replica)"
+            ))),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Regions replicated on three stores: a killed leader is replaced and no
 //! acknowledged write is lost; a paused leader never serves a stale read
-//! after another replica was elected; a store lost for good is replaced by
-//! a replica on a fourth store (`rdb-cli operator`).
+//! after another replica was elected; a leader cut off from its replicas
+//! serves nothing and, healed, loses nothing; a store lost for good is
+//! replaced by a replica on a fourth store (`rdb-cli operator`); a replica
+//! added later answers a re-sent write from its exactly-once record.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -332,5 +334,82 @@ async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
         client.get(b"k".to_vec()).await.unwrap().unwrap().value,
         b"two",
         "the re-sent write was not applied again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_replicas_serves_nothing_and_loses_nothing() {
+    let cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    let route = replicate(&cluster, &client).await;
+    let old = route.region.clone().unwrap().store_id;
+    let old_addr = route.leader.unwrap().address;
+    client.put(b"k".to_vec(), b"before".to_vec()).await.unwrap();
+
+    // The leader's Raft traffic is cut both ways; clients still reach it.
+    let idx = cluster.stores.iter().position(|s| s.id == old).unwrap();
+    flaredb_tests::cut_raft(&cluster.stores[idx]);
+    let new = leader_other_than(&client, old).await;
+    client.put(b"k".to_vec(), b"after".to_vec()).await.unwrap();
+
+    // Asked directly, the minority side takes no write and serves no read.
+    let region = only_region(&client).await.region.unwrap();
+    let ctx = Some(Context {
+        region_id: region.id,
+        region_epoch: region.epoch,
+    });
+    let mut kv = KvClient::connect(format!("http://{old_addr}"))
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        kv.get(GetRequest {
+            context: ctx,
+            key: b"k".to_vec(),
+        }),
+    )
+    .await
+    .expect("a read is answered (within an election timeout)")
+    .unwrap()
+    .into_inner();
+    assert!(
+        matches!(
+            read.region_error.and_then(|e| e.error),
+            Some(RegionErrorKind::NotLeader(_))
+        ),
+        "the cut-off store refuses the read"
+    );
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        kv.put(rdb_proto::v1::PutRequest {
+            context: ctx,
+            key: b"k".to_vec(),
+            value: b"minority".to_vec(),
+            request_id: None,
+        }),
+    )
+    .await;
+    match write {
+        Err(_) => {}
+        Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(Ok(r)) => assert!(
+            r.into_inner().region_error.is_some(),
+            "the cut-off store took a write"
+        ),
+    }
+
+    // Healed: it catches up, and nothing was lost or taken from it.
+    flaredb_tests::heal_raft(&cluster.stores[idx]);
+    let moved = eventually(50, Duration::from_millis(200), || {
+        let c = client.clone();
+        async move { c.transfer_leader(region.id, old).await.ok() }
+    })
+    .await
+    .expect("leadership handed back to the healed store");
+    assert_eq!(moved.region.unwrap().store_id, old);
+    assert_ne!(new, old);
+    assert_eq!(
+        client.get(b"k".to_vec()).await.unwrap().unwrap().value,
+        b"after"
     );
 }
