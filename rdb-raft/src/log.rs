@@ -4,16 +4,22 @@
 //! kinds [`VOTE`], [`ENTRY`], [`PURGED`], [`COMMITTED`]. Every change goes
 //! through the engine's writer thread, so it is one synced RocksDB write
 //! batch, grouped with whatever else the writer commits at the same time
-//! (the entries of other groups on the same store, for instance).
+//! (the entries of other groups on the same store, for instance). An
+//! append returns once its write is queued; its entries are read from
+//! memory until they are written, and openraft hears that they are
+//! durable, in append order, from a flush task of the group.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader};
-use rdb_storage::{Engine, WriteOp};
+use rdb_storage::{Engine, Queued, VersionedWrite, WriteOp};
+use tokio::sync::mpsc;
 
 use crate::{decode, encode, TypeConfig};
 
@@ -46,17 +52,64 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Entries appended and queued in the writer but maybe not written yet, by
+/// index: reads see them at once (openraft replicates them while they are
+/// being synced).
+type Tail = Arc<Mutex<BTreeMap<u64, EntryOf<TypeConfig>>>>;
+
+/// An append being synced: its queued write, the log ids it holds, and
+/// openraft's callback.
+struct Flush {
+    queued: Queued,
+    written: Vec<LogIdOf<TypeConfig>>,
+    callback: IOFlushed<TypeConfig>,
+}
+
 /// The log store of one group.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
     group: u64,
+    tail: Tail,
+    /// To the task that waits for appends to be synced, in order.
+    flushes: mpsc::UnboundedSender<Flush>,
+}
+
+/// Waits for each append's write, in append order; drops its entries from
+/// the tail once they are readable from the engine, then tells openraft.
+async fn flush_loop(mut rx: mpsc::UnboundedReceiver<Flush>, tail: Tail) {
+    while let Some(f) = rx.recv().await {
+        let res = f.queued.wait().await;
+        if res.is_ok() {
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &f.written {
+                // A later truncation and append may have replaced it.
+                if t.get(&id.index()).map(|e| &e.log_id) == Some(id) {
+                    t.remove(&id.index());
+                }
+            }
+        }
+        f.callback.io_completed(res.map(|_| ()).map_err(io_err));
+    }
 }
 
 impl LogStore {
-    /// The log of `group` in `engine`.
+    /// The log of `group` in `engine` (starts its flush task: call within
+    /// a tokio runtime).
     pub fn new(engine: Engine, group: u64) -> LogStore {
-        LogStore { engine, group }
+        let tail: Tail = Arc::default();
+        let (flushes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(rx, tail.clone()));
+        LogStore {
+            engine,
+            group,
+            tail,
+            flushes,
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, EntryOf<TypeConfig>>> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a vote was ever saved (the member ran before).
@@ -100,9 +153,17 @@ impl LogStore {
                 usize::MAX,
             )
             .map_err(io_err)?;
-        rows.iter()
-            .map(|(_, v)| decode(v).map_err(io_err))
-            .collect()
+        let mut out: BTreeMap<u64, EntryOf<TypeConfig>> = BTreeMap::new();
+        for (_, v) in &rows {
+            let e: EntryOf<TypeConfig> = decode(v).map_err(io_err)?;
+            out.insert(e.log_id.index(), e);
+        }
+        // Entries not written yet (or being written) are newer than the
+        // engine's.
+        for (i, e) in self.tail().range(start..end) {
+            out.insert(*i, e.clone());
+        }
+        Ok(out.into_values().collect())
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> io::Result<()> {
@@ -150,6 +211,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(decode::<EntryOf<TypeConfig>>(v).map_err(io_err)?.log_id),
             None => None,
         };
+        let last = match self.tail().values().next_back() {
+            Some(e) if last.as_ref().is_none_or(|l| l.index() < e.log_id.index()) => Some(e.log_id),
+            _ => last,
+        };
         let purged: Option<LogIdOf<TypeConfig>> = self.get(PURGED)?;
         Ok(LogState {
             last_log_id: last.or(purged),
@@ -181,22 +246,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
+        let mut written = Vec::new();
+        let mut new = Vec::new();
         for e in entries {
             ops.push(WriteOp::PutRaft {
                 key: key(self.group, ENTRY, Some(e.log_id.index())),
                 value: encode(&e).map_err(io_err)?,
             });
+            written.push(e.log_id);
+            new.push(e);
         }
-        // Waits until the writer thread has synced the batch: openraft may
-        // read the entries back (to replicate them) as soon as this returns,
-        // and reads see only what the writer has committed.
-        let res = self.write(ops).await;
-        callback.io_completed(res.as_ref().map(|_| ()).map_err(io_err));
-        res
+        // Readable at once from the tail; returns once the write is queued
+        // (the writer keeps the order of everything queued), so openraft
+        // replicates the entries while they are synced here. The callback
+        // runs when they are durable.
+        {
+            let mut t = self.tail();
+            for e in new {
+                t.insert(e.log_id.index(), e);
+            }
+        }
+        let queued = self
+            .engine
+            .enqueue_versioned(VersionedWrite {
+                ops,
+                sync: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(io_err)?;
+        self.flushes
+            .send(Flush {
+                queued,
+                written,
+                callback,
+            })
+            .map_err(|_| io_err("the log's flush task stopped"))?;
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         let from = last.map_or(0, |l| l.index() + 1);
+        self.tail().retain(|i, _| *i < from);
         self.write(vec![WriteOp::DeleteRaftRange {
             start: key(self.group, ENTRY, Some(from)),
             end: key(self.group, ENTRY + 1, None),
@@ -206,6 +297,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
         let upto = log_id.index();
+        self.tail().retain(|i, _| *i > upto);
         // The purge mark and the deletion in one batch.
         self.write(vec![
             WriteOp::PutRaft {
