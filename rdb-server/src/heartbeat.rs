@@ -1,5 +1,6 @@
 //! Heartbeats to PD: the regions whose groups this store leads and the
-//! store's approximate size, sent at a fixed interval.
+//! store's approximate size, sent at a fixed interval and whenever a replica
+//! here becomes a leader.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,12 +62,17 @@ impl Node {
     }
 
     /// Heartbeats every `interval` until the process stops.
+    /// A replica here that becomes its region's leader sends one at once
+    /// (PD routes clients by what the leaders report).
     pub async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.leader_changed.notified() => {}
+            }
             let result = self.heartbeat().await;
             let label = if result.is_ok() { "ok" } else { "failed" };
             crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();

@@ -66,6 +66,8 @@ pub struct Node {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     /// Set while the store shuts down: a group that stops then is expected.
     stopping: AtomicBool,
+    /// Notified when a replica here becomes its region's leader.
+    pub(crate) leader_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Connects to PD lazily (over TLS with `tls`); calls fail until PD answers.
@@ -198,6 +200,7 @@ impl Node {
             events,
             events_rx: Mutex::new(Some(events_rx)),
             stopping: AtomicBool::new(false),
+            leader_changed: Arc::new(tokio::sync::Notify::new()),
         };
         // Replicas start side by side: a restarted member of a group of
         // several stays quiet for an election timeout first.
@@ -295,6 +298,7 @@ impl Node {
         )
         .await
         .map_err(|e| ServerError::Internal(format!("starting region {region_id}: {e}")))?;
+        tokio::spawn(watch_leadership(group.watch(), self.leader_changed.clone()));
         Ok((group, machine))
     }
 
@@ -398,6 +402,25 @@ impl Node {
         self.stopping.store(true, Ordering::Release);
         let peers = self.regions().peers();
         futures::future::join_all(peers.iter().map(|p| p.group.shutdown())).await;
+    }
+}
+
+/// Notifies `changed` each time the member of `status` becomes a leader,
+/// until its group stops.
+async fn watch_leadership(
+    mut status: tokio::sync::watch::Receiver<rdb_raft::Status>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    let mut was_leader = false;
+    loop {
+        let is_leader = status.borrow_and_update().is_leader;
+        if is_leader && !was_leader {
+            changed.notify_one();
+        }
+        was_leader = is_leader;
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 
