@@ -231,7 +231,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        self.put(COMMITTED, &committed).await
+        // Not synced: openraft saves it on every commit, only to apply
+        // faster after a restart; a stale one (lost in a crash) is safe, as
+        // is none. Syncing it put a second fsync in series on every write.
+        let value = encode(&committed).map_err(io_err)?;
+        self.engine
+            .enqueue_versioned(VersionedWrite {
+                ops: vec![WriteOp::PutRaft {
+                    key: key(self.group, COMMITTED, None),
+                    value,
+                }],
+                sync: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(io_err)?
+            .wait()
+            .await
+            .map(|_| ())
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
