@@ -414,7 +414,7 @@ impl Cluster {
 
     /// Whether a store is registered and up.
     pub async fn store_is_up(&self, id: u64) -> bool {
-        self.meta.read().stores.contains_key(&id) && self.is_up(id)
+        self.is_up_now(id)
     }
 }
 

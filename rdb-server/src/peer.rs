@@ -94,6 +94,8 @@ struct Applied {
 /// The state machine of one replica of one region.
 pub struct RegionMachine {
     engine: Engine,
+    /// The region's id (its group's id; never changes).
+    region_id: u64,
     state: RwLock<Applied>,
     events: mpsc::UnboundedSender<Event>,
     /// A term in which this replica proposed a split not applied yet: no
@@ -129,6 +131,7 @@ impl RegionMachine {
     ) -> RegionMachine {
         RegionMachine {
             engine,
+            region_id: region.id,
             state: RwLock::new(Applied { region, counter }),
             events,
             split_pending_term: AtomicU64::new(0),
@@ -169,7 +172,7 @@ impl RegionMachine {
         first_version: Option<u64>,
     ) -> Result<Queued, String> {
         ops.extend(marks);
-        let scope = self.read().region.id;
+        let scope = self.region_id;
         // Not synced: the group's synced log is the durable record of the
         // entry, applied again after a crash that lost this write (its
         // applied mark goes with it); a snapshot is built only after a

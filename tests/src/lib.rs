@@ -258,6 +258,28 @@ fn check_failpoints_on(bin: &str, log: &Path) {
     );
 }
 
+/// Checks, through `client`, that every key of `pairs` holds its value:
+/// acknowledged writes were not lost.
+pub async fn assert_all_readable(client: &Client, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    for chunk in pairs.chunks(500) {
+        let got: std::collections::HashMap<_, _> = client
+            .batch_get(chunk.iter().map(|(k, _)| k.clone()).collect())
+            .await
+            .expect("batch get")
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect();
+        for (k, v) in chunk {
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "acknowledged write of {} lost",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+}
+
 /// The file whose existence cuts the Raft traffic of the daemon in `dir`.
 fn cut_file(dir: &Path) -> PathBuf {
     dir.with_extension("raft-cut")

@@ -90,24 +90,7 @@ fn writers(
 
 /// Checks that every pair is readable with its value, through a fresh client.
 async fn all_readable(cluster: &TestCluster, pairs: &[(Vec<u8>, Vec<u8>)]) {
-    let c = cluster.client().await;
-    for chunk in pairs.chunks(500) {
-        let got: std::collections::HashMap<_, _> = c
-            .batch_get(chunk.iter().map(|(k, _)| k.clone()).collect())
-            .await
-            .expect("batch get")
-            .into_iter()
-            .map(|p| (p.key, p.value))
-            .collect();
-        for (k, v) in chunk {
-            assert_eq!(
-                got.get(k),
-                Some(v),
-                "acknowledged write of {} lost",
-                String::from_utf8_lossy(k)
-            );
-        }
-    }
+    flaredb_tests::assert_all_readable(&cluster.client().await, pairs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -306,23 +306,7 @@ async fn writes_during_a_split_are_never_lost() {
     }
     assert!(acked.len() > 100, "writers made progress ({})", acked.len());
     let fresh = cluster.client().await;
-    for chunk in acked.chunks(1000) {
-        let got: std::collections::HashMap<_, _> = fresh
-            .batch_get(chunk.iter().map(|(k, _)| k.clone()).collect())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| (p.key, p.value))
-            .collect();
-        for (k, v) in chunk {
-            assert_eq!(
-                got.get(k),
-                Some(v),
-                "acknowledged write of {} lost",
-                String::from_utf8_lossy(k)
-            );
-        }
-    }
+    flaredb_tests::assert_all_readable(&fresh, &acked).await;
     assert_eq!(
         fresh
             .scan(k("n-bulk-"), k("n-bulk."), 0)
