@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use net::{RaftServer, Transport};
-pub use sm::{BatchMachine, Entry, Membership, StateMachine};
+pub use sm::{BatchMachine, Entry, Membership, Reply, StateMachine};
 
 /// A Raft node id. Never reused within a group.
 pub type NodeId = u64;

@@ -1,13 +1,14 @@
 //! The Raft log and vote of a group, in the `raft` column family.
 //!
 //! Keys: `group_id (8 bytes BE) | kind (1 byte) [| index (8 bytes BE)]`,
-//! kinds [`VOTE`], [`ENTRY`], [`PURGED`], [`COMMITTED`]. Every change goes
+//! kinds [`VOTE`], [`ENTRY`], [`PURGED`] (and `4`, the committed log id
+//! that earlier versions saved, no longer read or written). Every change goes
 //! through the engine's writer thread, so it is one synced RocksDB write
 //! batch, grouped with whatever else the writer commits at the same time
 //! (the entries of other groups on the same store, for instance). An
 //! append returns once its write is queued; its entries are read from
 //! memory until they are written, and openraft hears that they are
-//! durable, in append order, from a flush task of the group.
+//! durable, in append order, from the writer thread itself.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,15 +19,13 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader};
-use rdb_storage::{Engine, Queued, VersionedWrite, WriteOp};
-use tokio::sync::mpsc;
+use rdb_storage::{Engine, VersionedWrite, WriteOp};
 
 use crate::{decode, encode, TypeConfig};
 
 const VOTE: u8 = 1;
 const ENTRY: u8 = 2;
 const PURGED: u8 = 3;
-const COMMITTED: u8 = 4;
 
 fn key(group: u64, kind: u8, index: Option<u64>) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -57,54 +56,22 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// being synced).
 type Tail = Arc<Mutex<BTreeMap<u64, EntryOf<TypeConfig>>>>;
 
-/// An append being synced: its queued write, the log ids it holds, and
-/// openraft's callback.
-struct Flush {
-    queued: Queued,
-    written: Vec<LogIdOf<TypeConfig>>,
-    callback: IOFlushed<TypeConfig>,
-}
-
 /// The log store of one group.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
     group: u64,
     tail: Tail,
-    /// To the task that waits for appends to be synced, in order.
-    flushes: mpsc::UnboundedSender<Flush>,
-}
-
-/// Waits for each append's write, in append order; drops its entries from
-/// the tail once they are readable from the engine, then tells openraft.
-async fn flush_loop(mut rx: mpsc::UnboundedReceiver<Flush>, tail: Tail) {
-    while let Some(f) = rx.recv().await {
-        let res = f.queued.wait().await;
-        if res.is_ok() {
-            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-            for id in &f.written {
-                // A later truncation and append may have replaced it.
-                if t.get(&id.index()).map(|e| &e.log_id) == Some(id) {
-                    t.remove(&id.index());
-                }
-            }
-        }
-        f.callback.io_completed(res.map(|_| ()).map_err(io_err));
-    }
 }
 
 impl LogStore {
     /// The log of `group` in `engine` (starts its flush task: call within
     /// a tokio runtime).
     pub fn new(engine: Engine, group: u64) -> LogStore {
-        let tail: Tail = Arc::default();
-        let (flushes, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(rx, tail.clone()));
         LogStore {
             engine,
             group,
-            tail,
-            flushes,
+            tail: Arc::default(),
         }
     }
 
@@ -144,6 +111,14 @@ impl LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
+        // The tail first: an entry leaves it only once it is readable from
+        // the engine, so read in this order nothing falls between the two
+        // (the writer thread may write and drop entries meanwhile).
+        let tail: Vec<EntryOf<TypeConfig>> = self
+            .tail()
+            .range(start..end)
+            .map(|(_, e)| e.clone())
+            .collect();
         let rows = self
             .engine
             .scan_raft(
@@ -160,8 +135,8 @@ impl LogStore {
         }
         // Entries not written yet (or being written) are newer than the
         // engine's.
-        for (i, e) in self.tail().range(start..end) {
-            out.insert(*i, e.clone());
+        for e in tail {
+            out.insert(e.log_id.index(), e);
         }
         Ok(out.into_values().collect())
     }
@@ -198,6 +173,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        // The tail before the engine, as in `entries`.
+        let newest = self.tail().values().next_back().map(|e| e.log_id);
         let last = self
             .engine
             .scan_raft(
@@ -211,8 +188,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(decode::<EntryOf<TypeConfig>>(v).map_err(io_err)?.log_id),
             None => None,
         };
-        let last = match self.tail().values().next_back() {
-            Some(e) if last.as_ref().is_none_or(|l| l.index() < e.log_id.index()) => Some(e.log_id),
+        let last = match newest {
+            Some(n) if last.as_ref().is_none_or(|l| l.index() < n.index()) => Some(n),
             _ => last,
         };
         let purged: Option<LogIdOf<TypeConfig>> = self.get(PURGED)?;
@@ -230,33 +207,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put(VOTE, vote).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        // Not synced: openraft saves it on every commit, only to apply
-        // faster after a restart; a stale one (lost in a crash) is safe, as
-        // is none. Syncing it put a second fsync in series on every write.
-        let value = encode(&committed).map_err(io_err)?;
-        self.engine
-            .enqueue_versioned(VersionedWrite {
-                ops: vec![WriteOp::PutRaft {
-                    key: key(self.group, COMMITTED, None),
-                    value,
-                }],
-                sync: false,
-                ..Default::default()
-            })
-            .await
-            .map_err(io_err)?
-            .wait()
-            .await
-            .map(|_| ())
-            .map_err(io_err)
-    }
-
-    async fn read_committed(&mut self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
-        Ok(self
-            .get::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
-            .flatten())
-    }
+    // `save_committed` and `read_committed` keep openraft's defaults (not
+    // saved): both machines behind this log persist their applied log id
+    // with what they apply, so a restarted member never reverts to an
+    // older state, and only a leader that has applied the first entry of
+    // its term serves. Saving it cost a writer round trip in series before
+    // every apply (and, synced, a second fsync); ids saved by earlier
+    // versions (kind 4) are ignored.
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
@@ -276,31 +233,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Readable at once from the tail; returns once the write is queued
         // (the writer keeps the order of everything queued), so openraft
-        // replicates the entries while they are synced here. The callback
-        // runs when they are durable.
+        // replicates the entries while they are synced here. The writer
+        // thread itself tells openraft when they are durable (in append
+        // order), once it has dropped them from the tail (they are readable
+        // from the engine then).
         {
             let mut t = self.tail();
             for e in new {
                 t.insert(e.log_id.index(), e);
             }
         }
-        let queued = self
-            .engine
-            .enqueue_versioned(VersionedWrite {
-                ops,
-                sync: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(io_err)?;
-        self.flushes
-            .send(Flush {
-                queued,
-                written,
-                callback,
-            })
-            .map_err(|_| io_err("the log's flush task stopped"))?;
-        Ok(())
+        let tail = self.tail.clone();
+        let done = move |res: rdb_storage::Result<Vec<rdb_storage::OpResult>>| {
+            if res.is_ok() {
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                for id in &written {
+                    // A later truncation and append may have replaced it.
+                    if t.get(&id.index()).map(|e| &e.log_id) == Some(id) {
+                        t.remove(&id.index());
+                    }
+                }
+            }
+            callback.io_completed(res.map(|_| ()).map_err(io_err));
+        };
+        let write = VersionedWrite {
+            ops,
+            sync: true,
+            ..Default::default()
+        };
+        self.engine.enqueue_then(write, done).await.map_err(io_err)
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use rdb_storage::{Engine, WriteOp};
@@ -45,6 +45,35 @@ pub struct Membership {
     pub voters: BTreeSet<NodeId>,
 }
 
+/// Where the answer to one entry goes: the proposer, when it waits on this
+/// member (the leader that proposed it); nowhere otherwise.
+pub struct Reply(Option<ApplyResponder<TypeConfig>>);
+
+impl Reply {
+    /// Sends `answer` to the proposer, if any. Quick and non-blocking: it
+    /// may be called on the storage writer's thread.
+    pub fn send(self, answer: Vec<u8>) {
+        if let Some(r) = self.0 {
+            r.send(Bytes(answer));
+        }
+    }
+
+    /// A reply that goes nowhere (tests, entries nobody waits for).
+    pub fn none() -> Reply {
+        Reply(None)
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Reply(proposer)"
+        } else {
+            "Reply(none)"
+        })
+    }
+}
+
 /// One committed entry, handed to [`BatchMachine::apply`].
 #[derive(Debug)]
 pub struct Entry {
@@ -59,6 +88,8 @@ pub struct Entry {
     /// the entry's own changes, so that after a crash an entry is either
     /// applied and recorded as such, or neither.
     pub marks: Vec<WriteOp>,
+    /// Where its answer goes, once it is written.
+    pub reply: Reply,
 }
 
 /// What a group replicates, for machines that write their own changes
@@ -67,10 +98,14 @@ pub struct Entry {
 /// synced write before the log behind it is dropped.
 #[tonic::async_trait]
 pub trait BatchMachine: Send + Sync + 'static {
-    /// Applies committed entries, in order; returns one answer per entry.
-    /// Each entry's changes and its marks are written atomically, in entry
-    /// order, and durably before this returns. An error stops the group.
-    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String>;
+    /// Applies committed entries, in order. Each entry's changes and its
+    /// marks are written atomically, in entry order, before this returns;
+    /// each entry's answer is sent through its [`Reply`] once the entry is
+    /// written (it may be sent before this returns, from wherever the write
+    /// completes: the answer is on its way one task hop sooner). An error
+    /// stops the group (the replies not sent tell their proposers that the
+    /// outcome is unknown).
+    async fn apply(&self, entries: Vec<Entry>) -> Result<(), String>;
     /// The whole state as of the last applied entry, encoded; called only
     /// when a member needs a snapshot (no apply runs meanwhile).
     async fn snapshot(&self) -> Result<Vec<u8>, String>;
@@ -88,18 +123,24 @@ pub(crate) struct InMemory {
 
 #[tonic::async_trait]
 impl BatchMachine for InMemory {
-    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String> {
+    async fn apply(&self, entries: Vec<Entry>) -> Result<(), String> {
         let mut batch = Vec::new();
         let mut answers = Vec::with_capacity(entries.len());
         for e in entries {
-            answers.push(match &e.command {
-                Some(cmd) => self.machine.apply(e.index, cmd, &mut batch),
-                None => Vec::new(),
-            });
+            answers.push((
+                e.reply,
+                match &e.command {
+                    Some(cmd) => self.machine.apply(e.index, cmd, &mut batch),
+                    None => Vec::new(),
+                },
+            ));
             batch.extend(e.marks);
         }
         self.engine.write(batch).await.map_err(|e| e.to_string())?;
-        Ok(answers)
+        for (reply, answer) in answers {
+            reply.send(answer);
+        }
+        Ok(())
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, String> {
@@ -262,7 +303,6 @@ impl RaftStateMachine<TypeConfig> for Adapter {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let mut batch = Vec::new();
-        let mut responders = Vec::new();
         while let Some((e, responder)) = entries.try_next().await? {
             let (command, membership) = match e.payload {
                 EntryPayload::Blank => (None, None),
@@ -283,16 +323,10 @@ impl RaftStateMachine<TypeConfig> for Adapter {
                 command,
                 membership,
                 marks,
+                reply: Reply(responder),
             });
-            responders.push(responder);
         }
-        // The answers go out once the entries they describe are written.
-        let answers = self.machine.apply(batch).await.map_err(io_err)?;
-        for (responder, answer) in responders.into_iter().zip(answers) {
-            if let Some(r) = responder {
-                r.send(Bytes(answer));
-            }
-        }
+        self.machine.apply(batch).await.map_err(io_err)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{decode_counter, decode_dedup_time, MAX_COUNTER};
 use crate::fatal::Hooks;
-use crate::writer::{decode_versioned, Msg, Request, Writer, WriterStats};
+use crate::writer::{decode_versioned, Msg, Reply, Request, Writer, WriterStats};
 use crate::{
     CasOutcome, Expected, OpResult, RequestId, Result, StorageError, VersionedValue, WriteOp,
 };
@@ -339,7 +339,27 @@ impl Engine {
     /// [`dedup_scope_prefix`](crate::dedup_scope_prefix)`(scope)`, so that
     /// the records of one region can be listed ([`Engine::scan_dedup`]).
     pub async fn enqueue_versioned(&self, w: VersionedWrite) -> Result<Queued> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        self.queue(w, Reply::Channel(tx)).await?;
+        Ok(Queued(rx))
+    }
+
+    /// Queues a request as [`enqueue_versioned`](Engine::enqueue_versioned)
+    /// does, and has the writer thread call `done` with its answer once it
+    /// is applied (and durable): callbacks run in the order their requests
+    /// were queued, on the writer thread, so they must be quick and never
+    /// block (send on a channel, set a flag). This saves the hop through a
+    /// waiting task where the answer only has to be passed on (a Raft log
+    /// append telling Raft that it is durable).
+    pub async fn enqueue_then(
+        &self,
+        w: VersionedWrite,
+        done: impl FnOnce(Result<Vec<OpResult>>) + Send + 'static,
+    ) -> Result<()> {
+        self.queue(w, Reply::Call(Box::new(done))).await
+    }
+
+    async fn queue(&self, w: VersionedWrite, reply: Reply) -> Result<()> {
         self.sender()?
             .send(Msg::Write(Request {
                 id: w.id,
@@ -350,8 +370,7 @@ impl Engine {
                 sync: w.sync,
             }))
             .await
-            .map_err(|_| StorageError::Closed)?;
-        Ok(Queued(rx))
+            .map_err(|_| StorageError::Closed)
     }
 
     /// The highest version the store-wide counter handed out (versions of
@@ -370,7 +389,7 @@ impl Engine {
             .blocking_send(Msg::Write(Request {
                 id: None,
                 ops,
-                reply,
+                reply: Reply::Channel(reply),
                 first_version: None,
                 scope: 0,
                 sync: true,

@@ -26,8 +26,29 @@ use crate::engine::{now_ms, CF_DATA, CF_DEDUP, CF_META, CF_RAFT, LAST_VERSION_KE
 use crate::fatal::{CommitError, Hooks};
 use crate::{CasOutcome, OpResult, RequestId, Result, StorageError, VersionedValue, WriteOp};
 
+/// A function the writer thread calls with a request's answer.
+pub(crate) type Callback = Box<dyn FnOnce(Result<Vec<OpResult>>) + Send>;
+
 /// Where the writer sends its answer to one request.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<OpResult>>>;
+pub(crate) enum Reply {
+    /// To a waiting task.
+    Channel(oneshot::Sender<Result<Vec<OpResult>>>),
+    /// Called in the writer thread, in the order the requests were queued
+    /// (see [`Engine::enqueue_then`](crate::Engine::enqueue_then)).
+    Call(Callback),
+}
+
+impl Reply {
+    /// Delivers the answer (a caller that stopped waiting is ignored).
+    pub(crate) fn send(self, res: Result<Vec<OpResult>>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(res);
+            }
+            Reply::Call(f) => f(res),
+        }
+    }
+}
 
 pub(crate) struct Request {
     /// The exactly-once id, if the caller gave one.
@@ -231,11 +252,11 @@ impl<'db> Deferred<'db> {
     /// Takes a snapshot and sends the request's ranges to the counter.
     fn start(&mut self, req: Request) {
         let Ok(cf) = data_cf(self.db) else {
-            let _ = req.reply.send(Err(missing_cf(CF_DATA)));
+            req.reply.send(Err(missing_cf(CF_DATA)));
             return;
         };
         if let Err(e) = check_ranges(&req.ops) {
-            let _ = req.reply.send(Err(e));
+            req.reply.send(Err(e));
             return;
         }
         let snapshot = self.db.snapshot();
@@ -271,7 +292,7 @@ impl<'db> Deferred<'db> {
             None => return,
         };
         if sent.is_err() {
-            let _ = req.reply.send(Err(StorageError::Closed));
+            req.reply.send(Err(StorageError::Closed));
             return;
         }
         self.jobs.insert(
@@ -293,7 +314,7 @@ impl<'db> Deferred<'db> {
         match counts {
             // Nothing of the request was applied: a definite refusal.
             Err(e) => {
-                let _ = j.req.reply.send(Err(e));
+                j.req.reply.send(Err(e));
                 None
             }
             Ok(_) if j.stale => {
@@ -483,7 +504,7 @@ impl Writer {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        let _ = req.reply.send(Err(e));
+                        req.reply.send(Err(e));
                         continue;
                     }
                 }
@@ -525,7 +546,7 @@ impl Writer {
                 }
                 Err(Apply::Refused(e)) => {
                     self.last_version = saved_version;
-                    let _ = req.reply.send(Err(e));
+                    req.reply.send(Err(e));
                 }
             }
         }
@@ -537,7 +558,7 @@ impl Writer {
                     }
                     None => {
                         for (reply, _) in replies {
-                            let _ = reply.send(Err(missing_cf(CF_META)));
+                            reply.send(Err(missing_cf(CF_META)));
                         }
                         return Flow::Continue;
                     }
@@ -551,7 +572,7 @@ impl Writer {
                         .fetch_add(replies.len() as u64, Ordering::Relaxed);
                     deferred.track(&written);
                     for (reply, res) in replies {
-                        let _ = reply.send(res);
+                        reply.send(res);
                     }
                 }
                 Err(e) if e.is_fatal() => {
@@ -569,7 +590,7 @@ impl Writer {
                     // Refused before anything was written: a definite failure.
                     tracing::error!(error = %e.message, "group commit refused");
                     for (reply, _) in replies {
-                        let _ = reply.send(Err(StorageError::InvalidArgument(format!(
+                        reply.send(Err(StorageError::InvalidArgument(format!(
                             "write refused by RocksDB: {}",
                             e.message
                         ))));

@@ -714,3 +714,44 @@ async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn callbacks_run_in_queue_order_once_their_writes_are_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    for i in 0u64..50 {
+        let (seen, engine) = (seen.clone(), e.clone());
+        let last = if i == 49 { tx.take() } else { None };
+        let key = format!("k{i}").into_bytes();
+        let done = move |r: rdb_storage::Result<Vec<OpResult>>| {
+            // On the writer thread: the write is visible to readers.
+            let visible = engine.get(&key).unwrap().map(|v| v.version);
+            seen.lock().unwrap().push((i, r.unwrap(), visible));
+            if let Some(tx) = last {
+                let _ = tx.send(());
+            }
+        };
+        let write = rdb_storage::VersionedWrite {
+            ops: vec![put(format!("k{i}").as_bytes(), b"v")],
+            first_version: Some(100 + i),
+            // A mix of synced and unsynced requests keeps its order.
+            sync: i % 3 == 0,
+            ..Default::default()
+        };
+        e.enqueue_then(write, done).await.unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+        .await
+        .expect("the last callback ran")
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 50);
+    for (n, (i, results, visible)) in seen.iter().enumerate() {
+        assert_eq!(*i, n as u64, "callbacks in queue order");
+        assert_eq!(results, &vec![OpResult::Put(100 + i)]);
+        assert_eq!(*visible, Some(100 + i));
+    }
+}

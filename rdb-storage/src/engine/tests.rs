@@ -116,7 +116,7 @@ fn spawn_write(e: &Engine, id: Option<RequestId>, ops: Vec<WriteOp>) -> Write {
             .blocking_send(Msg::Write(Request {
                 id,
                 ops,
-                reply,
+                reply: crate::writer::Reply::Channel(reply),
                 first_version: None,
                 scope: 0,
                 sync: true,
