@@ -19,10 +19,10 @@ use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::{
     EpochNotMatch, NotLeader, Peer, PeerRole, Region, RegionEpoch, RegionError, Store,
 };
-use rdb_raft::{BatchMachine, Entry, Member, Membership, NodeId};
+use rdb_raft::{BatchMachine, Entry, Member, Membership, NodeId, Reply};
 use rdb_storage::{Engine, OpResult, Queued, StorageError, VersionedWrite, WriteOp};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{self, Answer, Command, Outcome};
 use crate::regions::put_region_op;
@@ -167,26 +167,51 @@ impl RegionMachine {
     async fn queue(
         &self,
         id: Option<rdb_storage::RequestId>,
-        mut ops: Vec<WriteOp>,
+        ops: Vec<WriteOp>,
         marks: Vec<WriteOp>,
         first_version: Option<u64>,
     ) -> Result<Queued, String> {
+        self.engine
+            .enqueue_versioned(self.versioned(id, ops, marks, first_version))
+            .await
+            .map_err(storage_err)
+    }
+
+    /// [`queue`](Self::queue), with `done` called on the writer thread with
+    /// the results.
+    async fn queue_then(
+        &self,
+        id: Option<rdb_storage::RequestId>,
+        ops: Vec<WriteOp>,
+        marks: Vec<WriteOp>,
+        first_version: Option<u64>,
+        done: impl FnOnce(rdb_storage::Result<Vec<OpResult>>) + Send + 'static,
+    ) -> Result<(), String> {
+        self.engine
+            .enqueue_then(self.versioned(id, ops, marks, first_version), done)
+            .await
+            .map_err(storage_err)
+    }
+
+    fn versioned(
+        &self,
+        id: Option<rdb_storage::RequestId>,
+        mut ops: Vec<WriteOp>,
+        marks: Vec<WriteOp>,
+        first_version: Option<u64>,
+    ) -> VersionedWrite {
         ops.extend(marks);
-        let scope = self.region_id;
         // Not synced: the group's synced log is the durable record of the
         // entry, applied again after a crash that lost this write (its
         // applied mark goes with it); a snapshot is built only after a
         // synced write (rdb-raft), before the log behind it is dropped.
-        self.engine
-            .enqueue_versioned(VersionedWrite {
-                id,
-                ops,
-                first_version,
-                scope,
-                sync: false,
-            })
-            .await
-            .map_err(storage_err)
+        VersionedWrite {
+            id,
+            ops,
+            first_version,
+            scope: self.region_id,
+            sync: false,
+        }
     }
 
     /// Queues a client write at the region's current epoch.
@@ -196,7 +221,8 @@ impl RegionMachine {
         request_id: Option<(u128, u64)>,
         ops: Vec<command::Op>,
         marks: Vec<WriteOp>,
-    ) -> Result<Queuing, String> {
+        reply: Reply,
+    ) -> Result<Waiting, String> {
         let numbered = {
             let mut st = self.write();
             if st.region.epoch_or_default().version != epoch_version {
@@ -211,7 +237,7 @@ impl RegionMachine {
             Ok(n) => n,
             Err(answer) => {
                 let q = self.queue(None, Vec::new(), marks, None).await?;
-                return Ok(Queuing::Refused(q, answer));
+                return Ok(Waiting::Then(q, reply, Some(answer)));
             }
         };
         let ranged = ops
@@ -220,10 +246,19 @@ impl RegionMachine {
         let n = ops.len();
         let mut wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
         wops.push(put_counter_op(region_id, counter));
-        let q = self
-            .queue(command::request_id(request_id), wops, marks, Some(first))
-            .await?;
-        Ok(Queuing::Write { q, n, ranged })
+        let id = command::request_id(request_id);
+        if ranged {
+            let q = self.queue(id, wops, marks, Some(first)).await?;
+            return Ok(Waiting::Written(q, reply, n));
+        }
+        // The writer thread sends the answer as soon as the write is done.
+        let (tx, rx) = oneshot::channel();
+        let done = move |res| {
+            let sent = written(res, n).map(|a| reply.send(command::encode(&a)));
+            let _ = tx.send(sent);
+        };
+        self.queue_then(id, wops, marks, Some(first), done).await?;
+        Ok(Waiting::Answered(rx))
     }
 
     /// Applies a split entry; returns its answer.
@@ -378,77 +413,74 @@ impl RegionMachine {
 
 #[tonic::async_trait]
 impl BatchMachine for RegionMachine {
-    async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, String> {
-        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(entries.len());
-        // Writes queued and not yet answered: entry position, request.
-        let mut queued: Vec<(usize, Queued, usize)> = Vec::new();
-        let mut marks_only: Vec<Queued> = Vec::new();
-        for (i, e) in entries.into_iter().enumerate() {
-            answers.push(None);
-            let cmd = match (&e.command, &e.membership) {
-                (Some(raw), _) => match command::decode::<Command>(raw) {
-                    Ok(c) => Some(c),
+    async fn apply(&self, entries: Vec<Entry>) -> Result<(), String> {
+        // Queued and not yet written, in entry order.
+        let mut waiting: Vec<Waiting> = Vec::new();
+        for e in entries {
+            let Entry {
+                index,
+                command,
+                membership,
+                marks,
+                reply,
+            } = e;
+            let cmd = match (command, membership) {
+                (Some(raw), _) => match command::decode::<Command>(&raw) {
+                    Ok(c) => c,
                     Err(m) => {
-                        tracing::error!(index = e.index, error = %m, "skipping an undecodable entry");
-                        answers[i] = Some(Answer::Refused(m));
-                        None
+                        tracing::error!(index, error = %m, "skipping an undecodable entry");
+                        let q = self.queue(None, Vec::new(), marks, None).await?;
+                        waiting.push(Waiting::Then(q, reply, Some(Answer::Refused(m))));
+                        continue;
                     }
                 },
                 (None, Some(m)) => {
-                    let ops: Vec<WriteOp> = self.apply_membership(m).into_iter().collect();
-                    marks_only.push(self.queue(None, ops, e.marks, None).await?);
+                    let ops: Vec<WriteOp> = self.apply_membership(&m).into_iter().collect();
+                    let q = self.queue(None, ops, marks, None).await?;
+                    waiting.push(Waiting::Then(q, reply, None));
                     continue;
                 }
-                (None, None) => None,
+                (None, None) => {
+                    let q = self.queue(None, Vec::new(), marks, None).await?;
+                    waiting.push(Waiting::Then(q, reply, None));
+                    continue;
+                }
             };
             match cmd {
-                Some(Command::Write {
+                Command::Write {
                     epoch_version,
                     request_id,
                     ops,
-                }) => match self
-                    .queue_write(epoch_version, request_id, ops, e.marks)
+                } => match self
+                    .queue_write(epoch_version, request_id, ops, marks, reply)
                     .await?
                 {
-                    Queuing::Refused(q, answer) => {
-                        answers[i] = Some(answer);
-                        marks_only.push(q);
-                    }
-                    Queuing::Write { q, n, ranged: true } => {
-                        // A counted range deletion waits for its count in
-                        // the writer: the entries after it wait for it.
-                        answers[i] = Some(written(q.wait().await, n)?);
-                    }
-                    Queuing::Write { q, n, .. } => queued.push((i, q, n)),
+                    // A counted range deletion waits for its count in the
+                    // writer: the entries after it wait for it.
+                    w @ Waiting::Written(..) => w.finish().await?,
+                    w => waiting.push(w),
                 },
-                Some(Command::Split {
+                Command::Split {
                     epoch,
                     split_key,
                     new_region_id,
                     new_peer_ids,
-                }) => {
+                } => {
                     // The entries before it are written first.
-                    for (j, q, n) in queued.drain(..) {
-                        answers[j] = Some(written(q.wait().await, n)?);
+                    for w in waiting.drain(..) {
+                        w.finish().await?;
                     }
-                    answers[i] = Some(
-                        self.apply_split(epoch, split_key, new_region_id, new_peer_ids, e.marks)
-                            .await?,
-                    );
+                    let answer = self
+                        .apply_split(epoch, split_key, new_region_id, new_peer_ids, marks)
+                        .await?;
+                    reply.send(command::encode(&answer));
                 }
-                None => marks_only.push(self.queue(None, Vec::new(), e.marks, None).await?),
             }
         }
-        for (j, q, n) in queued {
-            answers[j] = Some(written(q.wait().await, n)?);
+        for w in waiting {
+            w.finish().await?;
         }
-        for q in marks_only {
-            q.wait().await.map_err(storage_err)?;
-        }
-        Ok(answers
-            .into_iter()
-            .map(|a| a.map(|a| command::encode(&a)).unwrap_or_default())
-            .collect())
+        Ok(())
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, String> {
@@ -522,13 +554,36 @@ impl BatchMachine for RegionMachine {
     }
 }
 
-/// A client write handed to the writer.
-enum Queuing {
-    /// Refused at apply (the epoch changed): its marks are queued alone.
-    Refused(Queued, Answer),
-    /// Queued: `n` ops of its own (the counter and the marks follow them),
-    /// `ranged` when one is a counted range deletion.
-    Write { q: Queued, n: usize, ranged: bool },
+/// A queued write of an entry, and how its answer goes out.
+enum Waiting {
+    /// A client write: the writer thread sends its answer, then reports
+    /// here.
+    Answered(oneshot::Receiver<Result<(), String>>),
+    /// Answered with this answer (`None`: an empty one) once written.
+    Then(Queued, Reply, Option<Answer>),
+    /// A client write of `n` ops answered from its results once written.
+    Written(Queued, Reply, usize),
+}
+
+impl Waiting {
+    /// Waits until the write is done and its answer sent.
+    async fn finish(self) -> Result<(), String> {
+        match self {
+            Waiting::Answered(rx) => rx
+                .await
+                .map_err(|_| "the storage writer stopped".to_string())?,
+            Waiting::Then(q, reply, answer) => {
+                q.wait().await.map_err(storage_err)?;
+                reply.send(answer.map(|a| command::encode(&a)).unwrap_or_default());
+                Ok(())
+            }
+            Waiting::Written(q, reply, n) => {
+                let answer = written(q.wait().await, n)?;
+                reply.send(command::encode(&answer));
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The answer of a queued client write of `n` ops (the results of the
