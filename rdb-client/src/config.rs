@@ -23,8 +23,20 @@ pub struct ClientConfig {
     pub max_resend_age: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Timeout of one RPC.
+    /// Timeout of one RPC (default 30 s): the bound for a server that
+    /// answers HTTP/2 pings but not the request.
     pub rpc_timeout: Duration,
+    /// How often an HTTP/2 ping checks that a server's process still
+    /// answers (default 1 s), on every connection, idle or not.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is declared
+    /// dead (default 2 s). A store that stops answering without closing its
+    /// connections (paused, its host hung, a network cut without a reset)
+    /// thus fails the calls in flight to it after the interval plus this
+    /// timeout (about 3 s) instead of `rpc_timeout`: reads are routed afresh
+    /// and writes re-sent, with their request id, to the region's new
+    /// leader.
+    pub keepalive_timeout: Duration,
     /// Timeout of one call to PD, and longest wait for the answer to a
     /// timestamp request (default 2 s). Past it the client moves to another
     /// PD member: a paused or partitioned PD leader costs about this long.
@@ -73,6 +85,8 @@ impl Default for ClientConfig {
             max_resend_age: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
             pd_timeout: Duration::from_secs(2),
             coalesce: true,
             max_coalesced: 256,

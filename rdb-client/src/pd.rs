@@ -82,7 +82,8 @@ fn endpoint(addr: &str, cfg: &ClientConfig) -> Result<tonic::transport::Endpoint
         .connect_timeout(cfg.connect_timeout)
         .timeout(cfg.rpc_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.keepalive_timeout)
         .keep_alive_while_idle(true))
 }
 

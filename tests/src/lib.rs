@@ -1,7 +1,7 @@
 //! Test harness: starts real `rdb-pd` and `rdb-server` processes on free
 //! loopback ports, each in its own temporary data directory, and stops them
 //! (kill -9) when dropped. Daemon logs go to `<data dir>.log`, printed when a
-//! daemon fails to start.
+//! daemon fails to start, and their last lines when a test panics.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -243,6 +243,17 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what its daemons said last (their logs go
+        // away with their temporary directories).
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(Self::log_path(&self.dir)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- last lines of {:?} {} ({}) ---\n{tail}",
+                self.kind, self.id, self.addr
+            );
+        }
     }
 }
 

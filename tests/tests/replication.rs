@@ -161,11 +161,50 @@ async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
     let old_addr = route.leader.unwrap().address;
     client.put(b"k".to_vec(), b"before".to_vec()).await.unwrap();
 
+    // Writers with calls in flight at the leader when it is paused.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let tasks = writers(&client, 4, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let paused = cluster.stores.iter().find(|s| s.id == old).unwrap();
     paused.pause();
     let new = leader_other_than(&client, old).await;
-    client.put(b"k".to_vec(), b"after".to_vec()).await.unwrap();
+    let elected = Instant::now();
+    if let Err(e) = client.put(b"k".to_vec(), b"after".to_vec()).await {
+        panic!("put after the election: {e}");
+    }
+    // While the old leader is still paused, every writer gets writes
+    // acknowledged by the new one: the calls that were in flight at the
+    // paused leader fail over (HTTP/2 pings go unanswered) instead of
+    // waiting for the RPC timeout (30 s, longer than this wait).
+    let all_moved_on = eventually(200, Duration::from_millis(100), || {
+        let acked = acked.clone();
+        async move {
+            let a = acked.lock().unwrap();
+            (0..4)
+                .all(|w| {
+                    let prefix = format!("w{w}-");
+                    a.iter()
+                        .any(|(k, _, at)| k.starts_with(prefix.as_bytes()) && *at > elected)
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        all_moved_on.is_some(),
+        "every writer's calls fail over from the paused leader while it is paused"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
     paused.resume();
+    let pairs: Vec<_> = std::mem::take(&mut *acked.lock().unwrap())
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    all_readable(&cluster, &pairs).await;
 
     // Asked directly, the old leader answers the new value or a routing
     // error, never the value from before the new leader's write.
