@@ -129,8 +129,9 @@ pub enum Command {
     },
     /// List the stores with their state.
     Stores,
-    /// List the regions in key order with their replicas (peer id @ store)
-    /// and the store that leads each.
+    /// List the regions in key order with their replicas (peer id @ store;
+    /// "(l)": a learner, "(down)": its leader has not heard from it for two
+    /// election timeouts) and the store that leads each.
     Regions,
     /// Replica operators, run by PD one at a time: add or remove a region's
     /// replica on a store, hand a region's leadership to a store.

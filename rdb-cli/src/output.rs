@@ -48,6 +48,7 @@ impl Out {
                 "id": p.id,
                 "store_id": p.store_id,
                 "role": if p.role == rdb_client::PeerRole::Learner as i32 { "learner" } else { "voter" },
+                "down": r.down_peer_ids.contains(&p.id),
             })).collect::<Vec<_>>(),
         })
     }

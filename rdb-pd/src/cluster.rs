@@ -32,7 +32,8 @@ struct IdAlloc {
 struct Liveness {
     heartbeats: HashMap<u64, Instant>,
     since: Instant,
-    leaders: HashMap<u64, (u64, u64)>,
+    /// By region: its leader's store, term, and the peers it reports down.
+    leaders: HashMap<u64, (u64, u64, Vec<u64>)>,
 }
 
 /// The cluster metadata, served by the PD leader.
@@ -99,9 +100,13 @@ impl Cluster {
     pub fn follow_leaders(&self, store_id: u64, stats: &[RegionStat]) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for s in stats {
-            let known = live.leaders.get(&s.region_id).map_or(0, |(_, term)| *term);
+            let known = live
+                .leaders
+                .get(&s.region_id)
+                .map_or(0, |(_, term, _)| *term);
             if s.term >= known {
-                live.leaders.insert(s.region_id, (store_id, s.term));
+                let down = s.down_peer_ids.clone();
+                live.leaders.insert(s.region_id, (store_id, s.term, down));
             }
         }
     }
@@ -111,18 +116,22 @@ impl Cluster {
     pub fn set_leader(&self, region_id: u64, store_id: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         // The new leader's term is above the last one reported.
-        let term = live.leaders.get(&region_id).map_or(0, |(_, t)| *t);
-        live.leaders.insert(region_id, (store_id, term + 1));
+        let term = live.leaders.get(&region_id).map_or(0, |(_, t, _)| *t);
+        live.leaders
+            .insert(region_id, (store_id, term + 1, Vec::new()));
     }
 
-    /// The store that leads region `r`, as last reported.
-    fn leader_of(&self, r: &Region) -> u64 {
+    /// The store that leads region `r` and the peers it reports down, as
+    /// last reported.
+    fn leader_of(&self, r: &Region) -> (u64, Vec<u64>) {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .leaders
             .get(&r.id)
-            .map_or(r.store_id, |(store, _)| *store)
+            .map_or((r.store_id, Vec::new()), |(store, _, down)| {
+                (*store, down.clone())
+            })
     }
 
     async fn propose(&self, cmd: &Command) -> Result<u64> {
@@ -341,12 +350,13 @@ impl Cluster {
     }
 
     fn route(&self, st: &MetaState, r: &Region) -> RegionRoute {
-        let leader = self.leader_of(r);
+        let (leader, down_peer_ids) = self.leader_of(r);
         let mut region = r.clone();
         region.store_id = leader;
         RegionRoute {
             region: Some(region),
             leader: st.stores.get(&leader).map(|s| self.view_store(s)),
+            down_peer_ids,
         }
     }
 

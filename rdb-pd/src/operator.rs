@@ -85,6 +85,7 @@ impl PdService {
                 ..region
             }),
             leader: Some(leader),
+            down_peer_ids: Vec::new(),
         }
     }
 

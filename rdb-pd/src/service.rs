@@ -139,10 +139,12 @@ impl PdService {
             left: Some(RegionRoute {
                 region: Some(left),
                 leader: Some(leader.clone()),
+                down_peer_ids: Vec::new(),
             }),
             right: Some(RegionRoute {
                 region: Some(right),
                 leader: Some(leader),
+                down_peer_ids: Vec::new(),
             }),
         })
     }

@@ -257,6 +257,9 @@ pub struct Group {
     status: watch::Receiver<Status>,
     lease: Arc<Lease>,
     transport: Transport,
+    /// The term in which [`Group::silent_members`] first saw this member
+    /// lead, and when.
+    leading_since: Arc<std::sync::Mutex<(u64, Instant)>>,
 }
 
 impl Group {
@@ -339,6 +342,7 @@ impl Group {
             status,
             lease,
             transport,
+            leading_since: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
         })
     }
 
@@ -360,6 +364,34 @@ impl Group {
             .is_initialized()
             .await
             .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// For a leader: the other members that acknowledged none of its
+    /// messages (heartbeats, appends) for longer than `after`, counting a
+    /// member never heard from in this term as silent since the term began
+    /// (as first seen by this call). Empty on a follower.
+    pub fn silent_members(&self, after: Duration) -> Vec<NodeId> {
+        use openraft::Instant as _;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let Some(acks) = m.heartbeat.as_ref() else {
+            return Vec::new();
+        };
+        let term_age = {
+            let mut since = self.leading_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.0 != m.current_term {
+                *since = (m.current_term, Instant::now());
+            }
+            since.1.elapsed()
+        };
+        acks.iter()
+            .filter(|(id, _)| **id != m.id)
+            .filter(|(_, at)| match at {
+                Some(at) => at.elapsed() > after,
+                None => term_age > after,
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The group's timing.

@@ -38,6 +38,7 @@ impl Node {
                     })
                     .copied()
                     .collect(),
+                down_peer_ids: p.group.silent_members(2 * p.group.timing().election_max),
             });
             regions.push(r);
         }

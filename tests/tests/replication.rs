@@ -262,6 +262,23 @@ async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
     client.batch_put(more.clone()).await.unwrap();
     pairs.extend(more);
 
+    // The leader reports the lost replica down; PD shows it, and only it.
+    let down = eventually(100, Duration::from_millis(100), || {
+        let out = cluster.cli(&["--json", "regions"]);
+        async move {
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let peers = j[0]["peers"].as_array()?.clone();
+            let down: Vec<u64> = peers
+                .iter()
+                .filter(|p| p["down"] == serde_json::Value::Bool(true))
+                .filter_map(|p| p["store_id"].as_u64())
+                .collect();
+            (!down.is_empty()).then_some(down)
+        }
+    })
+    .await;
+    assert_eq!(down, Some(vec![lost]), "the lost store's replica is down");
+
     // By hand: remove the lost replica, add one on a new store.
     let out = cluster.cli(&[
         "--json",

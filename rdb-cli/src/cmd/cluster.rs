@@ -69,11 +69,13 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
                     .iter()
                     .map(|p| {
                         let learner = p.role == rdb_client::PeerRole::Learner as i32;
+                        let down = r.down_peer_ids.contains(&p.id);
                         format!(
-                            "{}@{}{}",
+                            "{}@{}{}{}",
                             p.id,
                             p.store_id,
-                            if learner { "(l)" } else { "" }
+                            if learner { "(l)" } else { "" },
+                            if down { "(down)" } else { "" }
                         )
                     })
                     .collect::<Vec<_>>()
