@@ -27,6 +27,7 @@
 pub mod log;
 pub mod net;
 pub mod sm;
+mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -42,7 +43,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use net::{RaftServer, Transport};
-pub use sm::{BatchMachine, Entry, Membership, Reply, StateMachine};
+pub use sm::{BatchMachine, Chunks, Entry, Membership, Reply, StateMachine};
+pub use stage::CHUNK_BYTES;
 
 /// A Raft node id. Never reused within a group.
 pub type NodeId = u64;
@@ -305,7 +307,8 @@ impl Group {
         .map_err(|e| Error::Config(e.to_string()))?;
         let logs = log::LogStore::new(engine.clone(), config.group_id);
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let machine = sm::Adapter::open(&engine, config.group_id, machine, started.clone())?;
+        let mut machine = sm::Adapter::open(&engine, config.group_id, machine, started.clone())?;
+        machine.resume_install().await?;
         // A member alone in its group grants no lease to anyone.
         if logs.has_vote()? && machine.voters() > 1 {
             tracing::info!(
@@ -326,7 +329,12 @@ impl Group {
         .await
         .map_err(|e| Error::Stopped(e.to_string()))?;
         started.store(true, Ordering::Release);
-        transport.register(config.group_id, config.node_id, raft.clone());
+        transport.register(
+            config.group_id,
+            config.node_id,
+            raft.clone(),
+            sm::staging_dir(&engine),
+        );
         let (tx, status) = watch::channel(Status::default());
         let lease = Arc::new(Lease {
             base: Instant::now(),

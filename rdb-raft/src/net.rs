@@ -7,10 +7,12 @@
 //! hands each message to the group it names.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use std::io::Cursor;
+use futures::StreamExt;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -18,7 +20,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::RaftNetworkV2;
 use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::raft_client::RaftClient;
@@ -26,19 +28,18 @@ use rdb_proto::v1::{RaftRequest, RaftResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::sm::SnapshotData;
+use crate::stage::{self, Head};
 use crate::{decode, encode, Member, NodeId, Raft, TypeConfig};
 
-/// A whole snapshot on the wire.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WireSnapshot {
-    vote: VoteOf<TypeConfig>,
-    meta: SnapshotMetaOf<TypeConfig>,
-    data: Vec<u8>,
-}
+/// A snapshot stream that moves no chunk for this long is given up.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
+/// Longest wait, after the last chunk, for the receiver to install.
+const SNAPSHOT_INSTALL: Duration = Duration::from_secs(600);
 
-/// Largest Raft message, encoded (a snapshot chunk is at most 3 MiB).
+/// Largest Raft message, encoded (a snapshot chunk is about 1 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// The groups of this process and the connections to their peers.
@@ -48,7 +49,8 @@ pub struct Transport {
 }
 
 struct Inner {
-    groups: RwLock<HashMap<u64, (NodeId, Raft)>>,
+    /// By group: this process's member, and where it stages snapshots.
+    groups: RwLock<HashMap<u64, (NodeId, Raft, PathBuf)>>,
     channels: Mutex<HashMap<String, Channel>>,
     tls: Option<ClientTls>,
 }
@@ -79,26 +81,26 @@ impl Transport {
         .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    pub(crate) fn register(&self, group: u64, node: NodeId, raft: Raft) {
+    pub(crate) fn register(&self, group: u64, node: NodeId, raft: Raft, staging: PathBuf) {
         self.inner
             .groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group, (node, raft));
+            .insert(group, (node, raft, staging));
     }
 
     pub(crate) fn unregister(&self, group: u64, node: NodeId) {
         let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
-        if groups.get(&group).is_some_and(|(n, _)| *n == node) {
+        if groups.get(&group).is_some_and(|(n, _, _)| *n == node) {
             groups.remove(&group);
         }
     }
 
-    fn group(&self, group: u64, to: NodeId) -> Result<Raft, Status> {
+    fn group(&self, group: u64, to: NodeId) -> Result<(Raft, PathBuf), Status> {
         let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner());
         match groups.get(&group) {
-            Some((node, raft)) if *node == to => Ok(raft.clone()),
-            Some((node, _)) => Err(Status::failed_precondition(format!(
+            Some((node, raft, staging)) if *node == to => Ok((raft.clone(), staging.clone())),
+            Some((node, _, _)) => Err(Status::failed_precondition(format!(
                 "this process is node {node} of Raft group {group}, not node {to}"
             ))),
             None => Err(Status::unavailable(format!(
@@ -183,7 +185,6 @@ enum Rpc {
     Append,
     Vote,
     PreVote,
-    Snapshot,
     TransferLeader,
 }
 
@@ -220,7 +221,6 @@ impl Conn {
                 Rpc::Append => client.append_entries(msg).await,
                 Rpc::Vote => client.vote(msg).await,
                 Rpc::PreVote => client.pre_vote(msg).await,
-                Rpc::Snapshot => client.install_snapshot(msg).await,
                 Rpc::TransferLeader => client.transfer_leader(msg).await,
             }
         };
@@ -235,10 +235,92 @@ impl Conn {
         let answer: Result<Resp, String> = decode(&resp.payload).map_err(net)?;
         answer.map_err(|e| net(format!("node {}: {e}", self.target)))
     }
+
+    /// Streams a snapshot: the head, its chunks as they are read, the end.
+    /// Gives up when no chunk moves for [`SNAPSHOT_IDLE`], or when the
+    /// receiver has not installed it [`SNAPSHOT_INSTALL`] after the last.
+    async fn stream_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        if self.target == self.from {
+            return Err(net(format!("node {} would send to itself", self.from)));
+        }
+        if cut() {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("Raft traffic cut (test switch)"),
+            )));
+        }
+        let chunks = match snapshot.snapshot {
+            SnapshotData::Chunks(c) => c,
+            SnapshotData::Staged(p) => stage::read_chunks(&p)
+                .await
+                .map_err(|e| net(format!("reading staged snapshot {}: {e}", p.display())))?,
+        };
+        let head = encode(&Head {
+            vote,
+            meta: snapshot.meta,
+        })
+        .map_err(net)?;
+        let (group, from, to) = (self.group, self.from, self.target);
+        let failed = Arc::new(Mutex::new(None));
+        // Progress: when a message last left, in ms since `start`.
+        let start = Instant::now();
+        let moved = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (moved2, ended2) = (moved.clone(), ended.clone());
+        let msgs = futures::stream::once(async move { head })
+            .chain(stage::frames(chunks, failed.clone()))
+            .map(move |payload| {
+                moved2.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                RaftRequest {
+                    group_id: group,
+                    from,
+                    to,
+                    payload,
+                }
+            })
+            .chain(
+                futures::stream::once(async move {
+                    ended2.store(true, Ordering::Relaxed);
+                    None
+                })
+                .filter_map(|x: Option<RaftRequest>| async move { x }),
+            );
+        let client = self.client.as_mut().map_err(|e| net(e.clone()))?;
+        let call = client.install_snapshot(msgs);
+        tokio::pin!(call);
+        let resp = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let idle = start.elapsed().saturating_sub(Duration::from_millis(moved.load(Ordering::Relaxed)));
+                    let limit = if ended.load(Ordering::Relaxed) { SNAPSHOT_INSTALL } else { SNAPSHOT_IDLE };
+                    if idle > limit {
+                        return Err(net(format!("snapshot to node {to}: nothing moved for {idle:?}")));
+                    }
+                }
+            }
+        };
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(net(format!("reading the snapshot to send: {e}")));
+        }
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&s)))
+            }
+            Err(s) => return Err(net(s.to_string())),
+        };
+        let answer: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&resp.payload).map_err(net)?;
+        answer.map_err(|e| net(format!("node {to}: {e}")))
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Conn {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -267,18 +349,13 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let wire = WireSnapshot {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
-        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = self.call(Rpc::Snapshot, &wire, option.hard_ttl()) => r.map_err(StreamingError::from),
+            r = self.stream_snapshot(vote, snapshot) => r.map_err(StreamingError::from),
         }
     }
 
@@ -303,7 +380,7 @@ impl RaftServer {
         if cut() {
             return Err(Status::unavailable("Raft traffic cut (test switch)"));
         }
-        let raft = self.transport.group(req.group_id, req.to)?;
+        let (raft, _) = self.transport.group(req.group_id, req.to)?;
         let msg = decode(&req.payload).map_err(Status::invalid_argument)?;
         Ok((raft, msg))
     }
@@ -341,14 +418,35 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
 
     async fn install_snapshot(
         &self,
-        req: Request<RaftRequest>,
+        req: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (raft, wire) = self.open::<WireSnapshot>(req.get_ref())?;
-        let snapshot = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-            meta: wire.meta,
-            snapshot: Cursor::new(wire.data),
+        let mut msgs = req.into_inner();
+        let first = msgs
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        if cut() {
+            return Err(Status::unavailable("Raft traffic cut (test switch)"));
+        }
+        let (raft, staging) = self.transport.group(first.group_id, first.to)?;
+        let head: Head = decode(&first.payload).map_err(Status::invalid_argument)?;
+        let path = stage::new_path(&staging, first.group_id);
+        let frames = msgs.map(|m| m.map(|r| r.payload).map_err(|s| s.to_string()));
+        stage::write(&path, &head.meta, frames)
+            .await
+            .map_err(|e| Status::aborted(format!("snapshot not staged: {e}")))?;
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: head.meta,
+            snapshot: SnapshotData::Staged(path.clone()),
         };
-        answer(raft.install_full_snapshot(wire.vote, snapshot).await)
+        let r = raft.install_full_snapshot(head.vote, snapshot).await;
+        // Installed (the install removed it) or refused (a stale vote):
+        // not needed. A group that failed while installing stops its
+        // process; the file is kept for the restart to install again.
+        if r.is_ok() {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        answer(r)
     }
 
     async fn transfer_leader(

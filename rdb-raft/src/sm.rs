@@ -6,11 +6,12 @@
 //! write as the entries they cover.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Cursor};
+use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
@@ -74,6 +75,21 @@ impl std::fmt::Debug for Reply {
     }
 }
 
+/// A snapshot's data, one chunk at a time (each at most about
+/// [`CHUNK_BYTES`](crate::CHUNK_BYTES)): a machine's
+/// [`snapshot`](BatchMachine::snapshot) produces them, its
+/// [`restore`](BatchMachine::restore) consumes them, in the same order.
+pub type Chunks = futures::stream::BoxStream<'static, Result<Vec<u8>, String>>;
+
+/// A snapshot's data as openraft carries it.
+pub enum SnapshotData {
+    /// Chunks not read yet (the sender's, from its machine).
+    Chunks(Chunks),
+    /// A snapshot received whole and staged in this file (see
+    /// `stage.rs`); installing it removes the file.
+    Staged(PathBuf),
+}
+
 /// One committed entry, handed to [`BatchMachine::apply`].
 #[derive(Debug)]
 pub struct Entry {
@@ -106,12 +122,18 @@ pub trait BatchMachine: Send + Sync + 'static {
     /// stops the group (the replies not sent tell their proposers that the
     /// outcome is unknown).
     async fn apply(&self, entries: Vec<Entry>) -> Result<(), String>;
-    /// The whole state as of the last applied entry, encoded; called only
-    /// when a member needs a snapshot (no apply runs meanwhile).
-    async fn snapshot(&self) -> Result<Vec<u8>, String>;
-    /// Replaces the whole state with `data` (from [`snapshot`](Self::snapshot)
-    /// on another member); writes `marks` in the same atomic write.
-    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String>;
+    /// The whole state as of the last applied entry, as chunks; called
+    /// only when a member needs a snapshot (no apply runs while it is
+    /// called, so the state it captures is exactly the applied one; the
+    /// chunks may be read later, while applies go on).
+    async fn snapshot(&self) -> Result<Chunks, String>;
+    /// Replaces the whole state with the one `chunks` describe (from
+    /// [`snapshot`](Self::snapshot) on another member), writing chunk by
+    /// chunk, and writes `marks` in its last write, synced, once every
+    /// chunk is written. A restore cut short by a crash runs again from the
+    /// start when the group starts: it must first remove what an earlier
+    /// partial run may have written.
+    async fn restore(&self, chunks: Chunks, marks: Vec<WriteOp>) -> Result<(), String>;
 }
 
 /// A [`StateMachine`] as a [`BatchMachine`]: a batch of entries is applied
@@ -143,11 +165,17 @@ impl BatchMachine for InMemory {
         Ok(())
     }
 
-    async fn snapshot(&self) -> Result<Vec<u8>, String> {
-        Ok(self.machine.snapshot())
+    async fn snapshot(&self) -> Result<Chunks, String> {
+        // The whole state in one chunk: these machines are small (PD's).
+        let data = self.machine.snapshot();
+        Ok(futures::stream::once(async move { Ok(data) }).boxed())
     }
 
-    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String> {
+    async fn restore(&self, mut chunks: Chunks, marks: Vec<WriteOp>) -> Result<(), String> {
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            data.extend(chunk?);
+        }
         let mut batch = Vec::new();
         self.machine.restore(&data, &mut batch)?;
         batch.extend(marks);
@@ -171,6 +199,8 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 pub struct Adapter {
     engine: Engine,
     group: u64,
+    /// Where received snapshots are staged.
+    staging: PathBuf,
     machine: Arc<dyn BatchMachine>,
     applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
@@ -194,7 +224,7 @@ fn meta_key(group: u64, what: &str) -> Vec<u8> {
 
 /// The writes that delete the applied mark and membership of `group`.
 pub(crate) fn delete_group_ops(group: u64) -> Vec<WriteOp> {
-    ["applied", "membership", "snapshot"]
+    ["applied", "membership", "snapshot", "installing"]
         .iter()
         .map(|what| WriteOp::DeleteMeta {
             key: meta_key(group, what),
@@ -223,11 +253,75 @@ impl Adapter {
         Ok(Adapter {
             engine: engine.clone(),
             group,
+            staging: staging_dir(engine),
             machine,
             applied,
             membership,
             started,
         })
+    }
+
+    /// Finishes a snapshot install that a crash cut short (the staged file
+    /// it came from is named in the `installing` mark), then removes every
+    /// other staged file of the group (left by a crash after an install,
+    /// or by a transfer that broke). Call before the group starts.
+    pub(crate) async fn resume_install(&mut self) -> crate::Result<()> {
+        let key = meta_key(self.group, "installing");
+        if let Some(raw) = self.engine.get_meta(&key)? {
+            let path = PathBuf::from(String::from_utf8_lossy(&raw).into_owned());
+            tracing::warn!(group = self.group, file = %path.display(),
+                "a snapshot install was cut short: installing it again");
+            let meta = crate::stage::read_meta(&path).await.map_err(|e| {
+                crate::Error::Corrupted(format!(
+                    "group {}: the snapshot install cut short cannot resume from {}: {e}",
+                    self.group,
+                    path.display()
+                ))
+            })?;
+            self.install_staged(&meta, &path)
+                .await
+                .map_err(|e| crate::Error::Stopped(e.to_string()))?;
+        }
+        for stale in crate::stage::staged_files(&self.staging, self.group) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(())
+    }
+
+    /// Installs the staged snapshot at `path`: names the file in the
+    /// `installing` mark (synced) first, restores from it, removes the mark
+    /// with the restore's last write, then the file.
+    async fn install_staged(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        path: &std::path::Path,
+    ) -> io::Result<()> {
+        let key = meta_key(self.group, "installing");
+        self.engine
+            .write(vec![WriteOp::PutMeta {
+                key: key.clone(),
+                value: path.to_string_lossy().into_owned().into_bytes(),
+            }])
+            .await
+            .map_err(io_err)?;
+        let chunks = crate::stage::read_chunks(path).await?;
+        self.install(meta, chunks, vec![WriteOp::DeleteMeta { key }])
+            .await?;
+        let _ = tokio::fs::remove_file(path).await;
+        Ok(())
+    }
+
+    async fn install(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        chunks: Chunks,
+        mut marks: Vec<WriteOp>,
+    ) -> io::Result<()> {
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        marks.push(self.applied_mark()?);
+        marks.push(self.membership_mark()?);
+        self.machine.restore(chunks, marks).await.map_err(io_err)
     }
 
     /// How many voters the last applied membership has.
@@ -266,9 +360,9 @@ pub(crate) fn membership_of(m: &openraft::Membership<NodeId, Member>) -> Members
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>> {
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
         // A synced write: the machine may write its entries without
         // syncing (its log is their durable record); openraft drops the log
         // up to this snapshot once it is built, so everything applied up to
@@ -281,15 +375,15 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             }])
             .await
             .map_err(io_err)?;
-        Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta: self.meta.clone(),
-            snapshot: Cursor::new(Vec::new()),
+            snapshot: SnapshotData::Chunks(futures::stream::empty().boxed()),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for Adapter {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Builder;
 
     async fn applied_state(
@@ -341,19 +435,17 @@ impl RaftStateMachine<TypeConfig> for Adapter {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Cursor<Vec<u8>>,
+        snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let data = snapshot.into_inner();
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        let marks = vec![self.applied_mark()?, self.membership_mark()?];
-        self.machine.restore(data, marks).await.map_err(io_err)?;
-        Ok(())
+        match snapshot {
+            SnapshotData::Staged(path) => self.install_staged(meta, &path).await,
+            SnapshotData::Chunks(chunks) => self.install(meta, chunks, Vec::new()).await,
+        }
     }
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> io::Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>> {
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
         if self.applied.is_none() {
             return Ok(None);
         }
@@ -361,11 +453,17 @@ impl RaftStateMachine<TypeConfig> for Adapter {
         let data = if self.started.load(Ordering::Acquire) {
             self.machine.snapshot().await.map_err(io_err)?
         } else {
-            Vec::new()
+            futures::stream::empty().boxed()
         };
-        Ok(Some(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: Cursor::new(data),
+            snapshot: SnapshotData::Chunks(data),
         }))
     }
+}
+
+/// Where the snapshots a store receives are staged: a directory inside the
+/// engine's.
+pub(crate) fn staging_dir(engine: &Engine) -> PathBuf {
+    engine.path().join("raft-snapshots")
 }

@@ -14,12 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use futures::StreamExt;
 use prost::Message;
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::{
     EpochNotMatch, NotLeader, Peer, PeerRole, Region, RegionEpoch, RegionError, Store,
 };
-use rdb_raft::{BatchMachine, Entry, Member, Membership, NodeId, Reply};
+use rdb_raft::{BatchMachine, Chunks, Entry, Member, Membership, NodeId, Reply};
 use rdb_storage::{Engine, OpResult, Queued, StorageError, VersionedWrite, WriteOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -104,13 +105,20 @@ pub struct RegionMachine {
     split_pending_term: AtomicU64,
 }
 
-/// A region's state for a snapshot: its record, counter, data and the
-/// exactly-once records of its writes (so that a replica added later
-/// answers a re-sent write as the others do).
+/// The first chunk of a region's snapshot: its record and counter. The
+/// later chunks ([`SnapshotPart`]) carry its data and the exactly-once
+/// records of its writes (so that a replica added later answers a re-sent
+/// write as the others do).
 #[derive(Serialize, Deserialize)]
-struct SnapshotData {
+struct SnapshotHead {
     region: Vec<u8>,
     counter: u64,
+}
+
+/// Every later chunk of a region's snapshot: a part of its data, in key
+/// order, then of its exactly-once records.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPart {
     /// Key, version, value.
     pairs: Vec<(Vec<u8>, u64, Vec<u8>)>,
     /// Key and value in the `dedup` column family.
@@ -483,36 +491,56 @@ impl BatchMachine for RegionMachine {
         Ok(())
     }
 
-    async fn snapshot(&self) -> Result<Vec<u8>, String> {
+    async fn snapshot(&self) -> Result<Chunks, String> {
         let Applied { region, counter } = self.read().clone();
-        let engine = self.engine.clone();
-        let (start, end) = (region.start_key.clone(), region.end_key.clone());
-        let id = region.id;
-        let (entries, dedup) = tokio::task::spawn_blocking(move || {
-            let entries = engine.scan(&start, &end, rdb_storage::ScanOptions::default())?;
-            let dedup = engine.scan_dedup(&rdb_storage::dedup_scope_prefix(id))?;
-            Ok::<_, StorageError>((entries, dedup))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(storage_err)?;
-        let data = SnapshotData {
+        let head = postcard::to_stdvec(&SnapshotHead {
             region: region.encode_to_vec(),
             counter,
-            pairs: entries
-                .into_iter()
-                .map(|e| (e.key, e.version, e.value))
-                .collect(),
-            dedup,
-        };
-        postcard::to_stdvec(&data).map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())?;
+        // The view is taken now (no apply runs during this call); the
+        // chunks are read from it while the region goes on.
+        let rx = self
+            .engine
+            .export(
+                region.start_key.clone(),
+                region.end_key.clone(),
+                rdb_storage::dedup_scope_prefix(region.id).to_vec(),
+                rdb_raft::CHUNK_BYTES,
+            )
+            .map_err(storage_err)?;
+        let parts = futures::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            let part = chunk.map_err(storage_err).and_then(|c| {
+                postcard::to_stdvec(&SnapshotPart {
+                    pairs: c
+                        .pairs
+                        .into_iter()
+                        .map(|e| (e.key, e.version, e.value))
+                        .collect(),
+                    dedup: c.dedup,
+                })
+                .map_err(|e| e.to_string())
+            });
+            Some((part, rx))
+        });
+        Ok(futures::stream::once(async move { Ok(head) })
+            .chain(parts)
+            .boxed())
     }
 
-    async fn restore(&self, data: Vec<u8>, marks: Vec<WriteOp>) -> Result<(), String> {
-        let snap: SnapshotData = postcard::from_bytes(&data).map_err(|e| e.to_string())?;
-        let region = Region::decode(snap.region.as_slice()).map_err(|e| e.to_string())?;
+    async fn restore(&self, mut chunks: Chunks, marks: Vec<WriteOp>) -> Result<(), String> {
+        let head = chunks
+            .next()
+            .await
+            .ok_or_else(|| "a region snapshot without its head".to_string())??;
+        let head: SnapshotHead = postcard::from_bytes(&head).map_err(|e| e.to_string())?;
+        let region = Region::decode(head.region.as_slice()).map_err(|e| e.to_string())?;
         let old = self.region();
-        let mut ops = vec![WriteOp::ClearRange {
+        // First whatever the replica held (or an earlier, cut short run of
+        // this restore wrote), then the data chunk by chunk, then the
+        // region, its counter and the marks in one last write.
+        let mut clear = vec![WriteOp::ClearRange {
             start: region.start_key.clone(),
             end: region.end_key.clone(),
         }];
@@ -520,35 +548,52 @@ impl BatchMachine for RegionMachine {
             && (old.start_key.as_slice(), old.end_key.as_slice())
                 != (region.start_key.as_slice(), region.end_key.as_slice())
         {
-            ops.push(WriteOp::ClearRange {
+            clear.push(WriteOp::ClearRange {
                 start: old.start_key.clone(),
                 end: old.end_key.clone(),
             });
         }
-        ops.extend(
-            snap.pairs
+        self.engine.write(clear).await.map_err(storage_err)?;
+        let mut pairs = 0usize;
+        while let Some(chunk) = chunks.next().await {
+            let part: SnapshotPart = postcard::from_bytes(&chunk?).map_err(|e| e.to_string())?;
+            pairs += part.pairs.len();
+            let mut ops: Vec<WriteOp> = part
+                .pairs
                 .into_iter()
                 .map(|(key, version, value)| WriteOp::Import {
                     key,
                     value,
                     version,
-                }),
-        );
-        ops.extend(
-            snap.dedup
-                .into_iter()
-                .map(|(key, value)| WriteOp::PutDedup { key, value }),
-        );
-        ops.push(put_region_op(&region));
-        ops.push(put_counter_op(region.id, snap.counter));
-        ops.push(WriteOp::DeleteMeta {
-            key: crate::regions::record_key(crate::operator::PENDING_PREFIX, region.id),
-        });
+                })
+                .collect();
+            ops.extend(
+                part.dedup
+                    .into_iter()
+                    .map(|(key, value)| WriteOp::PutDedup { key, value }),
+            );
+            if !ops.is_empty() {
+                self.engine.write(ops).await.map_err(storage_err)?;
+            }
+            // Test builds only: a crash in the middle of an install.
+            fail::fail_point!("snapshot-restore-crash", |_| {
+                tracing::error!("failpoint snapshot-restore-crash: aborting");
+                std::process::abort()
+            });
+        }
+        let mut ops = vec![
+            put_region_op(&region),
+            put_counter_op(region.id, head.counter),
+            WriteOp::DeleteMeta {
+                key: crate::regions::record_key(crate::operator::PENDING_PREFIX, region.id),
+            },
+        ];
         ops.extend(marks);
         self.engine.write(ops).await.map_err(storage_err)?;
+        tracing::info!(region_id = region.id, keys = pairs, "installed a snapshot");
         *self.write() = Applied {
             region,
-            counter: snap.counter,
+            counter: head.counter,
         };
         Ok(())
     }

@@ -55,6 +55,15 @@ impl Default for EngineOptions {
     }
 }
 
+/// A piece of an export (see [`Engine::export`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportChunk {
+    /// Data entries, in key order.
+    pub pairs: Vec<Entry>,
+    /// Exactly-once records (key, value), in key order, after every pair.
+    pub dedup: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A key with its value and version, as returned by scans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -591,6 +600,11 @@ impl Engine {
         Ok((out, false))
     }
 
+    /// The directory of the engine's RocksDB.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.inner.db.path().to_path_buf()
+    }
+
     /// Reads a metadata entry.
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let db = &self.inner.db;
@@ -620,6 +634,41 @@ impl Engine {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Reads, from one consistent view of the engine taken before this
+    /// returns, every data entry in `[start, end)` (empty `end`: unbounded)
+    /// and then every exactly-once record whose key starts with
+    /// `dedup_prefix`, in chunks of about `chunk_bytes` (at least one entry
+    /// each; at least one chunk, maybe empty). A thread of its own reads
+    /// them, at most two chunks ahead of the receiver; dropping the
+    /// receiver stops it and releases the view. For a region's snapshot:
+    /// memory stays bounded by the chunk size whatever the region's size.
+    pub fn export(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        dedup_prefix: Vec<u8>,
+        chunk_bytes: usize,
+    ) -> Result<mpsc::Receiver<Result<ExportChunk>>> {
+        let db = self.inner.db.clone();
+        let (tx, rx) = mpsc::channel(1);
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("rdb-storage-export".into())
+            .spawn(move || {
+                let view = db.snapshot();
+                let _ = taken_tx.send(());
+                let sent = export_from(&db, &view, &start, &end, &dedup_prefix, chunk_bytes, &tx);
+                if let Err(e) = sent {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            })
+            .map_err(|e| StorageError::Internal(format!("cannot start an export thread: {e}")))?;
+        taken_rx
+            .recv()
+            .map_err(|_| StorageError::Internal("the export thread stopped at once".into()))?;
+        Ok(rx)
     }
 
     /// The exactly-once records whose key starts with `prefix`, in key
@@ -786,4 +835,76 @@ mod tests;
 
 fn missing(cf: &str) -> StorageError {
     StorageError::Corruption(format!("missing {cf} column family"))
+}
+
+/// [`Engine::export`]'s reading, under `view`; stops early (`Ok`) once the
+/// receiver is gone.
+fn export_from(
+    db: &DB,
+    view: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+    start: &[u8],
+    end: &[u8],
+    dedup_prefix: &[u8],
+    chunk_bytes: usize,
+    tx: &mpsc::Sender<Result<ExportChunk>>,
+) -> Result<()> {
+    let mut chunk = ExportChunk::default();
+    let mut bytes = 0usize;
+    let mut sent_any = false;
+    // Sends the chunk if it is full (or `last`); false once nobody listens.
+    let mut flush = |chunk: &mut ExportChunk, bytes: &mut usize, last: bool| -> bool {
+        if (*bytes < chunk_bytes && !last)
+            || (last && sent_any && chunk.pairs.is_empty() && chunk.dedup.is_empty())
+        {
+            return true;
+        }
+        sent_any = true;
+        *bytes = 0;
+        tx.blocking_send(Ok(std::mem::take(chunk))).is_ok()
+    };
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(view);
+    ro.set_iterate_lower_bound(start.to_vec());
+    if !end.is_empty() {
+        ro.set_iterate_upper_bound(end.to_vec());
+    }
+    for item in db.iterator_cf_opt(
+        data_cf(db)?,
+        ro,
+        IteratorMode::From(start, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        let (version, value) = crate::codec::decode_record(&v)?;
+        bytes = bytes.saturating_add(k.len() + value.len() + 16);
+        chunk.pairs.push(Entry {
+            key: k.to_vec(),
+            value: value.to_vec(),
+            version,
+        });
+        if !flush(&mut chunk, &mut bytes, false) {
+            return Ok(());
+        }
+    }
+    let dedup = db
+        .cf_handle(CF_DEDUP)
+        .ok_or_else(|| StorageError::Corruption(format!("missing {CF_DEDUP} column family")))?;
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(view);
+    for item in db.iterator_cf_opt(
+        dedup,
+        ro,
+        IteratorMode::From(dedup_prefix, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        if !k.starts_with(dedup_prefix) {
+            break;
+        }
+        bytes = bytes.saturating_add(k.len() + v.len());
+        chunk.dedup.push((k.to_vec(), v.to_vec()));
+        if !flush(&mut chunk, &mut bytes, false) {
+            return Ok(());
+        }
+    }
+    flush(&mut chunk, &mut bytes, true);
+    Ok(())
 }

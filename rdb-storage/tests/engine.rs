@@ -666,18 +666,7 @@ async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
     let e = open(tmp.path());
     let id = RequestId { client: 9, seq: 1 };
     for scope in [5, 6] {
-        e.enqueue_versioned(rdb_storage::VersionedWrite {
-            id: Some(id),
-            ops: vec![put(b"k", b"v")],
-            first_version: Some(scope * 10),
-            scope,
-            sync: true,
-        })
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+        numbered_write(&e, id, put(b"k", b"v"), scope * 10, scope, true).await;
     }
     let five = e.scan_dedup(&rdb_storage::dedup_scope_prefix(5)).unwrap();
     assert_eq!(five.len(), 1, "one record in scope 5");
@@ -691,19 +680,7 @@ async fn scoped_request_records_are_listed_per_scope_and_copied_as_they_are() {
         .write(vec![WriteOp::PutDedup { key, value }])
         .await
         .unwrap();
-    let again = other
-        .enqueue_versioned(rdb_storage::VersionedWrite {
-            id: Some(id),
-            ops: vec![put(b"k", b"w")],
-            first_version: Some(99),
-            scope: 5,
-            sync: false,
-        })
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let again = numbered_write(&other, id, put(b"k", b"w"), 99, 5, false).await;
     assert_eq!(again[0], OpResult::Put(50));
     assert_eq!(other.get(b"k").unwrap(), None, "answered, not applied");
     assert!(other
@@ -754,4 +731,82 @@ async fn callbacks_run_in_queue_order_once_their_writes_are_readable() {
         assert_eq!(results, &vec![OpResult::Put(100 + i)]);
         assert_eq!(*visible, Some(100 + i));
     }
+}
+
+#[tokio::test]
+async fn an_export_reads_one_view_in_bounded_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    for i in 0..200u32 {
+        e.write(vec![put(format!("k{i:03}").as_bytes(), &[b'v'; 1000])])
+            .await
+            .unwrap();
+    }
+    // Outside the range: not exported.
+    e.write(vec![put(b"z", b"outside")]).await.unwrap();
+    let id = RequestId { client: 3, seq: 1 };
+    numbered_write(&e, id, put(b"k000", b"dedup"), 1000, 8, true).await;
+    let mut rx = e
+        .export(
+            b"k".to_vec(),
+            b"l".to_vec(),
+            rdb_storage::dedup_scope_prefix(8).to_vec(),
+            10_000,
+        )
+        .unwrap();
+    // Written after the export began: not in it.
+    e.write(vec![put(b"k999", b"late")]).await.unwrap();
+    let mut keys = Vec::new();
+    let mut dedup = 0;
+    let mut chunks = 0;
+    while let Some(c) = rx.recv().await {
+        let c = c.unwrap();
+        chunks += 1;
+        let bytes: usize = c.pairs.iter().map(|p| p.key.len() + p.value.len()).sum();
+        assert!(bytes <= 10_000 + 1100, "a chunk of {bytes} bytes");
+        keys.extend(c.pairs.into_iter().map(|p| p.key));
+        dedup += c.dedup.len();
+    }
+    let want: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("k{i:03}").into_bytes())
+        .collect();
+    assert_eq!(
+        keys, want,
+        "every key of the range, in order, from the view"
+    );
+    assert_eq!(dedup, 1, "the scope's exactly-once record");
+    assert!(chunks >= 20, "{chunks} chunks");
+    // An empty range still gives one (empty) chunk.
+    let mut rx = e
+        .export(b"x".to_vec(), b"y".to_vec(), vec![0xfe], 10_000)
+        .unwrap();
+    assert_eq!(
+        rx.recv().await.unwrap().unwrap(),
+        rdb_storage::ExportChunk::default()
+    );
+    assert!(rx.recv().await.is_none());
+}
+
+/// One exactly-once write numbered from `first_version`, its record in
+/// `scope`; its results.
+async fn numbered_write(
+    e: &Engine,
+    id: RequestId,
+    op: WriteOp,
+    first_version: u64,
+    scope: u64,
+    sync: bool,
+) -> Vec<OpResult> {
+    e.enqueue_versioned(rdb_storage::VersionedWrite {
+        id: Some(id),
+        ops: vec![op],
+        first_version: Some(first_version),
+        scope,
+        sync,
+    })
+    .await
+    .unwrap()
+    .wait()
+    .await
+    .unwrap()
 }

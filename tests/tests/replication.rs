@@ -246,10 +246,18 @@ async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
     let client = cluster.client().await;
     let route = replicate(&cluster, &client).await;
     let region_id = route.region.unwrap().id;
-    let mut pairs: Vec<_> = (0..100)
-        .map(|i| (format!("a{i:03}").into_bytes(), vec![b'x'; 100]))
+    // 3 MiB: the new replica's snapshot travels in several chunks.
+    let mut pairs: Vec<_> = (0..300)
+        .map(|i| {
+            (
+                format!("a{i:03}").into_bytes(),
+                vec![b'x' + (i % 7) as u8; 10 << 10],
+            )
+        })
         .collect();
-    client.batch_put(pairs.clone()).await.unwrap();
+    for part in pairs.chunks(50) {
+        client.batch_put(part.to_vec()).await.unwrap();
+    }
 
     // A follower's store dies for good: the other two keep serving.
     let leader = only_region(&client).await.region.unwrap().store_id;
@@ -451,4 +459,68 @@ async fn a_leader_cut_off_from_its_replicas_serves_nothing_and_loses_nothing() {
         client.get(b"k".to_vec()).await.unwrap().unwrap().value,
         b"after"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_install_cut_short_by_a_crash_finishes_at_restart() {
+    let mut cluster = TestCluster::start(1);
+    let client = cluster.client().await;
+    let region_id = only_region(&client).await.region.unwrap().id;
+    // 3 MiB: several chunks, so the crash comes between two of them.
+    let pairs: Vec<_> = (0..300)
+        .map(|i| {
+            (
+                format!("s{i:03}").into_bytes(),
+                vec![b'a' + (i % 11) as u8; 10 << 10],
+            )
+        })
+        .collect();
+    for part in pairs.chunks(50) {
+        client.batch_put(part.to_vec()).await.unwrap();
+    }
+    // The new store dies after writing the first chunk of its snapshot.
+    let failpoint = (
+        "FAILPOINTS".to_string(),
+        "snapshot-restore-crash=return".to_string(),
+    );
+    let new = cluster.add_store_with_env(&[failpoint]).id;
+    let idx = cluster.stores.len() - 1;
+    let adding = {
+        let c = client.clone();
+        tokio::spawn(async move { c.add_replica(region_id, new).await })
+    };
+    let log = cluster.stores[idx].dir.with_extension("log");
+    let crashed = eventually(300, Duration::from_millis(100), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("failpoint snapshot-restore-crash")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(crashed.is_some(), "the new store crashed mid-install");
+    // Restarted without the failpoint, it installs the staged snapshot
+    // again before its group starts, then catches up and votes.
+    cluster.stores[idx].env.retain(|(k, _)| k != "FAILPOINTS");
+    cluster.stores[idx].restart();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("a snapshot install was cut short: installing it again"),
+        "the restart resumed the install"
+    );
+    let added = tokio::time::timeout(Duration::from_secs(120), adding)
+        .await
+        .expect("add-replica finished")
+        .unwrap();
+    if added.is_err() {
+        // The operator gave up while the store was down: ask again.
+        client.add_replica(region_id, new).await.unwrap();
+    }
+    client.put(b"after".to_vec(), b"1".to_vec()).await.unwrap();
+    client.transfer_leader(region_id, new).await.unwrap();
+    assert_eq!(only_region(&client).await.region.unwrap().store_id, new);
+    let mut all = pairs;
+    all.push((b"after".to_vec(), b"1".to_vec()));
+    all_readable(&cluster, &all).await;
 }
