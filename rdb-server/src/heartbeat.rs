@@ -1,17 +1,22 @@
 //! Heartbeats to PD: the regions whose groups this store leads and the
 //! store's approximate size, sent at a fixed interval and whenever a replica
-//! here becomes a leader.
+//! here becomes a leader. Every [`GC_EVERY`] heartbeats, the replicas here
+//! that were removed from their regions while this store was down are
+//! found and deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdb_proto::v1::{RegionStat, StoreHeartbeatRequest};
+use rdb_proto::v1::{GetRegionByIdRequest, RegionStat, StoreHeartbeatRequest};
 
 use crate::error::{Result, ServerError};
 use crate::node::Node;
 
 /// A replica whose log is this many entries behind the leader's is pending.
 const PENDING_LAG: u64 = 100;
+
+/// Removed replicas are looked for once every this many heartbeats.
+const GC_EVERY: u64 = 10;
 
 impl Node {
     /// Sends one heartbeat with the regions whose groups this store leads.
@@ -62,6 +67,60 @@ impl Node {
         Ok(())
     }
 
+    /// Deletes the replicas here that their regions no longer have: those
+    /// whose own applied membership leaves them out (their removal was
+    /// applied here, but not the `DestroyPeer` that follows it), and those
+    /// PD knows a later membership of that leaves them out (removed while
+    /// this store was down: they never hear of it from their group).
+    /// Replicas not yet initialized (waiting for their first snapshot) and
+    /// leaders are left alone. PD's record only moves after a change is
+    /// applied by the region's replicas, and a replica added by a change
+    /// holds that change before it is initialized, so a replica PD does not
+    /// list yet always has a membership at or above PD's.
+    pub async fn collect_removed_replicas(&self) -> Result<()> {
+        let peers = self.regions().peers();
+        for p in peers {
+            if p.group.status().is_leader {
+                continue;
+            }
+            let local = p.region();
+            if local.peers.is_empty() {
+                continue;
+            }
+            let me = p.group.node_id();
+            let removed = if !local.peers.iter().any(|x| x.id == me) {
+                true
+            } else {
+                let route = self
+                    .pd
+                    .clone()
+                    .get_region_by_id(GetRegionByIdRequest {
+                        region_id: local.id,
+                    })
+                    .await
+                    .map_err(|s| ServerError::remote("region lookup", &s))?
+                    .into_inner()
+                    .route;
+                match route.and_then(|r| r.region) {
+                    Some(now) => {
+                        now.epoch_or_default().conf_ver > local.epoch_or_default().conf_ver
+                            && !now.peers.iter().any(|x| x.id == me)
+                    }
+                    None => false,
+                }
+            };
+            if removed {
+                tracing::info!(
+                    region_id = local.id,
+                    peer_id = me,
+                    "collecting a replica its region removed"
+                );
+                self.destroy_peer(local.id, me).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Heartbeats every `interval` until the process stops.
     /// A replica here that becomes its region's leader sends one at once
     /// (PD routes clients by what the leaders report).
@@ -69,9 +128,17 @@ impl Node {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if ticks.is_multiple_of(GC_EVERY) {
+                        if let Err(e) = self.collect_removed_replicas().await {
+                            tracing::debug!(error = %e, "looking for removed replicas failed");
+                        }
+                    }
+                    ticks += 1;
+                }
                 _ = self.leader_changed.notified() => {}
             }
             let result = self.heartbeat().await;

@@ -3,7 +3,9 @@
 //! after another replica was elected; a leader cut off from its replicas
 //! serves nothing and, healed, loses nothing; a store lost for good is
 //! replaced by a replica on a fourth store (`rdb-cli operator`); a replica
-//! added later answers a re-sent write from its exactly-once record.
+//! added later answers a re-sent write from its exactly-once record; a
+//! snapshot install cut short by a crash finishes at restart; a replica
+//! removed while its store was down is collected when the store returns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -523,4 +525,44 @@ async fn a_snapshot_install_cut_short_by_a_crash_finishes_at_restart() {
     let mut all = pairs;
     all.push((b"after".to_vec(), b"1".to_vec()));
     all_readable(&cluster, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_removed_while_its_store_was_down_is_collected_when_it_returns() {
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    let route = replicate(&cluster, &client).await;
+    let region_id = route.region.unwrap().id;
+    let pairs: Vec<_> = (0..50)
+        .map(|i| (format!("g{i:02}").into_bytes(), b"v".to_vec()))
+        .collect();
+    client.batch_put(pairs.clone()).await.unwrap();
+    // A follower's store goes down; its replica is removed meanwhile.
+    let leader = only_region(&client).await.region.unwrap().store_id;
+    let idx = cluster.stores.iter().position(|s| s.id != leader).unwrap();
+    let down = cluster.stores[idx].id;
+    cluster.stores[idx].kill9();
+    client.remove_replica(region_id, down).await.unwrap();
+    // Back up, the store finds out from PD and deletes its replica.
+    cluster.stores[idx].restart();
+    let log = cluster.stores[idx].dir.with_extension("log");
+    let collected = eventually(150, Duration::from_millis(100), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("replica destroyed").then_some(())
+        }
+    })
+    .await;
+    assert!(collected.is_some(), "the removed replica was collected");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("collecting a replica its region removed"),
+        "{text}"
+    );
+    // The other replicas were not touched.
+    let r = only_region(&client).await.region.unwrap();
+    assert_eq!(r.peers.len(), 2);
+    assert!(r.peers.iter().all(|p| p.store_id != down));
+    all_readable(&cluster, &pairs).await;
 }
