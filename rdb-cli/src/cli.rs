@@ -62,6 +62,11 @@ pub enum Command {
     Get {
         /// The key.
         key: String,
+        /// Read from any replica without confirming it has the latest value
+        /// (may miss recent writes; answers even while the region elects a
+        /// leader).
+        #[arg(long)]
+        stale: bool,
     },
     /// Write a key. Without VALUE (or with `-`) the value is read from
     /// standard input, all of it, as bytes (with --hex, as hex text): for

@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             e => Failure::from(e),
         })?;
     match cli.command {
-        Command::Get { key } => cmd::keys::get(&client, &out, key).await?,
+        Command::Get { key, stale } => cmd::keys::get(&client, &out, key, stale).await?,
         Command::Put { key, value } => cmd::keys::put(&client, &out, key, value).await?,
         Command::Delete { key } => cmd::keys::delete(&client, &out, key).await?,
         Command::BatchGet { keys } => cmd::keys::batch_get(&client, &out, keys).await?,

@@ -4,7 +4,7 @@ use rdb_proto::limits::{check_batch_len, check_key, check_value};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::*;
 
-use crate::error::Result;
+use crate::error::{classify, Error, Failure, Result};
 use crate::retry::*;
 use crate::routing::*;
 use crate::types::*;
@@ -17,6 +17,100 @@ fn check_batch_keys(keys: &[Vec<u8>]) -> Result<()> {
 }
 
 impl Client {
+    /// The address of store `id`, from PD the first time.
+    async fn store_address(&self, id: u64) -> Result<Option<String>> {
+        let known = self
+            .inner
+            .store_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if known.is_some() {
+            return Ok(known);
+        }
+        let stores = self.stores().await?;
+        let mut map = self
+            .inner
+            .store_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for s in stores {
+            map.insert(s.id, s.address);
+        }
+        Ok(map.get(&id).cloned())
+    }
+
+    /// Reads a key from any replica of its region, without confirming that
+    /// the replica has the latest value (`Context.stale_read`): the answer
+    /// may miss writes acknowledged elsewhere (a follower lags by its
+    /// replication delay; one cut off from its group answers what it last
+    /// applied). It is served at once by whichever replica answers, even
+    /// while the region has no leader (during an election, or with its
+    /// leader paused), and spreads reads over the replicas (they are tried
+    /// in a random order). When no replica can serve it, it is read as
+    /// [`get`](Client::get) reads. `None` if the key does not exist there.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rdb_client::Client) -> Result<(), rdb_client::Error> {
+    /// // A dashboard that can live with a value a moment old.
+    /// let v = client.get_stale(b"config/motd".to_vec()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_stale(&self, key: Vec<u8>) -> Result<Option<Value>> {
+        invalid(check_key(&key))?;
+        let route = self.locate(&key).await?;
+        if let Some(region) = route.region.as_ref() {
+            let mut peers = region.peers.clone();
+            // A random order spreads the reads over the replicas.
+            for i in (1..peers.len()).rev() {
+                peers.swap(i, rand::random_range(0..=i));
+            }
+            for p in peers {
+                let Some(address) = self.store_address(p.store_id).await? else {
+                    continue;
+                };
+                let req = GetRequest {
+                    context: Some(Context {
+                        region_id: region.id,
+                        region_epoch: region.epoch,
+                        stale_read: true,
+                    }),
+                    key: key.clone(),
+                };
+                // A replica that does not answer (paused, hung) costs at
+                // most the keep-alive timeout before the next is asked.
+                let limit = self.inner.config.keepalive_timeout;
+                let answer = match tokio::time::timeout(limit, self.kv(&address)?.get(req)).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.forget_store(&address);
+                        continue;
+                    }
+                };
+                match answer {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if r.region_error.is_none() {
+                            return Ok(r.found.then_some(Value {
+                                value: r.value,
+                                version: r.version,
+                            }));
+                        }
+                        // Not this replica (it lags the region's epoch or
+                        // has no data yet): the next one.
+                    }
+                    Err(s) => match classify(&s) {
+                        Failure::Answered => return Err(Error::from_status(&s)),
+                        _ => self.forget_store(&address),
+                    },
+                }
+            }
+        }
+        self.get(key).await
+    }
+
     /// Reads a key; `None` if it does not exist.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Value>> {
         invalid(check_key(&key))?;

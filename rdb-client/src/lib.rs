@@ -101,6 +101,9 @@ struct Inner {
     bootstrapped: AtomicBool,
     /// This client's request ids (one per write, shared with the coalescers).
     ids: Arc<write::RequestIds>,
+    /// Store addresses by id, for reads served by any replica (filled
+    /// from PD when a store is missing).
+    store_addresses: Mutex<HashMap<u64, String>>,
 }
 
 /// The FlareDB client. Cheap to clone; clones share connections, the
@@ -136,6 +139,7 @@ impl Client {
                 config,
                 bootstrapped: AtomicBool::new(false),
                 ids: Arc::new(write::RequestIds::new()),
+                store_addresses: Mutex::default(),
             }),
         };
         client

@@ -30,6 +30,7 @@ pub(crate) fn ctx(route: &RegionRoute) -> Option<Context> {
     route.region.as_ref().map(|r| Context {
         region_id: r.id,
         region_epoch: r.epoch,
+        stale_read: false,
     })
 }
 

@@ -143,11 +143,17 @@ macro_rules! enter {
     };
 }
 
-/// Waits until the replica may serve a linearizable read, or returns the
-/// response with the region error.
+/// Waits until the replica may serve a linearizable read (or, for a read
+/// whose context asks for a stale one, checks that it holds the region's
+/// data), or returns the response with the region error.
 macro_rules! readable {
-    ($peer:expr, $resp:ty) => {
-        if let Err(e) = $peer.ready_to_read().await {
+    ($peer:expr, $req:ident, $resp:ty) => {
+        let ready = if $req.context.as_ref().is_some_and(|c| c.stale_read) {
+            $peer.ready_to_read_stale()
+        } else {
+            $peer.ready_to_read().await
+        };
+        if let Err(e) = ready {
             return Ok(Response::new(<$resp>::default_with_error(e)));
         }
     };
@@ -255,7 +261,7 @@ impl Kv for KvService {
         invalid(self.limits.check_key(&req.key))?;
         let (peer, region) = enter!(self, req, GetResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
-        readable!(peer, GetResponse);
+        readable!(peer, req, GetResponse);
         // A read served from the memtables and the block cache runs right
         // here (a few microseconds); one that needs the disk goes to the
         // blocking pool, so that no runtime thread waits for I/O.
@@ -292,7 +298,7 @@ impl Kv for KvService {
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchGetResponse
         );
-        readable!(peer, BatchGetResponse);
+        readable!(peer, req, BatchGetResponse);
         let max_bytes = self.limits.max_response_bytes;
         // As for Get: answered here when the memtables and the block cache
         // hold every key's answer, else on the blocking pool.
@@ -453,7 +459,7 @@ impl Kv for KvService {
             clamp_range(&region, &req.start_key, &req.end_key),
             ScanResponse
         );
-        readable!(peer, ScanResponse);
+        readable!(peer, req, ScanResponse);
         let opts = ScanOptions {
             limit: page,
             reverse: req.reverse,

@@ -707,6 +707,23 @@ impl RegionPeer {
         }
     }
 
+    /// Whether this replica may serve a stale read: it holds the region's
+    /// data (initialized, and a member of its own applied membership).
+    pub fn ready_to_read_stale(&self) -> Result<(), RegionError> {
+        let region = self.region();
+        let me = self.group.node_id();
+        if region.peers.iter().any(|p| p.id == me) {
+            Ok(())
+        } else {
+            let mut err = self.not_leader(self.group.leader());
+            err.message = format!(
+                "{}: this replica does not hold the region's data yet",
+                err.message
+            );
+            Err(err)
+        }
+    }
+
     fn not_leader_because(&self, e: &rdb_raft::Error) -> RegionError {
         let mut err = self.not_leader(self.group.leader());
         err.message = format!("{}: {e}", err.message);

@@ -69,6 +69,7 @@ impl Setup {
                 context: Some(Context {
                     region_id: region.id,
                     region_epoch: region.epoch,
+                    stale_read: false,
                 }),
                 key: key.to_vec(),
             })

@@ -138,6 +138,7 @@ async fn random_and_truncated_messages_get_errors_and_daemons_keep_serving() {
         context: Some(rdb_proto::v1::Context {
             region_id: region.id,
             region_epoch: region.epoch,
+            stale_read: false,
         }),
         key: b"kept".to_vec(),
         value: vec![b'x'; 40],

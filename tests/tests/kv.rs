@@ -225,6 +225,7 @@ async fn bad_input_is_invalid_argument_from_client_and_server() {
     let context = Some(Context {
         region_id: region.id,
         region_epoch: region.epoch,
+        stale_read: false,
     });
     let mut kv = KvClient::connect(format!("http://{}", route.leader.unwrap().address))
         .await

@@ -89,6 +89,7 @@ async fn requests_past_a_cap_are_refused_naming_it_and_nothing_is_lost() {
     let context = Some(Context {
         region_id: region.id,
         region_epoch: region.epoch,
+        stale_read: false,
     });
     let mut kv = KvClient::connect(format!("http://{}", c.stores[0].addr))
         .await

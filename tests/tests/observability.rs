@@ -53,6 +53,7 @@ async fn metrics_count_requests_errors_tso_heartbeats_and_storage() {
                     version: r.epoch.as_ref().map_or(0, |e| e.version) + 5,
                     conf_ver: 0,
                 }),
+                stale_read: false,
             }),
             key: b"k1".to_vec(),
         })

@@ -5,7 +5,8 @@
 //! replaced by a replica on a fourth store (`rdb-cli operator`); a replica
 //! added later answers a re-sent write from its exactly-once record; a
 //! snapshot install cut short by a crash finishes at restart; a replica
-//! removed while its store was down is collected when the store returns.
+//! removed while its store was down is collected when the store returns;
+//! stale reads are served by followers, also with the leader paused.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -220,6 +221,7 @@ async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
                 context: Some(Context {
                     region_id: now.id,
                     region_epoch: now.epoch,
+                    stale_read: false,
                 }),
                 key: b"k".to_vec(),
             })
@@ -341,6 +343,7 @@ async fn resend_one(address: String, region: &rdb_client::Region) -> rdb_proto::
         context: Some(Context {
             region_id: region.id,
             region_epoch: region.epoch,
+            stale_read: false,
         }),
         key: b"k".to_vec(),
         value: b"one".to_vec(),
@@ -406,6 +409,7 @@ async fn a_leader_cut_off_from_its_replicas_serves_nothing_and_loses_nothing() {
     let ctx = Some(Context {
         region_id: region.id,
         region_epoch: region.epoch,
+        stale_read: false,
     });
     let mut kv = KvClient::connect(format!("http://{old_addr}"))
         .await
@@ -565,4 +569,63 @@ async fn a_replica_removed_while_its_store_was_down_is_collected_when_it_returns
     assert_eq!(r.peers.len(), 2);
     assert!(r.peers.iter().all(|p| p.store_id != down));
     all_readable(&cluster, &pairs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_reads_are_served_by_followers_even_with_the_leader_paused() {
+    let cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    replicate(&cluster, &client).await;
+    client.put(b"k".to_vec(), b"v1".to_vec()).await.unwrap();
+    let region = only_region(&client).await.region.unwrap();
+    let leader = region.store_id;
+    let follower = cluster.stores.iter().find(|s| s.id != leader).unwrap();
+    let get = |stale_read| GetRequest {
+        context: Some(Context {
+            region_id: region.id,
+            region_epoch: region.epoch,
+            stale_read,
+        }),
+        key: b"k".to_vec(),
+    };
+    // Asked directly, a follower refuses a linearizable read and serves a
+    // stale one (once it has applied the write).
+    let mut kv = KvClient::connect(format!("http://{}", follower.addr))
+        .await
+        .unwrap();
+    let r = kv.get(get(false)).await.unwrap().into_inner();
+    assert!(
+        matches!(
+            r.region_error.and_then(|e| e.error),
+            Some(RegionErrorKind::NotLeader(_))
+        ),
+        "a follower serves no linearizable read"
+    );
+    let served = eventually(50, Duration::from_millis(100), || {
+        let mut kv = kv.clone();
+        let req = get(true);
+        async move {
+            let r = kv.get(req).await.ok()?.into_inner();
+            (r.region_error.is_none() && r.found && r.value == b"v1").then_some(())
+        }
+    })
+    .await;
+    assert!(served.is_some(), "the follower serves the stale read");
+    // With the leader paused, the client's stale reads are answered by
+    // the other replicas (a paused one is skipped after the keep-alive
+    // timeout), before and after a new leader is elected.
+    let paused = cluster.stores.iter().find(|s| s.id == leader).unwrap();
+    paused.pause();
+    for _ in 0..5 {
+        let v = client.get_stale(b"k".to_vec()).await.unwrap();
+        assert_eq!(v.map(|v| v.value), Some(b"v1".to_vec()));
+    }
+    paused.resume();
+    let out = cluster.cli(&["get", "--stale", "k"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
 }

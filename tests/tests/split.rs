@@ -116,6 +116,7 @@ async fn split_through_the_raft_log_and_reads_cross_it() {
     let old_ctx = Some(Context {
         region_id: old.id,
         region_epoch: old.epoch,
+        stale_read: false,
     });
     let resp = left_store
         .get(GetRequest {
@@ -132,6 +133,7 @@ async fn split_through_the_raft_log_and_reads_cross_it() {
     let left_ctx = Some(Context {
         region_id: l.id,
         region_epoch: l.epoch,
+        stale_read: false,
     });
     let resp = left_store
         .get(GetRequest {
@@ -148,6 +150,7 @@ async fn split_through_the_raft_log_and_reads_cross_it() {
     let right_ctx = Some(Context {
         region_id: r.id,
         region_epoch: r.epoch,
+        stale_read: false,
     });
     // The other store holds no replica of the region.
     let other = c

@@ -6,9 +6,14 @@ use serde_json::{json, Value as Json};
 use crate::output::*;
 
 /// Prints a key's value.
-pub async fn get(client: &Client, out: &Out, key: String) -> Result<(), Failure> {
+pub async fn get(client: &Client, out: &Out, key: String, stale: bool) -> Result<(), Failure> {
     let k = arg(out, &key, "key")?;
-    match client.get(k.clone()).await? {
+    let got = if stale {
+        client.get_stale(k.clone()).await?
+    } else {
+        client.get(k.clone()).await?
+    };
+    match got {
         Some(v) => out.print(
             json!({"key": out.bytes(&k), "found": true, "value": out.bytes(&v.value), "version": v.version}),
             || out.bytes(&v.value),
