@@ -66,7 +66,7 @@ impl fmt::Display for Member {
 
 /// A command or an answer: bytes the [`StateMachine`] encodes and decodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bytes(pub Vec<u8>);
+pub struct Bytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

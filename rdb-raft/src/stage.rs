@@ -41,7 +41,7 @@ pub(crate) struct Head {
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Frame {
     /// The next chunk.
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The end: how many chunks came before (a stream that stops without
     /// it, or with another count, was cut short and is not installed).
     End { chunks: u64 },

@@ -25,6 +25,7 @@ pub enum Command {
         /// The epoch (version, conf_ver) the split was checked against.
         epoch: (u64, u64),
         /// The first key of the new region.
+        #[serde(with = "serde_bytes")]
         split_key: Vec<u8>,
         /// The new region's id.
         new_region_id: u64,
@@ -39,29 +40,36 @@ pub enum Op {
     /// See [`WriteOp::Put`].
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// See [`WriteOp::Delete`].
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// See [`WriteOp::Cas`].
     Cas {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The condition.
         expected: Expect,
         /// The new value, `None` to delete.
+        #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
     /// See [`WriteOp::DeleteRange`].
     DeleteRange {
         /// First key.
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// End (exclusive; empty = the region's end, already clamped).
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
 }
@@ -74,7 +82,7 @@ pub enum Expect {
     /// The key exists with this version.
     Version(u64),
     /// The key exists with this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Op {
@@ -209,6 +217,62 @@ pub fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte fields are encoded as bytes (fast), in the same format as a
+    /// plain `Vec<u8>` (so logs written before that change read the same).
+    #[test]
+    fn byte_fields_keep_the_plain_encoding() {
+        #[derive(Serialize)]
+        enum PlainOp {
+            Put {
+                key: Vec<u8>,
+                value: Vec<u8>,
+            },
+            Delete {
+                key: Vec<u8>,
+            },
+            Cas {
+                key: Vec<u8>,
+                expected: PlainExpect,
+                new: Option<Vec<u8>>,
+            },
+        }
+        #[derive(Serialize)]
+        enum PlainExpect {
+            #[allow(dead_code)]
+            Absent,
+            #[allow(dead_code)]
+            Version(u64),
+            Value(Vec<u8>),
+        }
+        let value = vec![7u8; 300];
+        let ours = vec![
+            Op::Put {
+                key: b"k".to_vec(),
+                value: value.clone(),
+            },
+            Op::Delete { key: b"d".to_vec() },
+            Op::Cas {
+                key: b"c".to_vec(),
+                expected: Expect::Value(b"old".to_vec()),
+                new: Some(value.clone()),
+            },
+        ];
+        let plain = vec![
+            PlainOp::Put {
+                key: b"k".to_vec(),
+                value: value.clone(),
+            },
+            PlainOp::Delete { key: b"d".to_vec() },
+            PlainOp::Cas {
+                key: b"c".to_vec(),
+                expected: PlainExpect::Value(b"old".to_vec()),
+                new: Some(value),
+            },
+        ];
+        assert_eq!(encode(&ours), encode(&plain));
+        assert_eq!(decode::<Vec<Op>>(&encode(&plain)).unwrap(), ours);
+    }
 
     #[test]
     fn commands_and_answers_round_trip() {

@@ -119,10 +119,28 @@ struct SnapshotHead {
 /// order, then of its exactly-once records.
 #[derive(Serialize, Deserialize)]
 struct SnapshotPart {
-    /// Key, version, value.
-    pairs: Vec<(Vec<u8>, u64, Vec<u8>)>,
+    pairs: Vec<SnapshotPair>,
     /// Key and value in the `dedup` column family.
-    dedup: Vec<(Vec<u8>, Vec<u8>)>,
+    dedup: Vec<SnapshotRecord>,
+}
+
+/// A key with its version and value.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPair {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    version: u64,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+}
+
+/// An exactly-once record.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRecord {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
 }
 
 fn storage_err(e: StorageError) -> String {
@@ -516,9 +534,17 @@ impl BatchMachine for RegionMachine {
                     pairs: c
                         .pairs
                         .into_iter()
-                        .map(|e| (e.key, e.version, e.value))
+                        .map(|e| SnapshotPair {
+                            key: e.key,
+                            version: e.version,
+                            value: e.value,
+                        })
                         .collect(),
-                    dedup: c.dedup,
+                    dedup: c
+                        .dedup
+                        .into_iter()
+                        .map(|(key, value)| SnapshotRecord { key, value })
+                        .collect(),
                 })
                 .map_err(|e| e.to_string())
             });
@@ -561,17 +587,16 @@ impl BatchMachine for RegionMachine {
             let mut ops: Vec<WriteOp> = part
                 .pairs
                 .into_iter()
-                .map(|(key, version, value)| WriteOp::Import {
-                    key,
-                    value,
-                    version,
+                .map(|p| WriteOp::Import {
+                    key: p.key,
+                    value: p.value,
+                    version: p.version,
                 })
                 .collect();
-            ops.extend(
-                part.dedup
-                    .into_iter()
-                    .map(|(key, value)| WriteOp::PutDedup { key, value }),
-            );
+            ops.extend(part.dedup.into_iter().map(|r| WriteOp::PutDedup {
+                key: r.key,
+                value: r.value,
+            }));
             if !ops.is_empty() {
                 self.engine.write(ops).await.map_err(storage_err)?;
             }
