@@ -116,9 +116,17 @@ impl PdService {
             .create_peer(CreatePeerRequest {
                 region_id,
                 peer_id: peer.id,
+                region: Some(region.clone()),
             })
             .await
-            .map_err(|s| store_failed(&store, &region, "creating the replica", &s))?;
+            .map_err(|s| match s.code() {
+                // The store's reason (an overlapping stale replica) as it is.
+                tonic::Code::FailedPrecondition => PdError::FailedPrecondition(format!(
+                    "store {store_id} refused a replica of region {region_id}: {}",
+                    s.message()
+                )),
+                _ => store_failed(&store, &region, "creating the replica", &s),
+            })?;
         let region = self
             .change_peer(
                 &region,

@@ -76,7 +76,9 @@ impl StoreAdmin for AdminService {
         request: Request<CreatePeerRequest>,
     ) -> Result<Response<CreatePeerResponse>, Status> {
         let req = request.into_inner();
-        self.node.create_peer(req.region_id, req.peer_id).await?;
+        self.node
+            .create_peer(req.region_id, req.peer_id, req.region.as_ref())
+            .await?;
         Ok(Response::new(CreatePeerResponse {}))
     }
 

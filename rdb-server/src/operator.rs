@@ -187,8 +187,16 @@ impl Node {
 
     /// Creates an empty replica `peer_id` of `region_id` here, recorded so
     /// that it is started again after a restart until the leader's
-    /// snapshot fills it.
-    pub async fn create_peer(&self, region_id: u64, peer_id: u64) -> Result<()> {
+    /// snapshot fills it. With `region` (PD's view of it), refused while a
+    /// replica of another region here overlaps its range: that replica is
+    /// stale (it missed a split or its own removal), and the snapshot would
+    /// be installed under it; it must catch up or be collected first.
+    pub async fn create_peer(
+        &self,
+        region_id: u64,
+        peer_id: u64,
+        region: Option<&Region>,
+    ) -> Result<()> {
         if region_id == 0 || peer_id == 0 {
             return Err(ServerError::InvalidArgument(
                 "region id and peer id must not be 0".into(),
@@ -203,6 +211,22 @@ impl Node {
                     p.group.node_id()
                 )))
             };
+        }
+        if let Some(r) = region {
+            let overlapping = self.regions().regions().into_iter().find(|o| {
+                o.id != region_id && !o.peers.is_empty() && o.overlaps(&r.start_key, &r.end_key)
+            });
+            if let Some(o) = overlapping {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "this store holds a replica of region {} ({}..{}, epoch {}/{}) that overlaps region {region_id}: \
+                     it is stale and must catch up or be collected first",
+                    o.id,
+                    rdb_proto::region::display_key(&o.start_key),
+                    rdb_proto::region::display_key(&o.end_key),
+                    o.epoch_or_default().version,
+                    o.epoch_or_default().conf_ver,
+                )));
+            }
         }
         self.engine
             .write(vec![WriteOp::PutMeta {

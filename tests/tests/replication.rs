@@ -6,7 +6,8 @@
 //! added later answers a re-sent write from its exactly-once record; a
 //! snapshot install cut short by a crash finishes at restart; a replica
 //! removed while its store was down is collected when the store returns;
-//! stale reads are served by followers, also with the leader paused.
+//! stale reads are served by followers, also with the leader paused; no
+//! replica is created under a stale overlapping one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -628,4 +629,61 @@ async fn stale_reads_are_served_by_followers_even_with_the_leader_paused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_replica_is_created_under_a_stale_overlapping_one() {
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    let route = replicate(&cluster, &client).await;
+    let leader = route.region.unwrap().store_id;
+    let idx = cluster.stores.iter().position(|s| s.id != leader).unwrap();
+    let x = cluster.stores[idx].id;
+    // Store x stops; the region splits, and the right half's replica on x
+    // is removed: x's replica of the parent is stale and covers it all.
+    cluster.stores[idx].kill9();
+    let (_, right) = client.split(b"m".into()).await.unwrap();
+    let right_id = right.region.unwrap().id;
+    // (The new region elects its leader first.)
+    let removed = eventually(50, Duration::from_millis(200), || {
+        let c = client.clone();
+        async move { c.remove_replica(right_id, x).await.ok() }
+    })
+    .await;
+    assert!(removed.is_some(), "the right half's replica on x removed");
+    client.put(b"n".to_vec(), b"right".to_vec()).await.unwrap();
+    // Back, but cut off from its groups (the stale replica stays stale):
+    // a replica of the right half is refused there.
+    flaredb_tests::cut_raft(&cluster.stores[idx]);
+    cluster.stores[idx].restart();
+    let refused = eventually(50, Duration::from_millis(200), || {
+        let c = client.clone();
+        async move {
+            match c.add_replica(right_id, x).await {
+                Err(e) if e.to_string().contains("overlaps") => Some(e.to_string()),
+                Ok(r) => panic!("a replica was added under a stale one: {r:?}"),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the store refuses the overlapping replica"
+    );
+    // Healed, the stale replica catches up (it applies the split; its copy
+    // of the right half, removed meanwhile, is collected), and the replica
+    // can be added.
+    flaredb_tests::heal_raft(&cluster.stores[idx]);
+    let added = eventually(100, Duration::from_millis(300), || {
+        let c = client.clone();
+        async move { c.add_replica(right_id, x).await.ok() }
+    })
+    .await;
+    assert!(added.is_some(), "added once the stale replica caught up");
+    client.transfer_leader(right_id, x).await.unwrap();
+    assert_eq!(
+        client.get(b"n".to_vec()).await.unwrap().map(|v| v.value),
+        Some(b"right".to_vec())
+    );
 }
