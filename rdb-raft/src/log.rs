@@ -65,8 +65,7 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// The log of `group` in `engine` (starts its flush task: call within
-    /// a tokio runtime).
+    /// The log of `group` in `engine`.
     pub fn new(engine: Engine, group: u64) -> LogStore {
         LogStore {
             engine,
