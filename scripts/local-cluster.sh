@@ -9,9 +9,9 @@
 # Data goes under DIR (default: a new temporary directory, kept afterwards).
 # --pd-members 3 starts a PD of three members (ports N, N+100, N+200) that
 # keeps serving when any one of them stops; default 1. --stores: how many
-# stores (default 3). --replicas: replicas of every region (default 3, at
-# most --stores), added with `rdb-cli operator add-replica` once the first
-# region exists. --demo-only stops the cluster after the demo instead of
+# stores (default 3). --replicas: replicas of every region (PD's
+# --max-replicas; default 3, at most --stores), placed by PD's replica
+# checker once the stores have joined. --demo-only stops the cluster after the demo instead of
 # waiting for Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,7 +100,7 @@ for i in $(seq 1 "$PD_MEMBERS"); do
   member=(--name "pd$i")
   [ "$PD_MEMBERS" = 1 ] || member+=(--initial-cluster "$INITIAL")
   launch "pd$i" "$BIN/rdb-pd" --listen "127.0.0.1:$((PD_PORT + 100 * (i - 1)))" \
-    --data-dir "$DATA_DIR/pd$i" "${member[@]}"
+    --data-dir "$DATA_DIR/pd$i" --max-replicas "$REPLICAS" "${member[@]}"
   PD_PIDS+=("${PIDS[-1]}")
 done
 PD=""
@@ -120,15 +120,15 @@ CLI=("$BIN/rdb-cli" --pd "$PD")
 run() { echo "\$ rdb-cli --pd $PD $*"; "${CLI[@]}" "$@" || echo "(exit code $?)"; }
 run put greeting hello
 if [ "$REPLICAS" -gt 1 ]; then
-  # The first region has one replica, on the store that bootstrapped it:
-  # add the others (a split later keeps them for both halves). `regions`
-  # prints ID START END EPOCH PEERS(id@store,...) LEADER.
-  peers() { "${CLI[@]}" regions | awk 'NR == 2 { print $5 }' | tr ',' '\n'; }
-  REGION=$("${CLI[@]}" regions | awk 'NR == 2 { print $1 }')
-  for STORE in $("${CLI[@]}" stores | awk 'NR > 1 { print $1 }'); do
-    [ "$(peers | grep -c .)" -lt "$REPLICAS" ] || break
-    peers | grep -q "@$STORE\$" && continue
-    run operator add-replica "$REGION" "$STORE"
+  # The first region starts with one replica, on the store that
+  # bootstrapped it; PD's replica checker adds the others (a split later
+  # keeps them for both halves). `regions` prints
+  # ID START END EPOCH PEERS(id@store,...) LEADER; "(l)" marks a learner.
+  echo "local-cluster: waiting for PD to place $REPLICAS replicas" >&2
+  for i in $(seq 1 300); do
+    [ "$("${CLI[@]}" regions | awk 'NR == 2 { n = split($5, p, ","); v = 0; for (i = 1; i <= n; i++) if (p[i] !~ /[(]l[)]/) v++; print v }')" -ge "$REPLICAS" ] && break
+    [ "$i" -eq 300 ] && { echo "local-cluster: PD did not place $REPLICAS replicas in 60 s" >&2; exit 1; }
+    sleep 0.2
   done
 fi
 run get greeting

@@ -417,6 +417,73 @@ impl Cluster {
             .map(|s| self.view_store(s))
     }
 
+    /// The replica checker's work for this round: for each region whose
+    /// leader has reported to this PD leader (its picture of the region is
+    /// current) and that has fewer voters than `max_replicas` or than the
+    /// stores that are up, whichever is less, one fix. Stores are picked
+    /// by how few replicas they hold, counting the fixes already planned.
+    pub fn replica_fixes(&self, max_replicas: usize) -> Vec<ReplicaFix> {
+        let st = self.meta.read();
+        let reported: std::collections::HashSet<u64> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaders
+            .keys()
+            .copied()
+            .collect();
+        let up: Vec<u64> = st
+            .stores
+            .keys()
+            .copied()
+            .filter(|id| self.is_up(*id))
+            .collect();
+        let want = max_replicas.min(up.len());
+        let mut load: HashMap<u64, usize> = up.iter().map(|id| (*id, 0)).collect();
+        for p in st.regions.values().flat_map(|r| r.peers.iter()) {
+            if let Some(n) = load.get_mut(&p.store_id) {
+                *n += 1;
+            }
+        }
+        let mut fixes = Vec::new();
+        for r in st.regions.values() {
+            let voters = r.peers.iter().filter(|p| is_voter(p)).count();
+            if voters >= want || !reported.contains(&r.id) {
+                continue;
+            }
+            // A learner left behind by an operator that stopped halfway
+            // (its PD leader died) is promoted before any replica is added.
+            if let Some(l) = r
+                .peers
+                .iter()
+                .find(|p| !is_voter(p) && load.contains_key(&p.store_id))
+            {
+                fixes.push(ReplicaFix::Promote {
+                    region_id: r.id,
+                    store_id: l.store_id,
+                });
+                continue;
+            }
+            let mut stores: Vec<u64> = up
+                .iter()
+                .copied()
+                .filter(|s| !r.peers.iter().any(|p| p.store_id == *s))
+                .collect();
+            stores.sort_by_key(|s| (load[s], *s));
+            if let Some(first) = stores.first() {
+                if let Some(n) = load.get_mut(first) {
+                    *n += 1;
+                }
+                fixes.push(ReplicaFix::Add {
+                    region_id: r.id,
+                    stores,
+                    voters: want,
+                });
+            }
+        }
+        fixes
+    }
+
     /// Whether a store is registered and up (no await: for filters).
     pub fn is_up_now(&self, id: u64) -> bool {
         self.meta.read().stores.contains_key(&id) && self.is_up(id)
@@ -426,6 +493,32 @@ impl Cluster {
     pub async fn store_is_up(&self, id: u64) -> bool {
         self.is_up_now(id)
     }
+}
+
+/// Whether `p` votes (is not a learner).
+pub(crate) fn is_voter(p: &rdb_proto::v1::Peer) -> bool {
+    p.role != rdb_proto::v1::PeerRole::Learner as i32
+}
+
+/// One step of the replica checker for one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaFix {
+    /// Promote the region's learner on `store_id` to a voter.
+    Promote {
+        /// The region.
+        region_id: u64,
+        /// The learner's store.
+        store_id: u64,
+    },
+    /// Add a replica on the first of `stores` that takes it (best first).
+    Add {
+        /// The region.
+        region_id: u64,
+        /// Stores that are up and hold no replica of it, fewest replicas first.
+        stores: Vec<u64>,
+        /// The voters the region should have: nothing is added once it has them.
+        voters: usize,
+    },
 }
 
 /// The region records of a heartbeat from `store_id` that PD adopts: new
@@ -517,6 +610,126 @@ mod tests {
             Cluster::new(meta, group.clone(), Duration::from_secs(10)),
             group,
         )
+    }
+
+    #[tokio::test]
+    async fn the_replica_checker_fills_reported_regions_up_to_the_stores_that_are_up() {
+        use rdb_proto::v1::{Peer, PeerRole};
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        let peer = |id, store_id, learner: bool| Peer {
+            id,
+            store_id,
+            role: if learner {
+                PeerRole::Learner
+            } else {
+                PeerRole::Voter
+            } as i32,
+        };
+        let with_peers = |mut r: Region, peers: Vec<Peer>| {
+            r.peers = peers;
+            r
+        };
+        let store = |id| Store {
+            id,
+            address: format!("127.0.0.1:{id}"),
+            ..Default::default()
+        };
+        c.put_store(store(1)).await.unwrap();
+        c.bootstrap(
+            1,
+            with_peers(region(10, b"", b"", 1, 1, 1), vec![peer(100, 1, false)]),
+        )
+        .await
+        .unwrap();
+        let led = |ids: &[u64]| {
+            let stats: Vec<RegionStat> = ids
+                .iter()
+                .map(|id| RegionStat {
+                    region_id: *id,
+                    term: 1,
+                    ..Default::default()
+                })
+                .collect();
+            c.follow_leaders(1, &stats);
+        };
+        // One store: one replica is all there can be.
+        led(&[10]);
+        assert_eq!(c.replica_fixes(3), vec![]);
+        c.put_store(store(2)).await.unwrap();
+        c.put_store(store(3)).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(3),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![2, 3],
+                voters: 3
+            }]
+        );
+        assert_eq!(c.replica_fixes(1), vec![]);
+        // Two regions short of a replica: the second goes where the first did not.
+        c.heartbeat(
+            1,
+            vec![
+                with_peers(region(10, b"", b"m", 2, 1, 1), vec![peer(100, 1, false)]),
+                with_peers(
+                    region(11, b"m", b"", 2, 1, 1),
+                    vec![peer(101, 1, false), peer(102, 3, false)],
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        // Region 11 has not reported from its leader: not touched yet.
+        assert_eq!(
+            c.replica_fixes(3),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![2, 3],
+                voters: 3
+            }]
+        );
+        led(&[10, 11]);
+        assert_eq!(
+            c.replica_fixes(2),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![2, 3],
+                voters: 2
+            }]
+        );
+        assert_eq!(
+            c.replica_fixes(3),
+            vec![
+                ReplicaFix::Add {
+                    region_id: 10,
+                    stores: vec![2, 3],
+                    voters: 3
+                },
+                ReplicaFix::Add {
+                    region_id: 11,
+                    stores: vec![2],
+                    voters: 3
+                },
+            ]
+        );
+        // A learner left behind is promoted rather than a replica added.
+        c.heartbeat(
+            1,
+            vec![with_peers(
+                region(10, b"", b"m", 2, 3, 1),
+                vec![peer(100, 1, false), peer(103, 3, true)],
+            )],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            c.replica_fixes(3)[0],
+            ReplicaFix::Promote {
+                region_id: 10,
+                store_id: 3
+            }
+        );
     }
 
     #[tokio::test]

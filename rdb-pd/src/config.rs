@@ -47,6 +47,29 @@ pub struct PdSettings {
     pub security: Security,
     /// Caps on requests.
     pub limits: PdLimits,
+    /// Replica placement.
+    pub schedule: PdSchedule,
+}
+
+/// Replica placement (`[schedule]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PdSchedule {
+    /// Voters every region should have (1 to 7); fewer while fewer stores
+    /// are up.
+    pub max_replicas: usize,
+    /// Milliseconds between two rounds of the replica checker over all
+    /// regions (at least 10).
+    pub patrol_interval_ms: u64,
+}
+
+impl Default for PdSchedule {
+    fn default() -> Self {
+        PdSchedule {
+            max_replicas: 3,
+            patrol_interval_ms: 1000,
+        }
+    }
 }
 
 /// Whether a member starts a new PD group or joins a running one.
@@ -98,6 +121,7 @@ impl Default for PdSettings {
             log_format: LogFormat::Text,
             security: Security::default(),
             limits: PdLimits::default(),
+            schedule: PdSchedule::default(),
         }
     }
 }
@@ -145,6 +169,19 @@ impl PdSettings {
             return Err(ConfigError::Invalid(
                 "store-down-after-secs = 0 is too small: at least 1".into(),
             ));
+        }
+        if !(1..=7).contains(&self.schedule.max_replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "schedule.max-replicas = {}: must be 1 to 7 (3 or 5 survive the loss of 1 or 2 \
+                 stores)",
+                self.schedule.max_replicas
+            )));
+        }
+        if self.schedule.patrol_interval_ms < 10 {
+            return Err(ConfigError::Invalid(format!(
+                "schedule.patrol-interval-ms = {}: at least 10",
+                self.schedule.patrol_interval_ms
+            )));
         }
         self.status_socket()?;
         rdb_daemon::limits::Limits {
@@ -240,6 +277,13 @@ pub struct PdArgs {
     /// Most requests and streams in flight per client connection [default: 1024].
     #[arg(long, env = "FLAREDB_PD_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Voters every region should have, 1-7; while fewer stores are up,
+    /// as many as there are stores [default: 3].
+    #[arg(long, env = "FLAREDB_PD_MAX_REPLICAS")]
+    pub max_replicas: Option<usize>,
+    /// Milliseconds between two rounds of the replica checker [default: 1000].
+    #[arg(long, env = "FLAREDB_PD_PATROL_INTERVAL_MS")]
+    pub patrol_interval_ms: Option<u64>,
 }
 
 impl PdArgs {
@@ -262,6 +306,8 @@ impl PdArgs {
             log_format => log_format,
             max_message_size => limits.max_message_size,
             max_concurrent_streams => limits.max_concurrent_streams,
+            max_replicas => schedule.max_replicas,
+            patrol_interval_ms => schedule.patrol_interval_ms,
         );
         a.security.apply(&mut s.security);
         s.validate()?;

@@ -10,6 +10,8 @@
 //!   and leader changes.
 //! - [`cluster`]: stores, regions, the id allocator, bootstrap, heartbeats.
 //! - [`service`]: the `flaredb.v1.Pd` gRPC service, including split orchestration.
+//! - [`operator`]: replica operators (add, remove, promote, leader transfer).
+//! - [`schedule`]: the replica checker that runs operators on its own.
 //! - [`config`]: the settings (config file, environment, flags).
 //! - [`metrics`]: PD's Prometheus metrics.
 //! - [`run`]: the daemon (used by the `rdb-pd` binary).
@@ -21,6 +23,7 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod operator;
+pub mod schedule;
 pub mod service;
 pub mod tso;
 
@@ -143,6 +146,14 @@ pub async fn run(
     );
     tokio::spawn(pd.clone().lead());
     let svc = service::PdService::new(pd.clone(), client_tls);
+    tokio::spawn(schedule::run(
+        svc.clone(),
+        pd.clone(),
+        schedule::Schedule {
+            max_replicas: cfg.schedule.max_replicas,
+            patrol: Duration::from_millis(cfg.schedule.patrol_interval_ms),
+        },
+    ));
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, pd.clone())?;
     let status = rdb_daemon::status::start("rdb-pd", status_addr, metrics.clone(), refresh).await?;

@@ -10,6 +10,7 @@ use rdb_proto::v1::{
     RegionRoute, Store, TransferLeaderRequest,
 };
 
+use crate::cluster::is_voter as voter;
 use crate::error::PdError;
 use crate::service::PdService;
 
@@ -26,10 +27,6 @@ fn peer_on(region: &Region, store_id: u64) -> Result<Peer, PdError> {
                 region.id
             ))
         })
-}
-
-fn voter(p: &Peer) -> bool {
-    p.role != PeerRole::Learner as i32
 }
 
 impl PdService {
@@ -93,8 +90,26 @@ impl PdService {
     /// there, a learner in the group (it catches up from a snapshot), then
     /// a voter.
     pub async fn add_replica(&self, region_id: u64, store_id: u64) -> Result<RegionRoute, PdError> {
+        self.add_replica_below(region_id, store_id, usize::MAX)
+            .await
+            .map(|(route, _)| route)
+    }
+
+    /// [`PdService::add_replica`], unless the region already has `voters`
+    /// voters when the operator starts (then nothing is done and the
+    /// answer says `false`): the replica checker's form, which planned
+    /// the addition before another operator may have run.
+    pub async fn add_replica_below(
+        &self,
+        region_id: u64,
+        store_id: u64,
+        voters: usize,
+    ) -> Result<(RegionRoute, bool), PdError> {
         let _guard = self.admin_lock.lock().await;
         let (region, leader) = self.region_and_leader(region_id).await?;
+        if region.peers.iter().filter(|p| voter(p)).count() >= voters {
+            return Ok((self.route(region, leader), false));
+        }
         if region.peers.iter().any(|p| p.store_id == store_id) {
             return Err(PdError::FailedPrecondition(format!(
                 "store {store_id} already holds a replica of region {region_id}"
@@ -136,16 +151,45 @@ impl PdService {
                 Some(store.clone()),
             )
             .await?;
+        let region = self.promote(&region, &leader, peer).await?;
+        tracing::info!(region_id, store_id, peer_id = peer.id, "replica added");
+        Ok((self.route(region, leader), true))
+    }
+
+    /// The promotion of learner `peer` on `leader`, checked: the region after it.
+    async fn promote(
+        &self,
+        region: &Region,
+        leader: &Store,
+        peer: Peer,
+    ) -> Result<Region, PdError> {
         let region = self
-            .change_peer(&region, &leader, ChangeType::Promote, peer, None)
+            .change_peer(region, leader, ChangeType::Promote, peer, None)
             .await?;
         if !region.peers.iter().any(|p| p.id == peer.id && voter(p)) {
             return Err(PdError::StoreFailed(format!(
-                "region {region_id} does not list peer {} as a voter after the change: {:?}",
-                peer.id, region.peers
+                "region {} does not list peer {} as a voter after its promotion: {:?}",
+                region.id, peer.id, region.peers
             )));
         }
-        tracing::info!(region_id, store_id, peer_id = peer.id, "replica added");
+        Ok(region)
+    }
+
+    /// Promotes `region_id`'s learner on `store_id` to a voter (the
+    /// leader waits for it to catch up first).
+    pub async fn promote_replica(
+        &self,
+        region_id: u64,
+        store_id: u64,
+    ) -> Result<RegionRoute, PdError> {
+        let _guard = self.admin_lock.lock().await;
+        let (region, leader) = self.region_and_leader(region_id).await?;
+        let peer = peer_on(&region, store_id)?;
+        if voter(&peer) {
+            return Ok(self.route(region, leader));
+        }
+        let region = self.promote(&region, &leader, peer).await?;
+        tracing::info!(region_id, store_id, peer_id = peer.id, "learner promoted");
         Ok(self.route(region, leader))
     }
 

@@ -456,6 +456,13 @@ impl TestCluster {
         Self::start_with(stores, &[], &[])
     }
 
+    /// Starts a PD whose replica checker keeps regions at one replica
+    /// (`--max-replicas 1`), and `stores` stores: for tests that place
+    /// replicas by hand (`rdb-cli operator`).
+    pub fn start_manual(stores: usize) -> TestCluster {
+        Self::start_with(stores, &["--max-replicas".into(), "1".into()], &[])
+    }
+
     /// Starts a PD with `pd_extra` flags and `stores` stores with
     /// `store_extra` flags (also used by [`TestCluster::add_store`]).
     pub fn start_with(stores: usize, pd_extra: &[String], store_extra: &[String]) -> TestCluster {
@@ -522,6 +529,31 @@ impl TestCluster {
             .output()
             .expect("run rdb-cli")
     }
+}
+
+/// Waits (at most 30 s) until PD lists every region with `want` replicas,
+/// all voters (PD's replica checker places them); the regions then.
+pub async fn wait_for_replicas(client: &Client, want: usize) -> Vec<rdb_client::RegionRoute> {
+    let routes = eventually(300, Duration::from_millis(100), || {
+        let c = client.clone();
+        async move {
+            c.clear_region_cache();
+            let routes = c.regions().await.ok()?;
+            routes
+                .iter()
+                .all(|route| {
+                    route.region.as_ref().is_some_and(|r| {
+                        r.peers.len() == want
+                            && r.peers
+                                .iter()
+                                .all(|p| p.role == rdb_client::PeerRole::Voter as i32)
+                    })
+                })
+                .then_some(routes)
+        }
+    })
+    .await;
+    routes.unwrap_or_else(|| panic!("PD did not bring every region to {want} voters in 30 s"))
 }
 
 /// Runs `f` until it returns `Some`, up to `tries` times `every` apart.

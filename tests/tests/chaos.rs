@@ -161,15 +161,8 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
     let mut cluster = TestCluster::start(3);
     let client = cluster.client().await;
     client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
-    let region_id = client.regions().await.unwrap()[0]
-        .region
-        .as_ref()
-        .unwrap()
-        .id;
-    for s in 1..3 {
-        let id = cluster.stores[s].id;
-        client.add_replica(region_id, id).await.unwrap();
-    }
+    // PD's replica checker places the other two replicas.
+    flaredb_tests::wait_for_replicas(&client, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(1));

@@ -7,7 +7,9 @@
 //! snapshot install cut short by a crash finishes at restart; a replica
 //! removed while its store was down is collected when the store returns;
 //! stale reads are served by followers, also with the leader paused; no
-//! replica is created under a stale overlapping one.
+//! replica is created under a stale overlapping one; a cluster started with
+//! one store runs with one replica and PD adds replicas as stores join, up
+//! to `max-replicas`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,9 +28,18 @@ async fn only_region(client: &Client) -> RegionRoute {
     regions.into_iter().next().unwrap()
 }
 
-/// Adds a replica of the cluster's region on every store but the first:
-/// three voters.
+/// Waits for PD's replica checker to give the cluster's region a voter on
+/// every store.
 async fn replicate(cluster: &TestCluster, client: &Client) -> RegionRoute {
+    client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
+    let mut routes = flaredb_tests::wait_for_replicas(client, cluster.stores.len()).await;
+    assert_eq!(routes.len(), 1);
+    routes.remove(0)
+}
+
+/// Adds a replica of the cluster's region on every store but the first,
+/// by hand (a cluster of [`TestCluster::start_manual`]): three voters.
+async fn replicate_by_hand(cluster: &TestCluster, client: &Client) -> RegionRoute {
     client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
     let id = only_region(client).await.region.unwrap().id;
     let mut route = None;
@@ -247,9 +258,9 @@ async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start_manual(3);
     let client = cluster.client().await;
-    let route = replicate(&cluster, &client).await;
+    let route = replicate_by_hand(&cluster, &client).await;
     let region_id = route.region.unwrap().id;
     // 3 MiB: the new replica's snapshot travels in several chunks.
     let mut pairs: Vec<_> = (0..300)
@@ -360,7 +371,7 @@ async fn resend_one(address: String, region: &rdb_client::Region) -> rdb_proto::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
-    let cluster = TestCluster::start(3);
+    let cluster = TestCluster::start_manual(3);
     let client = cluster.client().await;
     client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
     let route = only_region(&client).await;
@@ -470,7 +481,7 @@ async fn a_leader_cut_off_from_its_replicas_serves_nothing_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_install_cut_short_by_a_crash_finishes_at_restart() {
-    let mut cluster = TestCluster::start(1);
+    let mut cluster = TestCluster::start_manual(1);
     let client = cluster.client().await;
     let region_id = only_region(&client).await.region.unwrap().id;
     // 3 MiB: several chunks, so the crash comes between two of them.
@@ -534,9 +545,9 @@ async fn a_snapshot_install_cut_short_by_a_crash_finishes_at_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_removed_while_its_store_was_down_is_collected_when_it_returns() {
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start_manual(3);
     let client = cluster.client().await;
-    let route = replicate(&cluster, &client).await;
+    let route = replicate_by_hand(&cluster, &client).await;
     let region_id = route.region.unwrap().id;
     let pairs: Vec<_> = (0..50)
         .map(|i| (format!("g{i:02}").into_bytes(), b"v".to_vec()))
@@ -633,9 +644,9 @@ async fn stale_reads_are_served_by_followers_even_with_the_leader_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_replica_is_created_under_a_stale_overlapping_one() {
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start_manual(3);
     let client = cluster.client().await;
-    let route = replicate(&cluster, &client).await;
+    let route = replicate_by_hand(&cluster, &client).await;
     let leader = route.region.unwrap().store_id;
     let idx = cluster.stores.iter().position(|s| s.id != leader).unwrap();
     let x = cluster.stores[idx].id;
@@ -686,4 +697,41 @@ async fn no_replica_is_created_under_a_stale_overlapping_one() {
         client.get(b"n".to_vec()).await.unwrap().map(|v| v.value),
         Some(b"right".to_vec())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_adds_replicas_as_stores_join_up_to_max_replicas() {
+    let mut cluster =
+        TestCluster::start_with(1, &["--patrol-interval-ms".into(), "200".into()], &[]);
+    let client = cluster.client().await;
+    let pairs: Vec<_> = (0..100)
+        .map(|i| (format!("j{i:03}").into_bytes(), vec![b'j'; 1000]))
+        .collect();
+    client.batch_put(pairs.clone()).await.unwrap();
+    // One store: one replica serves.
+    let r = flaredb_tests::wait_for_replicas(&client, 1).await;
+    assert_eq!(r.len(), 1);
+    // Each store that joins gets a replica, up to the default three; the
+    // split halves keep theirs.
+    cluster.add_store();
+    flaredb_tests::wait_for_replicas(&client, 2).await;
+    client.split(b"j050".into()).await.unwrap();
+    cluster.add_store();
+    let routes = flaredb_tests::wait_for_replicas(&client, 3).await;
+    assert_eq!(routes.len(), 2);
+    // A fourth store gets none: every region already has three (checked
+    // after several rounds of the checker).
+    let fourth = cluster.add_store().id;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let routes = flaredb_tests::wait_for_replicas(&client, 3).await;
+    for route in &routes {
+        let r = route.region.as_ref().unwrap();
+        assert!(r.peers.iter().all(|p| p.store_id != fourth), "{r:?}");
+    }
+    // Every replica has the data: each store in turn leads and serves it.
+    let id = routes[0].region.as_ref().unwrap().id;
+    for s in &cluster.stores[..3] {
+        client.transfer_leader(id, s.id).await.unwrap();
+        all_readable(&cluster, &pairs[..50]).await;
+    }
 }

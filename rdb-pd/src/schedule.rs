@@ -1,0 +1,78 @@
+//! The replica checker: while this member leads PD, it brings every region
+//! to `max-replicas` voters, or to as many as there are stores up when
+//! there are fewer (a new cluster starts with one store and one replica and
+//! grows as stores join). Each fix is an operator of [`crate::operator`]
+//! (one at a time, behind the same lock as the ones run by hand): promote a
+//! learner left halfway, or add a replica on the store holding the fewest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::ReplicaFix;
+use crate::error::PdError;
+use crate::node::PdNode;
+use crate::service::PdService;
+
+/// The checker's settings (`[schedule]` in PD's config).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Voters every region should have.
+    pub max_replicas: usize,
+    /// Pause between two rounds over all regions.
+    pub patrol: Duration,
+}
+
+/// Runs the checker until the process stops; rounds run only while
+/// `node` leads and serves.
+pub async fn run(svc: PdService, node: Arc<PdNode>, cfg: Schedule) {
+    loop {
+        tokio::time::sleep(cfg.patrol).await;
+        if node.check_serving().is_err() {
+            continue;
+        }
+        for fix in svc.cluster.replica_fixes(cfg.max_replicas) {
+            if node.check_serving().is_err() {
+                break;
+            }
+            apply(&svc, fix).await;
+        }
+    }
+}
+
+async fn apply(svc: &PdService, fix: ReplicaFix) {
+    match fix {
+        ReplicaFix::Promote {
+            region_id,
+            store_id,
+        } => {
+            if let Err(e) = svc.promote_replica(region_id, store_id).await {
+                tracing::warn!(region_id, store_id, error = %e, "replica checker: promoting a learner failed");
+            }
+        }
+        ReplicaFix::Add {
+            region_id,
+            stores,
+            voters,
+        } => {
+            for store_id in stores {
+                match svc.add_replica_below(region_id, store_id, voters).await {
+                    Ok((_, added)) => {
+                        if added {
+                            tracing::info!(region_id, store_id, "replica checker: replica added");
+                        }
+                        return;
+                    }
+                    // This store cannot take it (it holds a stale replica
+                    // over the range, or went down): try the next one.
+                    Err(e @ PdError::FailedPrecondition(_)) => {
+                        tracing::warn!(region_id, store_id, error = %e, "replica checker: store refused a replica; trying another");
+                    }
+                    Err(e) => {
+                        tracing::warn!(region_id, store_id, error = %e, "replica checker: adding a replica failed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
