@@ -85,7 +85,7 @@ pub struct Args {
     /// Where rdb-pd and rdb-server are, for the local cluster (default: next to rdb-bench).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// FlareDB: send every get and put as its own RPC instead of coalescing
+    /// FlareDB: send every get, put and CAS as its own RPC instead of coalescing
     /// concurrent ones into batch RPCs (rdb-client's `coalesce` setting).
     #[arg(long)]
     pub no_coalesce: bool,

@@ -124,7 +124,7 @@ pub struct RunInfo {
     pub concurrency: usize,
     /// Independent client objects the requests in flight were spread over.
     pub clients: usize,
-    /// FlareDB: whether the client coalesced concurrent gets and puts into
+    /// FlareDB: whether the client coalesced concurrent gets, puts and CAS into
     /// batch RPCs (`false` with --no-coalesce; always `false` for etcd).
     pub coalesce: bool,
     /// Single-threaded runtimes the workers ran on (0: one multi-threaded runtime).

@@ -1,7 +1,7 @@
-//! Request coalescing: single-key `get` and `put` calls made at the same
-//! time by many tasks are sent to their store as one `BatchGet` / `BatchPut`
-//! per region instead of one RPC each (as TiKV's clients do with batch
-//! commands). Each call still gets its own answer: its value or version, or
+//! Request coalescing: single-key `get`, `put` and `compare_and_swap`
+//! calls made at the same time by many tasks are sent to their store as one
+//! `BatchGet` / `BatchPut` / `BatchCompareAndSwap` per region instead of one
+//! RPC each (as TiKV's clients do with batch commands). Each call still gets its own answer: its value or version, or
 //! the region error or transport status the batch got, which the caller's
 //! normal routing retry handles exactly as for a single-key RPC.
 //!
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use rdb_proto::v1::kv_client::KvClient;
 use rdb_proto::v1::{
-    BatchGetRequest, BatchGetResponse, BatchPutRequest, Context, KvPair, RegionError,
+    BatchCompareAndSwapRequest, BatchGetRequest, BatchGetResponse, BatchPutRequest, CasOp,
+    CasOutcome, Context, KvPair, RegionError, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
@@ -40,6 +41,18 @@ enum Call {
         value: Vec<u8>,
         reply: oneshot::Sender<Reply<u64>>,
     },
+    Cas {
+        op: CasOp,
+        reply: oneshot::Sender<Reply<CasOutcome>>,
+    },
+}
+
+/// What a call is, for grouping: calls of one kind to one region share an RPC.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Get,
+    Put,
+    Cas,
 }
 
 impl Call {
@@ -48,6 +61,21 @@ impl Call {
         match self {
             Call::Get { key, .. } => key.len(),
             Call::Put { key, value, .. } => key.len() + value.len(),
+            Call::Cas { op, .. } => {
+                let expected = match op.expected.as_ref().and_then(|c| c.condition.as_ref()) {
+                    Some(rdb_proto::v1::cas_condition::Condition::Value(v)) => v.len(),
+                    _ => 0,
+                };
+                op.key.len() + op.new_value.len() + expected
+            }
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Call::Get { .. } => Kind::Get,
+            Call::Put { .. } => Kind::Put,
+            Call::Cas { .. } => Kind::Cas,
         }
     }
 }
@@ -61,8 +89,8 @@ struct Item {
     call: Call,
 }
 
-/// (is put, region id, epoch version, epoch conf_ver): calls that can share one RPC.
-type GroupKey = (bool, u64, u64, u64);
+/// (kind, region id, epoch version, epoch conf_ver): calls that can share one RPC.
+type GroupKey = (Kind, u64, u64, u64);
 
 fn group_key(item: &Item) -> GroupKey {
     let (id, version, conf_ver) = item
@@ -73,7 +101,7 @@ fn group_key(item: &Item) -> GroupKey {
             (c.region_id, e.version, e.conf_ver)
         })
         .unwrap_or_default();
-    (matches!(item.call, Call::Put { .. }), id, version, conf_ver)
+    (item.call.kind(), id, version, conf_ver)
 }
 
 /// Coalesces the calls to one store.
@@ -117,6 +145,16 @@ impl StoreBatcher {
     pub async fn put(&self, context: Option<Context>, key: Vec<u8>, value: Vec<u8>) -> Reply<u64> {
         let (reply, rx) = oneshot::channel();
         let call = Call::Put { key, value, reply };
+        self.tx
+            .send(Item { context, call })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn cas(&self, context: Option<Context>, op: CasOp) -> Reply<CasOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Cas { op, reply };
         self.tx
             .send(Item { context, call })
             .await
@@ -177,7 +215,7 @@ async fn run(
     }
 }
 
-/// How a coalescer re-sends a put batch whose outcome is unknown.
+/// How a coalescer re-sends a write batch whose outcome is unknown.
 pub(crate) struct Resend {
     /// The client's request ids.
     pub ids: Arc<RequestIds>,
@@ -210,166 +248,209 @@ fn not_leader(e: &RegionError) -> bool {
 }
 
 /// Sends one region's calls of one kind as one RPC and answers each caller.
-async fn send_group(mut kv: KvClient<Channel>, group: Vec<Item>, resend: Arc<Resend>) {
+async fn send_group(kv: KvClient<Channel>, group: Vec<Item>, resend: Arc<Resend>) {
     let context = group.first().and_then(|i| i.context);
-    let is_put = group
-        .first()
-        .is_some_and(|i| matches!(i.call, Call::Put { .. }));
-    if is_put {
-        let mut pairs = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
-        for item in group {
-            if let Call::Put { key, value, reply } = item.call {
-                pairs.push(KvPair {
-                    key,
-                    value,
-                    version: 0,
-                });
-                replies.push(reply);
+    match group.first().map(|i| i.call.kind()) {
+        Some(Kind::Put) => {
+            let mut pairs = Vec::with_capacity(group.len());
+            let mut replies = Vec::with_capacity(group.len());
+            for item in group {
+                if let Call::Put { key, value, reply } = item.call {
+                    pairs.push(KvPair {
+                        key,
+                        value,
+                        version: 0,
+                    });
+                    replies.push(reply);
+                }
             }
-        }
-        // One request id for every copy of this batch: while its outcome is
-        // unknown the same batch is re-sent (see the `write` module), so each
-        // caller's put is applied once.
-        let request_id = Some(resend.ids.next());
-        let started = Instant::now();
-        let mut backoff = resend.initial_backoff;
-        let mut unknown: Option<String> = None;
-        let undetermined = |first: &Option<String>, last: String| {
-            Attempt::Failed(Error::Undetermined {
-                address: resend.address.clone(),
-                message: format!(
-                    "{}; last re-send: {last}",
-                    first.clone().unwrap_or_default()
-                ),
-            })
-        };
-        loop {
-            let result = kv
-                .batch_put(BatchPutRequest {
+            send_writes(kv, context, replies, resend, move |mut kv, request_id| {
+                let req = BatchPutRequest {
                     context,
                     pairs: pairs.clone(),
-                    request_id: request_id.clone(),
-                })
-                .await
-                .map(|r| r.into_inner());
-            let last = match result {
-                Ok(r) => match r.region_error {
-                    None if r.versions.len() == replies.len() => {
-                        for (reply, v) in replies.into_iter().zip(r.versions) {
-                            let _ = reply.send(Ok(Attempt::Done(v)));
-                        }
-                        return;
-                    }
-                    None => {
-                        let status = Status::internal(format!(
-                            "store answered {} versions for {} puts",
-                            r.versions.len(),
-                            replies.len()
-                        ));
-                        for reply in replies {
-                            let _ = reply.send(Err(status.clone()));
-                        }
-                        return;
-                    }
-                    Some(e) if unknown.is_none() => return answer_region_error(replies, e),
-                    Some(e) if busy_hint(&e).is_some() => e.message,
-                    Some(e) if not_leader(&e) => {
-                        if let Some(c) = context {
-                            if let Some(next) = (resend.relocate)(c).await {
-                                kv = next;
-                            }
-                        }
-                        e.message
-                    }
-                    Some(e) => {
-                        let message =
-                            format!("{} (the first copy may have been applied)", e.message);
-                        for reply in replies {
-                            let _ = reply.send(Ok(undetermined(&unknown, message.clone())));
-                        }
-                        return;
-                    }
-                },
-                Err(status) => match classify(&status) {
-                    Failure::Answered => {
-                        for reply in replies {
-                            let _ = reply.send(Err(status.clone()));
-                        }
-                        return;
-                    }
-                    Failure::NeverSent if unknown.is_none() => {
-                        for reply in replies {
-                            let _ = reply.send(Err(status.clone()));
-                        }
-                        return;
-                    }
-                    Failure::NeverSent | Failure::Unreachable => {
-                        let message = describe(&status, None);
-                        unknown.get_or_insert_with(|| message.clone());
-                        if let Some(c) = context {
-                            if let Some(next) = (resend.relocate)(c).await {
-                                kv = next;
-                            }
-                        }
-                        message
-                    }
-                },
-            };
-            if started.elapsed() + backoff >= resend.budget {
-                for reply in replies {
-                    let _ = reply.send(Ok(undetermined(&unknown, last.clone())));
+                    request_id,
+                };
+                async move {
+                    let r = kv.batch_put(req).await?.into_inner();
+                    Ok((r.region_error, r.versions))
                 }
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(resend.max_backoff);
+            })
+            .await
         }
-    } else {
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
-        for item in group {
-            if let Call::Get { key, reply } = item.call {
-                keys.push(key.clone());
-                replies.push((key, reply));
+        Some(Kind::Cas) => {
+            let mut ops = Vec::with_capacity(group.len());
+            let mut replies = Vec::with_capacity(group.len());
+            for item in group {
+                if let Call::Cas { op, reply } = item.call {
+                    ops.push(op);
+                    replies.push(reply);
+                }
             }
-        }
-        // The store answers at most its byte budget per call, in request
-        // order (has_more): callers it did not reach go in the next call, so
-        // one caller's large value never fails the others.
-        let mut replies = std::collections::VecDeque::from(replies);
-        while !replies.is_empty() {
-            let result = kv
-                .batch_get(BatchGetRequest {
+            send_writes(kv, context, replies, resend, move |mut kv, request_id| {
+                let req = BatchCompareAndSwapRequest {
                     context,
-                    keys: keys.clone(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .and_then(|r| answered_keys(&r, keys.len()).map(|n| (r, n)));
-            match result {
-                Ok((r, covered)) => match r.region_error {
-                    Some(e) => return answer_region_error(replies.into_iter().map(|(_, r)| r), e),
-                    None => {
-                        // Found keys come back in request order, missing ones
-                        // left out (a key asked twice is answered twice): walk both.
-                        let mut pairs = r.pairs.into_iter().peekable();
-                        for (key, reply) in replies.drain(..covered) {
-                            let value = pairs.next_if(|p| p.key == key).map(|p| Value {
-                                value: p.value,
-                                version: p.version,
-                            });
-                            let _ = reply.send(Ok(Attempt::Done(value)));
-                        }
-                        keys.drain(..covered);
+                    ops: ops.clone(),
+                    request_id,
+                };
+                async move {
+                    let r = kv.batch_compare_and_swap(req).await?.into_inner();
+                    Ok((r.region_error, r.outcomes))
+                }
+            })
+            .await
+        }
+        Some(Kind::Get) => send_gets(kv, context, group).await,
+        None => {}
+    }
+}
+
+/// Sends one region's coalesced writes as one request and answers each
+/// caller with its result, in order. The request carries one request id for
+/// every copy: while its outcome is unknown the same request is re-sent
+/// (see the `write` module), so each caller's write is applied once.
+async fn send_writes<T, F, Fut>(
+    mut kv: KvClient<Channel>,
+    context: Option<Context>,
+    replies: Vec<oneshot::Sender<Reply<T>>>,
+    resend: Arc<Resend>,
+    call: F,
+) where
+    F: Fn(KvClient<Channel>, Option<RequestId>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Option<RegionError>, Vec<T>), Status>>,
+{
+    let request_id = Some(resend.ids.next());
+    let started = Instant::now();
+    let mut backoff = resend.initial_backoff;
+    let mut unknown: Option<String> = None;
+    let undetermined = |first: &Option<String>, last: String| {
+        Attempt::Failed(Error::Undetermined {
+            address: resend.address.clone(),
+            message: format!(
+                "{}; last re-send: {last}",
+                first.clone().unwrap_or_default()
+            ),
+        })
+    };
+    loop {
+        let result = call(kv.clone(), request_id.clone()).await;
+        let last = match result {
+            Ok((region_error, results)) => match region_error {
+                None if results.len() == replies.len() => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(Attempt::Done(r)));
                     }
-                },
-                Err(status) => {
-                    for (_, reply) in replies {
+                    return;
+                }
+                None => {
+                    let status = Status::internal(format!(
+                        "store answered {} results for {} coalesced calls",
+                        results.len(),
+                        replies.len()
+                    ));
+                    for reply in replies {
                         let _ = reply.send(Err(status.clone()));
                     }
                     return;
                 }
+                Some(e) if unknown.is_none() => return answer_region_error(replies, e),
+                Some(e) if busy_hint(&e).is_some() => e.message,
+                Some(e) if not_leader(&e) => {
+                    if let Some(c) = context {
+                        if let Some(next) = (resend.relocate)(c).await {
+                            kv = next;
+                        }
+                    }
+                    e.message
+                }
+                Some(e) => {
+                    let message = format!("{} (the first copy may have been applied)", e.message);
+                    for reply in replies {
+                        let _ = reply.send(Ok(undetermined(&unknown, message.clone())));
+                    }
+                    return;
+                }
+            },
+            Err(status) => match classify(&status) {
+                Failure::Answered => {
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                    return;
+                }
+                Failure::NeverSent if unknown.is_none() => {
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                    return;
+                }
+                Failure::NeverSent | Failure::Unreachable => {
+                    let message = describe(&status, None);
+                    unknown.get_or_insert_with(|| message.clone());
+                    if let Some(c) = context {
+                        if let Some(next) = (resend.relocate)(c).await {
+                            kv = next;
+                        }
+                    }
+                    message
+                }
+            },
+        };
+        if started.elapsed() + backoff >= resend.budget {
+            for reply in replies {
+                let _ = reply.send(Ok(undetermined(&unknown, last.clone())));
+            }
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(resend.max_backoff);
+    }
+}
+
+/// Sends one region's coalesced reads as BatchGets and answers each caller.
+async fn send_gets(mut kv: KvClient<Channel>, context: Option<Context>, group: Vec<Item>) {
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for item in group {
+        if let Call::Get { key, reply } = item.call {
+            keys.push(key.clone());
+            replies.push((key, reply));
+        }
+    }
+    // The store answers at most its byte budget per call, in request
+    // order (has_more): callers it did not reach go in the next call, so
+    // one caller's large value never fails the others.
+    let mut replies = std::collections::VecDeque::from(replies);
+    while !replies.is_empty() {
+        let result = kv
+            .batch_get(BatchGetRequest {
+                context,
+                keys: keys.clone(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .and_then(|r| answered_keys(&r, keys.len()).map(|n| (r, n)));
+        match result {
+            Ok((r, covered)) => match r.region_error {
+                Some(e) => return answer_region_error(replies.into_iter().map(|(_, r)| r), e),
+                None => {
+                    // Found keys come back in request order, missing ones
+                    // left out (a key asked twice is answered twice): walk both.
+                    let mut pairs = r.pairs.into_iter().peekable();
+                    for (key, reply) in replies.drain(..covered) {
+                        let value = pairs.next_if(|p| p.key == key).map(|p| Value {
+                            value: p.value,
+                            version: p.version,
+                        });
+                        let _ = reply.send(Ok(Attempt::Done(value)));
+                    }
+                    keys.drain(..covered);
+                }
+            },
+            Err(status) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                return;
             }
         }
     }

@@ -41,8 +41,9 @@ pub struct ClientConfig {
     /// timestamp request (default 2 s). Past it the client moves to another
     /// PD member: a paused or partitioned PD leader costs about this long.
     pub pd_timeout: Duration,
-    /// Send concurrent single-key `get` and `put` calls to the same store as
-    /// one `BatchGet` / `BatchPut` per region (default `true`). Each call
+    /// Send concurrent single-key `get`, `put` and `compare_and_swap` calls
+    /// to the same store as one `BatchGet` / `BatchPut` /
+    /// `BatchCompareAndSwap` per region (default `true`). Each call
     /// keeps its own result, error and retries; only the RPCs are shared.
     /// With `false`, every call is its own RPC, and the connections to the
     /// stores gather the bytes of calls issued together into one write

@@ -225,13 +225,43 @@ impl Client {
         };
         let delete = new.is_none();
         let new_value = new.unwrap_or_default();
+        let expected = Some(CasCondition {
+            condition: Some(condition),
+        });
+        let result = |o: CasOutcome| CasResult {
+            succeeded: o.succeeded,
+            current: o.found.then_some(Value {
+                value: o.current_value,
+                version: o.current_version,
+            }),
+            new_version: (o.succeeded && !delete).then_some(o.new_version),
+        };
+        if self.inner.config.coalesce {
+            let op = CasOp {
+                key: key.clone(),
+                expected: expected.clone(),
+                new_value: new_value.clone(),
+                delete,
+            };
+            match self
+                .coalesced(&key, |b, context| {
+                    let op = op.clone();
+                    async move { b.cas(context, op).await.map(|a| a.map(result)) }
+                })
+                .await
+            {
+                // The shared batch was refused before anything was written
+                // (a call in it over the store's caps): send this call alone
+                // for its own answer.
+                Err(e) if e.refused_whole_request() => {}
+                r => return r,
+            }
+        }
         self.write_key(&key, |mut c, context, id| {
             let req = CompareAndSwapRequest {
                 context,
                 key: key.clone(),
-                expected: Some(CasCondition {
-                    condition: Some(condition.clone()),
-                }),
+                expected: expected.clone(),
                 new_value: new_value.clone(),
                 delete,
                 request_id: Some(id),
@@ -240,14 +270,13 @@ impl Client {
                 let r = c.compare_and_swap(req).await?.into_inner();
                 Ok(match r.region_error {
                     Some(e) => Attempt::Region(e),
-                    None => Attempt::Done(CasResult {
+                    None => Attempt::Done(result(CasOutcome {
                         succeeded: r.succeeded,
-                        current: r.found.then_some(Value {
-                            value: r.current_value,
-                            version: r.current_version,
-                        }),
-                        new_version: (r.succeeded && !delete).then_some(r.new_version),
-                    }),
+                        found: r.found,
+                        current_value: r.current_value,
+                        current_version: r.current_version,
+                        new_version: r.new_version,
+                    })),
                 })
             }
         })

@@ -55,7 +55,7 @@
 //!   routing retry loop shared by every call; `retry`: one call's budget.
 //! - `write`: request ids and re-sending a write whose outcome is unknown,
 //!   so it is applied once.
-//! - `batch`: coalescing of concurrent gets and puts into batch RPCs.
+//! - `batch`: coalescing of concurrent gets, puts and CAS into batch RPCs.
 //! - `cache`: the region cache; `pd`: PD endpoints, fail-over, the
 //!   cluster id pin; `tso`: the timestamp stream; `error`: [`Error`] and the
 //!   one table of retryable failures.

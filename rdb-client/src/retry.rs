@@ -17,6 +17,17 @@ pub(crate) enum Attempt<T> {
     Failed(Error),
 }
 
+impl<T> Attempt<T> {
+    /// The attempt with its results mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(t) => Attempt::Done(f(t)),
+            Attempt::Region(e) => Attempt::Region(e),
+            Attempt::Failed(e) => Attempt::Failed(e),
+        }
+    }
+}
+
 /// Retry state of one call.
 pub(crate) struct Retry {
     /// Attempts that failed and counted against `max_attempts`.

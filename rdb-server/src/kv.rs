@@ -203,6 +203,7 @@ with_region_error!(
     BatchDeleteResponse,
     ScanResponse,
     DeleteRangeResponse,
+    BatchCompareAndSwapResponse,
     CompareAndSwapResponse
 );
 
@@ -519,14 +520,80 @@ impl Kv for KvService {
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let req = request.into_inner();
-        invalid(self.limits.check_key(&req.key))?;
-        invalid(self.limits.check_value(&req.new_value))?;
-        let expected = match req.expected.as_ref().and_then(|c| c.condition.as_ref()) {
+        let op = self.cas_op(req.key, req.expected, req.new_value, req.delete)?;
+        let (peer, region) = enter!(self, req, CompareAndSwapResponse);
+        in_region!(check_keys(&region, [op_key(&op)]), CompareAndSwapResponse);
+        match written!(
+            self.write(&peer, &region, req.request_id, vec![op]),
+            CompareAndSwapResponse
+        )
+        .pop()
+        {
+            Some(OpResult::Cas(o)) => {
+                let o = cas_outcome(o);
+                Ok(Response::new(CompareAndSwapResponse {
+                    region_error: None,
+                    succeeded: o.succeeded,
+                    found: o.found,
+                    current_value: o.current_value,
+                    current_version: o.current_version,
+                    new_version: o.new_version,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn batch_compare_and_swap(
+        &self,
+        request: Request<BatchCompareAndSwapRequest>,
+    ) -> Result<Response<BatchCompareAndSwapResponse>, Status> {
+        let req = request.into_inner();
+        invalid(self.limits.check_batch_len(req.ops.len()))?;
+        let ops: Vec<Op> = req
+            .ops
+            .into_iter()
+            .map(|o| self.cas_op(o.key, o.expected, o.new_value, o.delete))
+            .collect::<Result<_, Status>>()?;
+        let (peer, region) = enter!(self, req, BatchCompareAndSwapResponse);
+        in_region!(
+            check_keys(&region, ops.iter().map(op_key)),
+            BatchCompareAndSwapResponse
+        );
+        let outcomes = written!(
+            self.write(&peer, &region, req.request_id, ops),
+            BatchCompareAndSwapResponse
+        )
+        .into_iter()
+        .map(|r| match r {
+            OpResult::Cas(o) => Ok(cas_outcome(o)),
+            other => Err(unexpected(Some(other))),
+        })
+        .collect::<Result<_, _>>()?;
+        Ok(Response::new(BatchCompareAndSwapResponse {
+            region_error: None,
+            outcomes,
+        }))
+    }
+}
+
+impl KvService {
+    /// A checked compare-and-swap operation.
+    fn cas_op(
+        &self,
+        key: Vec<u8>,
+        expected: Option<CasCondition>,
+        new_value: Vec<u8>,
+        delete: bool,
+    ) -> Result<Op, Status> {
+        invalid(self.limits.check_key(&key))?;
+        invalid(self.limits.check_value(&new_value))?;
+        let expected = match expected.and_then(|c| c.condition) {
             Some(Condition::Absent(_)) => Expect::Absent,
-            Some(Condition::Version(v)) => Expect::Version(*v),
+            Some(Condition::Version(v)) => Expect::Version(v),
             Some(Condition::Value(v)) => {
-                invalid(self.limits.check_value(v))?;
-                Expect::Value(v.clone())
+                invalid(self.limits.check_value(&v))?;
+                Expect::Value(v)
             }
             None => {
                 return Err(ServerError::InvalidArgument(
@@ -535,42 +602,33 @@ impl Kv for KvService {
                 .into())
             }
         };
-        let (peer, region) = enter!(self, req, CompareAndSwapResponse);
-        in_region!(
-            check_keys(&region, [req.key.as_slice()]),
-            CompareAndSwapResponse
-        );
-        let new = if req.delete {
-            None
-        } else {
-            Some(req.new_value)
-        };
-        let ops = vec![Op::Cas {
-            key: req.key,
+        Ok(Op::Cas {
+            key,
             expected,
-            new,
-        }];
-        match written!(
-            self.write(&peer, &region, req.request_id, ops),
-            CompareAndSwapResponse
-        )
-        .pop()
-        {
-            Some(OpResult::Cas(o)) => {
-                let (found, current_value, current_version) = match o.current {
-                    Some(c) => (true, c.value, c.version),
-                    None => (false, Vec::new(), 0),
-                };
-                Ok(Response::new(CompareAndSwapResponse {
-                    region_error: None,
-                    succeeded: o.succeeded,
-                    found,
-                    current_value,
-                    current_version,
-                    new_version: o.new_version.unwrap_or(0),
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+            new: (!delete).then_some(new_value),
+        })
+    }
+}
+
+/// The key of a compare-and-swap operation (empty for any other).
+fn op_key(op: &Op) -> &[u8] {
+    match op {
+        Op::Cas { key, .. } => key,
+        _ => &[],
+    }
+}
+
+/// A compare-and-swap's outcome on the wire.
+fn cas_outcome(o: rdb_storage::CasOutcome) -> CasOutcome {
+    let (found, current_value, current_version) = match o.current {
+        Some(c) => (true, c.value, c.version),
+        None => (false, Vec::new(), 0),
+    };
+    CasOutcome {
+        succeeded: o.succeeded,
+        found,
+        current_value,
+        current_version,
+        new_version: o.new_version.unwrap_or(0),
     }
 }

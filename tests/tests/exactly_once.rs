@@ -105,27 +105,34 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cas_whose_answer_was_lost_is_applied_once() {
     let s = Setup::start();
-    let c = s.client(true).await;
-    s.proxy.set(Cut::All);
-    let task = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            c.compare_and_swap(k("cas"), CasExpect::Absent, Some(k("first")))
-                .await
-        })
-    };
-    let (_, version) = s.until_applied(&c, b"cas", |v| v.is_some()).await.unwrap();
-    s.proxy.set(Cut::Pass);
-    let r = task
-        .await
-        .unwrap()
-        .expect("the re-sent CAS gets the first copy's answer");
-    assert!(
-        r.succeeded,
-        "the CAS failed against its own first copy: {r:?}"
-    );
-    assert_eq!(r.new_version, Some(version));
-    assert_eq!(r.current, None);
+    // Coalesced (a BatchCompareAndSwap of one) and alone (CompareAndSwap).
+    for coalesce in [true, false] {
+        let c = s.client(coalesce).await;
+        let key = format!("cas-{coalesce}");
+        s.proxy.set(Cut::All);
+        let task = {
+            let (c, key) = (c.clone(), key.clone());
+            tokio::spawn(async move {
+                c.compare_and_swap(k(&key), CasExpect::Absent, Some(k("first")))
+                    .await
+            })
+        };
+        let (_, version) = s
+            .until_applied(&c, key.as_bytes(), |v| v.is_some())
+            .await
+            .unwrap();
+        s.proxy.set(Cut::Pass);
+        let r = task
+            .await
+            .unwrap()
+            .expect("the re-sent CAS gets the first copy's answer");
+        assert!(
+            r.succeeded,
+            "coalesce={coalesce}: the CAS failed against its own first copy: {r:?}"
+        );
+        assert_eq!(r.new_version, Some(version));
+        assert_eq!(r.current, None);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -373,3 +373,155 @@ async fn coalesced_puts_and_gets_answer_each_call() {
         assert_eq!((got.version, got.value), (version, k(&value)), "{key}");
     }
 }
+
+/// Concurrent compare-and-swaps are coalesced into BatchCompareAndSwap
+/// RPCs: each call still gets its own outcome, checked and applied in
+/// order (a CAS sees the writes of those before it in the batch). Raw
+/// batches show the order; bad operations in a batch are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_compare_and_swaps_answer_each_call() {
+    let status = format!("127.0.0.1:{}", flaredb_tests::free_port());
+    let cluster = TestCluster::start_with(1, &[], &["--status-addr".into(), status.clone()]);
+    let c = cluster.client().await;
+    // 32 calls create the same key at once: exactly one wins, and every
+    // other sees the winner's value and version.
+    let tasks: Vec<_> = (0..32u32)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let r = c
+                    .compare_and_swap(k("once"), CasExpect::Absent, Some(k(&format!("t{t}"))))
+                    .await
+                    .unwrap();
+                (t, r)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let winners: Vec<_> = results.iter().filter(|(_, r)| r.succeeded).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let (w, won) = winners[0];
+    let version = won.new_version.expect("the winner's version");
+    for (_, r) in results.iter().filter(|(_, r)| !r.succeeded) {
+        let cur = r.current.as_ref().expect("the key existed for the losers");
+        assert_eq!(
+            (cur.value.clone(), cur.version),
+            (k(&format!("t{w}")), version)
+        );
+    }
+    // 16 incrementers on 4 counters: the successes add up to each value.
+    for i in 0..4 {
+        c.put(k(&format!("n{i}")), k("0")).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..16u32)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let key = k(&format!("n{}", t % 4));
+                let mut won = 0u64;
+                for _ in 0..30 {
+                    let cur = c.get(key.clone()).await.unwrap().unwrap();
+                    let n: u64 = String::from_utf8(cur.value).unwrap().parse().unwrap();
+                    let r = c
+                        .compare_and_swap(
+                            key.clone(),
+                            CasExpect::Version(cur.version),
+                            Some((n + 1).to_string().into_bytes()),
+                        )
+                        .await
+                        .unwrap();
+                    won += u64::from(r.succeeded);
+                }
+                (t % 4, won)
+            })
+        })
+        .collect();
+    let mut sums = [0u64; 4];
+    for t in tasks {
+        let (i, won) = t.await.unwrap();
+        sums[i as usize] += won;
+    }
+    for (i, sum) in sums.iter().enumerate() {
+        let v = c.get(k(&format!("n{i}"))).await.unwrap().unwrap();
+        assert_eq!(String::from_utf8(v.value).unwrap(), sum.to_string(), "n{i}");
+    }
+    // The calls went out in fewer RPCs than there were calls.
+    let (code, text) = flaredb_tests::http_get(&status, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let rpcs = |method: &str| {
+        flaredb_tests::metric(
+            &text,
+            "flaredb_grpc_requests_total",
+            &format!(r#"code="OK",method="/flaredb.v1.Kv/{method}""#),
+        )
+        .unwrap_or(0.0)
+    };
+    let batches = rpcs("BatchCompareAndSwap");
+    assert!(
+        batches >= 1.0 && batches + rpcs("CompareAndSwap") < (32 + 16 * 30) as f64,
+        "{batches} batches for {} calls",
+        32 + 16 * 30
+    );
+
+    // A raw batch: each operation sees the ones before it.
+    let route = c.regions().await.unwrap().remove(0);
+    let region = route.region.unwrap();
+    let context = Some(Context {
+        region_id: region.id,
+        region_epoch: region.epoch,
+        stale_read: false,
+    });
+    let op = |key: &str, expected: cas_condition::Condition, value: &str| CasOp {
+        key: k(key),
+        expected: Some(CasCondition {
+            condition: Some(expected),
+        }),
+        new_value: k(value),
+        delete: false,
+    };
+    let absent = || cas_condition::Condition::Absent(Absent {});
+    let mut kv = KvClient::connect(format!("http://{}", route.leader.unwrap().address))
+        .await
+        .unwrap();
+    let r = kv
+        .batch_compare_and_swap(BatchCompareAndSwapRequest {
+            context,
+            ops: vec![
+                op("raw", absent(), "a"),
+                op("raw", cas_condition::Condition::Value(k("a")), "b"),
+                op("raw", absent(), "c"),
+            ],
+            request_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.region_error.is_none(), "{r:?}");
+    let won: Vec<bool> = r.outcomes.iter().map(|o| o.succeeded).collect();
+    assert_eq!(won, vec![true, true, false]);
+    assert_eq!(r.outcomes[2].current_value, k("b"));
+    assert_eq!(r.outcomes[2].current_version, r.outcomes[1].new_version);
+    assert_eq!(c.get(k("raw")).await.unwrap().unwrap().value, k("b"));
+    // One bad operation refuses the whole batch, with what was wrong.
+    for bad in [
+        op("", absent(), "x"),
+        CasOp {
+            expected: None,
+            ..op("raw2", absent(), "x")
+        },
+    ] {
+        let e = kv
+            .batch_compare_and_swap(BatchCompareAndSwapRequest {
+                context,
+                ops: vec![op("raw2", absent(), "x"), bad],
+                request_id: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+    assert!(c.get(k("raw2")).await.unwrap().is_none());
+}
