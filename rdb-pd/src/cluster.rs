@@ -417,12 +417,19 @@ impl Cluster {
             .map(|s| self.view_store(s))
     }
 
-    /// The replica checker's work for this round: for each region whose
-    /// leader has reported to this PD leader (its picture of the region is
-    /// current) and that has fewer voters than `max_replicas` or than the
-    /// stores that are up, whichever is less, one fix. Stores are picked
-    /// by how few replicas they hold, counting the fixes already planned.
-    pub fn replica_fixes(&self, max_replicas: usize) -> Vec<ReplicaFix> {
+    /// The replica checker's work for this round, one fix per region at
+    /// most, for the regions whose leader has reported to this PD leader
+    /// (its picture of the region is current):
+    ///
+    /// - fewer voters than `max_replicas`, or than the stores that are up,
+    ///   whichever is less: promote a learner left behind, or add a replica;
+    /// - a voter on a store silent for `max_store_down` (dead): add a
+    ///   replica elsewhere first, then, once the region has more voters
+    ///   than `max_replicas`, remove the dead one.
+    ///
+    /// Stores are picked by how few replicas they hold, counting the fixes
+    /// already planned.
+    pub fn replica_fixes(&self, rules: &ReplicaRules) -> Vec<ReplicaFix> {
         let st = self.meta.read();
         let reported: std::collections::HashSet<u64> = self
             .live
@@ -438,7 +445,10 @@ impl Cluster {
             .copied()
             .filter(|id| self.is_up(*id))
             .collect();
-        let want = max_replicas.min(up.len());
+        let dead = |id: u64| {
+            !st.stores.contains_key(&id) || self.last_heard(id).elapsed() >= rules.max_store_down
+        };
+        let want = rules.max_replicas.min(up.len());
         let mut load: HashMap<u64, usize> = up.iter().map(|id| (*id, 0)).collect();
         for p in st.regions.values().flat_map(|r| r.peers.iter()) {
             if let Some(n) = load.get_mut(&p.store_id) {
@@ -446,24 +456,42 @@ impl Cluster {
             }
         }
         let mut fixes = Vec::new();
-        for r in st.regions.values() {
+        for r in st.regions.values().filter(|r| reported.contains(&r.id)) {
             let voters = r.peers.iter().filter(|p| is_voter(p)).count();
-            if voters >= want || !reported.contains(&r.id) {
-                continue;
-            }
-            // A learner left behind by an operator that stopped halfway
-            // (its PD leader died) is promoted before any replica is added.
-            if let Some(l) = r
+            let dead_voter = r
                 .peers
                 .iter()
-                .find(|p| !is_voter(p) && load.contains_key(&p.store_id))
-            {
-                fixes.push(ReplicaFix::Promote {
-                    region_id: r.id,
-                    store_id: l.store_id,
-                });
+                .find(|p| is_voter(p) && dead(p.store_id))
+                .map(|p| p.store_id);
+            let add_up_to = if voters < want {
+                // A learner left behind by an operator that stopped halfway
+                // (its PD leader died) is promoted before any replica is added.
+                if let Some(l) = r
+                    .peers
+                    .iter()
+                    .find(|p| !is_voter(p) && load.contains_key(&p.store_id))
+                {
+                    fixes.push(ReplicaFix::Promote {
+                        region_id: r.id,
+                        store_id: l.store_id,
+                    });
+                    continue;
+                }
+                want
+            } else if let Some(store_id) = dead_voter {
+                if voters > rules.max_replicas {
+                    fixes.push(ReplicaFix::Remove {
+                        region_id: r.id,
+                        store_id,
+                        voters,
+                    });
+                    continue;
+                }
+                // The replacement first: the dead voter goes once it has one.
+                voters + 1
+            } else {
                 continue;
-            }
+            };
             let mut stores: Vec<u64> = up
                 .iter()
                 .copied()
@@ -477,7 +505,7 @@ impl Cluster {
                 fixes.push(ReplicaFix::Add {
                     region_id: r.id,
                     stores,
-                    voters: want,
+                    voters: add_up_to,
                 });
             }
         }
@@ -500,6 +528,15 @@ pub(crate) fn is_voter(p: &rdb_proto::v1::Peer) -> bool {
     p.role != rdb_proto::v1::PeerRole::Learner as i32
 }
 
+/// What the replica checker aims for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaRules {
+    /// Voters every region should have.
+    pub max_replicas: usize,
+    /// A store silent this long is dead: its replicas are replaced.
+    pub max_store_down: Duration,
+}
+
 /// One step of the replica checker for one region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaFix {
@@ -517,6 +554,16 @@ pub enum ReplicaFix {
         /// Stores that are up and hold no replica of it, fewest replicas first.
         stores: Vec<u64>,
         /// The voters the region should have: nothing is added once it has them.
+        voters: usize,
+    },
+    /// Remove the region's voter on dead store `store_id` (it has a
+    /// replacement).
+    Remove {
+        /// The region.
+        region_id: u64,
+        /// The dead store.
+        store_id: u64,
+        /// The voters the region has: nothing is removed if that changed.
         voters: usize,
     },
 }
@@ -612,6 +659,13 @@ mod tests {
         )
     }
 
+    fn rules(max_replicas: usize) -> ReplicaRules {
+        ReplicaRules {
+            max_replicas,
+            max_store_down: Duration::from_secs(60),
+        }
+    }
+
     #[tokio::test]
     async fn the_replica_checker_fills_reported_regions_up_to_the_stores_that_are_up() {
         use rdb_proto::v1::{Peer, PeerRole};
@@ -655,18 +709,18 @@ mod tests {
         };
         // One store: one replica is all there can be.
         led(&[10]);
-        assert_eq!(c.replica_fixes(3), vec![]);
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
         c.put_store(store(2)).await.unwrap();
         c.put_store(store(3)).await.unwrap();
         assert_eq!(
-            c.replica_fixes(3),
+            c.replica_fixes(&rules(3)),
             vec![ReplicaFix::Add {
                 region_id: 10,
                 stores: vec![2, 3],
                 voters: 3
             }]
         );
-        assert_eq!(c.replica_fixes(1), vec![]);
+        assert_eq!(c.replica_fixes(&rules(1)), vec![]);
         // Two regions short of a replica: the second goes where the first did not.
         c.heartbeat(
             1,
@@ -682,7 +736,7 @@ mod tests {
         .unwrap();
         // Region 11 has not reported from its leader: not touched yet.
         assert_eq!(
-            c.replica_fixes(3),
+            c.replica_fixes(&rules(3)),
             vec![ReplicaFix::Add {
                 region_id: 10,
                 stores: vec![2, 3],
@@ -691,7 +745,7 @@ mod tests {
         );
         led(&[10, 11]);
         assert_eq!(
-            c.replica_fixes(2),
+            c.replica_fixes(&rules(2)),
             vec![ReplicaFix::Add {
                 region_id: 10,
                 stores: vec![2, 3],
@@ -699,7 +753,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            c.replica_fixes(3),
+            c.replica_fixes(&rules(3)),
             vec![
                 ReplicaFix::Add {
                     region_id: 10,
@@ -724,12 +778,88 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            c.replica_fixes(3)[0],
+            c.replica_fixes(&rules(3))[0],
             ReplicaFix::Promote {
                 region_id: 10,
                 store_id: 3
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_replica_checker_replaces_the_replicas_of_dead_stores_only() {
+        use rdb_proto::v1::{Peer, PeerRole};
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        let voter = |id, store_id| Peer {
+            id,
+            store_id,
+            role: PeerRole::Voter as i32,
+        };
+        for id in 1..=4 {
+            c.put_store(Store {
+                id,
+                address: format!("127.0.0.1:{id}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut r = region(10, b"", b"", 1, 3, 1);
+        r.peers = vec![voter(100, 1), voter(101, 2), voter(102, 3)];
+        c.bootstrap(1, r.clone()).await.unwrap();
+        c.follow_leaders(
+            1,
+            &[RegionStat {
+                region_id: 10,
+                term: 1,
+                ..Default::default()
+            }],
+        );
+        let silent_for = |store: u64, secs: u64| {
+            let at = Instant::now()
+                .checked_sub(Duration::from_secs(secs))
+                .unwrap();
+            c.live.lock().unwrap().heartbeats.insert(store, at);
+        };
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        // Down (silent 20 s) but not dead (60 s): nothing moves yet.
+        silent_for(3, 20);
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        // Dead: a replacement first, on the one store without a replica.
+        silent_for(3, 100);
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![4],
+                voters: 4
+            }]
+        );
+        // Then the dead replica goes.
+        r.epoch = Some(RegionEpoch {
+            version: 1,
+            conf_ver: 5,
+        });
+        r.peers.push(voter(103, 4));
+        c.heartbeat(1, vec![r.clone()]).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 3,
+                voters: 4
+            }]
+        );
+        // With no store to take a replacement, the dead replica stays.
+        r.peers.pop();
+        r.epoch = Some(RegionEpoch {
+            version: 1,
+            conf_ver: 7,
+        });
+        c.heartbeat(1, vec![r]).await.unwrap();
+        silent_for(4, 100);
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
     }
 
     #[tokio::test]

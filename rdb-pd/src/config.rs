@@ -61,6 +61,9 @@ pub struct PdSchedule {
     /// Milliseconds between two rounds of the replica checker over all
     /// regions (at least 10).
     pub patrol_interval_ms: u64,
+    /// A store silent this many seconds is dead: its replicas are rebuilt
+    /// on other stores (at least store-down-after-secs).
+    pub max_store_down_time_secs: u64,
 }
 
 impl Default for PdSchedule {
@@ -68,6 +71,7 @@ impl Default for PdSchedule {
         PdSchedule {
             max_replicas: 3,
             patrol_interval_ms: 1000,
+            max_store_down_time_secs: 1800,
         }
     }
 }
@@ -183,6 +187,13 @@ impl PdSettings {
                 self.schedule.patrol_interval_ms
             )));
         }
+        if self.schedule.max_store_down_time_secs < self.store_down_after_secs {
+            return Err(ConfigError::Invalid(format!(
+                "schedule.max-store-down-time-secs = {} is below store-down-after-secs = {}: a \
+                 store must be down before it is dead",
+                self.schedule.max_store_down_time_secs, self.store_down_after_secs
+            )));
+        }
         self.status_socket()?;
         rdb_daemon::limits::Limits {
             max_message_size: self.limits.max_message_size,
@@ -284,6 +295,10 @@ pub struct PdArgs {
     /// Milliseconds between two rounds of the replica checker [default: 1000].
     #[arg(long, env = "FLAREDB_PD_PATROL_INTERVAL_MS")]
     pub patrol_interval_ms: Option<u64>,
+    /// A store silent this many seconds is dead and its replicas are
+    /// rebuilt on other stores [default: 1800].
+    #[arg(long, env = "FLAREDB_PD_MAX_STORE_DOWN_TIME_SECS")]
+    pub max_store_down_time_secs: Option<u64>,
 }
 
 impl PdArgs {
@@ -308,6 +323,7 @@ impl PdArgs {
             max_concurrent_streams => limits.max_concurrent_streams,
             max_replicas => schedule.max_replicas,
             patrol_interval_ms => schedule.patrol_interval_ms,
+            max_store_down_time_secs => schedule.max_store_down_time_secs,
         );
         a.security.apply(&mut s.security);
         s.validate()?;

@@ -150,7 +150,10 @@ pub async fn run(
         svc.clone(),
         pd.clone(),
         schedule::Schedule {
-            max_replicas: cfg.schedule.max_replicas,
+            rules: cluster::ReplicaRules {
+                max_replicas: cfg.schedule.max_replicas,
+                max_store_down: Duration::from_secs(cfg.schedule.max_store_down_time_secs),
+            },
             patrol: Duration::from_millis(cfg.schedule.patrol_interval_ms),
         },
     ));

@@ -202,8 +202,26 @@ impl PdService {
         region_id: u64,
         store_id: u64,
     ) -> Result<RegionRoute, PdError> {
+        self.remove_replica_of(region_id, store_id, None)
+            .await
+            .map(|(route, _)| route)
+    }
+
+    /// [`PdService::remove_replica`]; with `Some(voters)`, only if the
+    /// region still has exactly that many voters when the operator starts
+    /// (else nothing is done and the answer says `false`): the replica
+    /// checker's form.
+    pub async fn remove_replica_of(
+        &self,
+        region_id: u64,
+        store_id: u64,
+        voters: Option<usize>,
+    ) -> Result<(RegionRoute, bool), PdError> {
         let _guard = self.admin_lock.lock().await;
         let (mut region, mut leader) = self.region_and_leader(region_id).await?;
+        if voters.is_some_and(|n| region.peers.iter().filter(|p| voter(p)).count() != n) {
+            return Ok((self.route(region, leader), false));
+        }
         let peer = peer_on(&region, store_id)?;
         let voters: Vec<&Peer> = region.peers.iter().filter(|p| voter(p)).collect();
         if voter(&peer) && voters.len() == 1 {
@@ -252,7 +270,7 @@ impl PdService {
             }
         }
         tracing::info!(region_id, store_id, peer_id = peer.id, "replica removed");
-        Ok(self.route(region, leader))
+        Ok((self.route(region, leader), true))
     }
 
     /// Hands `region_id`'s leadership to its replica on `store_id`.

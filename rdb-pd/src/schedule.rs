@@ -1,14 +1,16 @@
 //! The replica checker: while this member leads PD, it brings every region
 //! to `max-replicas` voters, or to as many as there are stores up when
 //! there are fewer (a new cluster starts with one store and one replica and
-//! grows as stores join). Each fix is an operator of [`crate::operator`]
-//! (one at a time, behind the same lock as the ones run by hand): promote a
-//! learner left halfway, or add a replica on the store holding the fewest.
+//! grows as stores join), and replaces the replicas of stores silent for
+//! `max-store-down-time` (dead). Each fix is an operator of
+//! [`crate::operator`] (one at a time, behind the same lock as the ones run
+//! by hand): promote a learner left halfway, add a replica on the store
+//! holding the fewest, or remove a dead replica that has its replacement.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::ReplicaFix;
+use crate::cluster::{ReplicaFix, ReplicaRules};
 use crate::error::PdError;
 use crate::node::PdNode;
 use crate::service::PdService;
@@ -16,8 +18,8 @@ use crate::service::PdService;
 /// The checker's settings (`[schedule]` in PD's config).
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
-    /// Voters every region should have.
-    pub max_replicas: usize,
+    /// What it aims for.
+    pub rules: ReplicaRules,
     /// Pause between two rounds over all regions.
     pub patrol: Duration,
 }
@@ -30,7 +32,7 @@ pub async fn run(svc: PdService, node: Arc<PdNode>, cfg: Schedule) {
         if node.check_serving().is_err() {
             continue;
         }
-        for fix in svc.cluster.replica_fixes(cfg.max_replicas) {
+        for fix in svc.cluster.replica_fixes(&cfg.rules) {
             if node.check_serving().is_err() {
                 break;
             }
@@ -49,6 +51,22 @@ async fn apply(svc: &PdService, fix: ReplicaFix) {
                 tracing::warn!(region_id, store_id, error = %e, "replica checker: promoting a learner failed");
             }
         }
+        ReplicaFix::Remove {
+            region_id,
+            store_id,
+            voters,
+        } => match svc
+            .remove_replica_of(region_id, store_id, Some(voters))
+            .await
+        {
+            Ok((_, true)) => {
+                tracing::info!(region_id, store_id, "replica checker: dead replica removed")
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                tracing::warn!(region_id, store_id, error = %e, "replica checker: removing a dead replica failed")
+            }
+        },
         ReplicaFix::Add {
             region_id,
             stores,
