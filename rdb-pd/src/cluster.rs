@@ -423,21 +423,31 @@ impl Cluster {
     ///
     /// - fewer voters than `max_replicas`, or than the stores that are up,
     ///   whichever is less: promote a learner left behind, or add a replica;
+    /// - more voters than `max_replicas` (a replacement or a balance move
+    ///   added one): remove the one on a dead store, else on a down one,
+    ///   else on the store holding the most replicas (not the leader when
+    ///   another ties);
     /// - a voter on a store silent for `max_store_down` (dead): add a
-    ///   replica elsewhere first, then, once the region has more voters
-    ///   than `max_replicas`, remove the dead one.
+    ///   replacement elsewhere (the rule above then removes the dead one).
+    ///
+    /// When no region needs any of these, balance: one replica moves from
+    /// the store holding the most to the one holding the fewest when they
+    /// differ by two or more (added there; the excess rule then removes it
+    /// from the fuller store), and one leadership likewise.
     ///
     /// Stores are picked by how few replicas they hold, counting the fixes
     /// already planned.
     pub fn replica_fixes(&self, rules: &ReplicaRules) -> Vec<ReplicaFix> {
         let st = self.meta.read();
-        let reported: std::collections::HashSet<u64> = self
+        // Each reported region's leader store.
+        let leaders: HashMap<u64, u64> = self
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .leaders
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(id, _)| st.regions.contains_key(id))
+            .map(|(id, (store, _, _))| (*id, *store))
             .collect();
         let up: Vec<u64> = st
             .stores
@@ -455,14 +465,10 @@ impl Cluster {
                 *n += 1;
             }
         }
+        let reported = || st.regions.values().filter(|r| leaders.contains_key(&r.id));
         let mut fixes = Vec::new();
-        for r in st.regions.values().filter(|r| reported.contains(&r.id)) {
+        for r in reported() {
             let voters = r.peers.iter().filter(|p| is_voter(p)).count();
-            let dead_voter = r
-                .peers
-                .iter()
-                .find(|p| is_voter(p) && dead(p.store_id))
-                .map(|p| p.store_id);
             let add_up_to = if voters < want {
                 // A learner left behind by an operator that stopped halfway
                 // (its PD leader died) is promoted before any replica is added.
@@ -478,16 +484,26 @@ impl Cluster {
                     continue;
                 }
                 want
-            } else if let Some(store_id) = dead_voter {
-                if voters > rules.max_replicas {
+            } else if voters > rules.max_replicas {
+                let leader = leaders.get(&r.id).copied();
+                let victim = r.peers.iter().filter(|p| is_voter(p)).max_by_key(|p| {
+                    (
+                        dead(p.store_id),
+                        !load.contains_key(&p.store_id),
+                        load.get(&p.store_id).copied().unwrap_or(0),
+                        Some(p.store_id) != leader,
+                        p.store_id,
+                    )
+                });
+                if let Some(v) = victim {
                     fixes.push(ReplicaFix::Remove {
                         region_id: r.id,
-                        store_id,
+                        store_id: v.store_id,
                         voters,
                     });
-                    continue;
                 }
-                // The replacement first: the dead voter goes once it has one.
+                continue;
+            } else if r.peers.iter().any(|p| is_voter(p) && dead(p.store_id)) {
                 voters + 1
             } else {
                 continue;
@@ -507,6 +523,56 @@ impl Cluster {
                     stores,
                     voters: add_up_to,
                 });
+            }
+        }
+        if !fixes.is_empty() {
+            return fixes;
+        }
+        // Balance, on a picture where every reported region is whole.
+        // (`up`, and so the extremes, are ordered by store id.)
+        let healthy = |r: &&Region| {
+            r.peers
+                .iter()
+                .all(|p| is_voter(p) && load.contains_key(&p.store_id))
+        };
+        let fullest = up.iter().copied().max_by_key(|s| (load[s], *s));
+        let emptiest = up.iter().copied().min_by_key(|s| (load[s], *s));
+        if let (Some(from), Some(to)) = (fullest, emptiest) {
+            if load[&from] >= load[&to] + 2 {
+                let moved = reported().filter(healthy).find(|r| {
+                    r.peers.iter().any(|p| p.store_id == from)
+                        && !r.peers.iter().any(|p| p.store_id == to)
+                });
+                if let Some(r) = moved {
+                    fixes.push(ReplicaFix::Add {
+                        region_id: r.id,
+                        stores: vec![to],
+                        voters: r.peers.len() + 1,
+                    });
+                    return fixes;
+                }
+            }
+        }
+        let mut led: HashMap<u64, usize> = up.iter().map(|id| (*id, 0)).collect();
+        for store in leaders.values() {
+            if let Some(n) = led.get_mut(store) {
+                *n += 1;
+            }
+        }
+        let most = up.iter().copied().max_by_key(|s| (led[s], *s));
+        let fewest = up.iter().copied().min_by_key(|s| (led[s], *s));
+        if let (Some(from), Some(to)) = (most, fewest) {
+            if led[&from] >= led[&to] + 2 {
+                let handed = reported().filter(healthy).find(|r| {
+                    leaders.get(&r.id) == Some(&from) && r.peers.iter().any(|p| p.store_id == to)
+                });
+                if let Some(r) = handed {
+                    fixes.push(ReplicaFix::TransferLeader {
+                        region_id: r.id,
+                        from,
+                        to,
+                    });
+                }
             }
         }
         fixes
@@ -556,15 +622,24 @@ pub enum ReplicaFix {
         /// The voters the region should have: nothing is added once it has them.
         voters: usize,
     },
-    /// Remove the region's voter on dead store `store_id` (it has a
-    /// replacement).
+    /// Remove the region's voter on `store_id` (the region has one more
+    /// than `max-replicas`).
     Remove {
         /// The region.
         region_id: u64,
-        /// The dead store.
+        /// The store whose replica goes.
         store_id: u64,
         /// The voters the region has: nothing is removed if that changed.
         voters: usize,
+    },
+    /// Hand the region's leadership from store `from` to its voter on `to`.
+    TransferLeader {
+        /// The region.
+        region_id: u64,
+        /// The store that leads it (nothing is done if that changed).
+        from: u64,
+        /// The store that should.
+        to: u64,
     },
 }
 
@@ -651,6 +726,27 @@ mod tests {
         }
     }
 
+    /// Store `store` reports that it leads `regions` in term 1.
+    fn led_by(c: &Cluster, store: u64, regions: &[u64]) {
+        let stats: Vec<RegionStat> = regions
+            .iter()
+            .map(|id| RegionStat {
+                region_id: *id,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        c.follow_leaders(store, &stats);
+    }
+
+    fn store(id: u64) -> Store {
+        Store {
+            id,
+            address: format!("127.0.0.1:{id}"),
+            ..Default::default()
+        }
+    }
+
     async fn cluster(dir: &std::path::Path) -> (Cluster, rdb_raft::Group) {
         let (meta, group) = crate::node::single_member_for_tests(dir).await;
         (
@@ -684,11 +780,6 @@ mod tests {
             r.peers = peers;
             r
         };
-        let store = |id| Store {
-            id,
-            address: format!("127.0.0.1:{id}"),
-            ..Default::default()
-        };
         c.put_store(store(1)).await.unwrap();
         c.bootstrap(
             1,
@@ -696,17 +787,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let led = |ids: &[u64]| {
-            let stats: Vec<RegionStat> = ids
-                .iter()
-                .map(|id| RegionStat {
-                    region_id: *id,
-                    term: 1,
-                    ..Default::default()
-                })
-                .collect();
-            c.follow_leaders(1, &stats);
-        };
+        let led = |ids: &[u64]| led_by(&c, 1, ids);
         // One store: one replica is all there can be.
         led(&[10]);
         assert_eq!(c.replica_fixes(&rules(3)), vec![]);
@@ -797,25 +878,12 @@ mod tests {
             role: PeerRole::Voter as i32,
         };
         for id in 1..=4 {
-            c.put_store(Store {
-                id,
-                address: format!("127.0.0.1:{id}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+            c.put_store(store(id)).await.unwrap();
         }
         let mut r = region(10, b"", b"", 1, 3, 1);
         r.peers = vec![voter(100, 1), voter(101, 2), voter(102, 3)];
         c.bootstrap(1, r.clone()).await.unwrap();
-        c.follow_leaders(
-            1,
-            &[RegionStat {
-                region_id: 10,
-                term: 1,
-                ..Default::default()
-            }],
-        );
+        led_by(&c, 1, &[10]);
         let silent_for = |store: u64, secs: u64| {
             let at = Instant::now()
                 .checked_sub(Duration::from_secs(secs))
@@ -863,14 +931,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_balancer_moves_replicas_then_leaderships_to_the_emptiest_store() {
+        use rdb_proto::v1::{Peer, PeerRole};
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        let with = |id: u64, s: &[u8], e: &[u8], conf_ver: u64, stores: &[u64]| {
+            let mut r = region(id, s, e, 3, conf_ver, 1);
+            r.peers = stores
+                .iter()
+                .map(|st| Peer {
+                    id: id * 10 + st,
+                    store_id: *st,
+                    role: PeerRole::Voter as i32,
+                })
+                .collect();
+            r
+        };
+        for id in 1..=3 {
+            c.put_store(store(id)).await.unwrap();
+        }
+        let mut first = with(10, b"", b"", 3, &[1, 2, 3]);
+        first.epoch = Some(RegionEpoch {
+            version: 1,
+            conf_ver: 3,
+        });
+        c.bootstrap(1, first).await.unwrap();
+        c.heartbeat(
+            1,
+            vec![
+                with(10, b"", b"f", 3, &[1, 2, 3]),
+                with(11, b"f", b"p", 3, &[1, 2, 3]),
+                with(12, b"p", b"", 3, &[1, 2, 3]),
+            ],
+        )
+        .await
+        .unwrap();
+        led_by(&c, 1, &[10, 11, 12]);
+        // Replicas even, leaderships not: one is handed over.
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::TransferLeader {
+                region_id: 10,
+                from: 1,
+                to: 2
+            }]
+        );
+        // A new empty store: replicas move first (added there), then...
+        c.put_store(store(4)).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![4],
+                voters: 4
+            }]
+        );
+        // ...the extra replica goes from a fullest store, not the leader's.
+        c.heartbeat(1, vec![with(10, b"", b"f", 5, &[1, 2, 3, 4])])
+            .await
+            .unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 3,
+                voters: 4
+            }]
+        );
+        // Balanced within one replica: no more moves of replicas.
+        c.heartbeat(
+            1,
+            vec![
+                with(10, b"", b"f", 7, &[1, 2, 4]),
+                with(11, b"f", b"p", 5, &[1, 3, 4]),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!c
+            .replica_fixes(&rules(3))
+            .iter()
+            .any(|f| matches!(f, ReplicaFix::Add { .. } | ReplicaFix::Remove { .. })));
+    }
+
+    #[tokio::test]
     async fn heartbeats_repair_the_region_map_and_everything_persists() {
         let tmp = tempfile::tempdir().unwrap();
         let (c, group) = cluster(tmp.path()).await;
-        let store = |id| Store {
-            id,
-            address: format!("127.0.0.1:{id}"),
-            ..Default::default()
-        };
         c.put_store(store(1)).await.unwrap();
         c.put_store(store(2)).await.unwrap();
         assert!(c

@@ -59,7 +59,7 @@ pub struct PdSchedule {
     /// are up.
     pub max_replicas: usize,
     /// Milliseconds between two rounds of the replica checker over all
-    /// regions (at least 10).
+    /// regions (at least 10; 0 turns the checker off).
     pub patrol_interval_ms: u64,
     /// A store silent this many seconds is dead: its replicas are rebuilt
     /// on other stores (at least store-down-after-secs).
@@ -181,9 +181,9 @@ impl PdSettings {
                 self.schedule.max_replicas
             )));
         }
-        if self.schedule.patrol_interval_ms < 10 {
+        if (1..10).contains(&self.schedule.patrol_interval_ms) {
             return Err(ConfigError::Invalid(format!(
-                "schedule.patrol-interval-ms = {}: at least 10",
+                "schedule.patrol-interval-ms = {}: at least 10 (or 0: no checker)",
                 self.schedule.patrol_interval_ms
             )));
         }
@@ -292,7 +292,8 @@ pub struct PdArgs {
     /// as many as there are stores [default: 3].
     #[arg(long, env = "FLAREDB_PD_MAX_REPLICAS")]
     pub max_replicas: Option<usize>,
-    /// Milliseconds between two rounds of the replica checker [default: 1000].
+    /// Milliseconds between two rounds of the replica checker; 0 turns it
+    /// off (replicas placed only by hand) [default: 1000].
     #[arg(long, env = "FLAREDB_PD_PATROL_INTERVAL_MS")]
     pub patrol_interval_ms: Option<u64>,
     /// A store silent this many seconds is dead and its replicas are

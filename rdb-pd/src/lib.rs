@@ -146,17 +146,19 @@ pub async fn run(
     );
     tokio::spawn(pd.clone().lead());
     let svc = service::PdService::new(pd.clone(), client_tls);
-    tokio::spawn(schedule::run(
-        svc.clone(),
-        pd.clone(),
-        schedule::Schedule {
-            rules: cluster::ReplicaRules {
-                max_replicas: cfg.schedule.max_replicas,
-                max_store_down: Duration::from_secs(cfg.schedule.max_store_down_time_secs),
+    if cfg.schedule.patrol_interval_ms > 0 {
+        tokio::spawn(schedule::run(
+            svc.clone(),
+            pd.clone(),
+            schedule::Schedule {
+                rules: cluster::ReplicaRules {
+                    max_replicas: cfg.schedule.max_replicas,
+                    max_store_down: Duration::from_secs(cfg.schedule.max_store_down_time_secs),
+                },
+                patrol: Duration::from_millis(cfg.schedule.patrol_interval_ms),
             },
-            patrol: Duration::from_millis(cfg.schedule.patrol_interval_ms),
-        },
-    ));
+        ));
+    }
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, pd.clone())?;
     let status = rdb_daemon::status::start("rdb-pd", status_addr, metrics.clone(), refresh).await?;

@@ -295,6 +295,27 @@ impl PdService {
         Ok(self.route(region, store))
     }
 
+    /// Hands `region_id`'s leadership from store `from` to its voter on
+    /// store `to`, if `from` still leads it and `to` still holds a voter
+    /// (else nothing is done and the answer is `false`): the balancer's
+    /// form.
+    pub async fn transfer_leader_from(
+        &self,
+        region_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, PdError> {
+        let _guard = self.admin_lock.lock().await;
+        let (region, leader) = self.region_and_leader(region_id).await?;
+        match region.peers.iter().find(|p| p.store_id == to) {
+            Some(peer) if leader.id == from && voter(peer) => {
+                self.transfer(&region, &leader, peer).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn transfer(&self, region: &Region, leader: &Store, to: &Peer) -> Result<(), PdError> {
         let resp = self
             .admin_client(leader)

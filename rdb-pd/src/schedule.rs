@@ -5,7 +5,9 @@
 //! `max-store-down-time` (dead). Each fix is an operator of
 //! [`crate::operator`] (one at a time, behind the same lock as the ones run
 //! by hand): promote a learner left halfway, add a replica on the store
-//! holding the fewest, or remove a dead replica that has its replacement.
+//! holding the fewest, remove an extra replica (a dead one once it has its
+//! replacement), and, when every region is whole, balance replicas and
+//! leaderships across the stores that are up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,11 +62,26 @@ async fn apply(svc: &PdService, fix: ReplicaFix) {
             .await
         {
             Ok((_, true)) => {
-                tracing::info!(region_id, store_id, "replica checker: dead replica removed")
+                tracing::info!(
+                    region_id,
+                    store_id,
+                    "replica checker: extra replica removed"
+                )
             }
             Ok((_, false)) => {}
             Err(e) => {
-                tracing::warn!(region_id, store_id, error = %e, "replica checker: removing a dead replica failed")
+                tracing::warn!(region_id, store_id, error = %e, "replica checker: removing an extra replica failed")
+            }
+        },
+        ReplicaFix::TransferLeader {
+            region_id,
+            from,
+            to,
+        } => match svc.transfer_leader_from(region_id, from, to).await {
+            Ok(true) => tracing::info!(region_id, from, to, "balancer: leadership handed over"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(region_id, from, to, error = %e, "balancer: handing over a leadership failed")
             }
         },
         ReplicaFix::Add {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdb_client::{Client, ClientConfig};
 
+pub mod history;
 pub mod linearizability;
 mod proxy;
 pub use proxy::{Cut, CutProxy};
@@ -456,11 +457,11 @@ impl TestCluster {
         Self::start_with(stores, &[], &[])
     }
 
-    /// Starts a PD whose replica checker keeps regions at one replica
-    /// (`--max-replicas 1`), and `stores` stores: for tests that place
-    /// replicas by hand (`rdb-cli operator`).
+    /// Starts a PD without its replica checker (`--patrol-interval-ms 0`),
+    /// and `stores` stores: for tests that place replicas by hand
+    /// (`rdb-cli operator`).
     pub fn start_manual(stores: usize) -> TestCluster {
-        Self::start_with(stores, &["--max-replicas".into(), "1".into()], &[])
+        Self::start_with(stores, &["--patrol-interval-ms".into(), "0".into()], &[])
     }
 
     /// Starts a PD with `pd_extra` flags and `stores` stores with

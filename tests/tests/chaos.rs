@@ -10,146 +10,16 @@
 //! CI runs it for `FLAREDB_CHAOS_SECS` (default 20) seconds;
 //! `bench/chaos` runs it for minutes and prints the summary.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flaredb_tests::linearizability::{self, Event, Op};
+use flaredb_tests::history::Workload;
 use flaredb_tests::{cut_raft, heal_raft, TestCluster};
-use rand::Rng;
-use rdb_client::{CasExpect, Client, Error};
 
 const KEYS: u64 = 3;
 const WORKERS: usize = 4;
 
 fn key(k: u64) -> Vec<u8> {
     format!("chaos-{k}").into_bytes()
-}
-
-fn val(raw: &[u8]) -> Option<u64> {
-    std::str::from_utf8(raw).ok()?.parse().ok()
-}
-
-/// A write whose error leaves its outcome open: anything but a request
-/// refused as a whole before it was applied.
-fn unknown(e: &Error) -> bool {
-    !matches!(e, Error::InvalidArgument(_))
-}
-
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed_reads: AtomicU64,
-    unknown_writes: AtomicU64,
-}
-
-async fn worker(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    next: Arc<AtomicU64>,
-    history: Arc<Mutex<Vec<Event>>>,
-    tally: Arc<Tally>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        let (k, kind, expect_some) = {
-            let mut rng = rand::rng();
-            (
-                rng.random_range(0..KEYS),
-                rng.random_range(0..100u32),
-                rng.random_bool(0.5),
-            )
-        };
-        let fresh = next.fetch_add(1, Ordering::SeqCst);
-        let invoked = Instant::now();
-        let (op, result): (Op, Result<Op, Error>) = if kind < 40 {
-            let r = client.get(key(k)).await;
-            (
-                Op::Get(None),
-                r.map(|v| Op::Get(v.and_then(|v| val(&v.value)))),
-            )
-        } else if kind < 65 {
-            let op = Op::Put(fresh);
-            let r = client.put(key(k), fresh.to_string().into_bytes()).await;
-            (op.clone(), r.map(|_| op))
-        } else if kind < 90 {
-            // Expect a recent value (read just before) or absence.
-            let expect = if expect_some {
-                client
-                    .get(key(k))
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|v| val(&v.value))
-            } else {
-                None
-            };
-            let invoked_cas = Instant::now();
-            let cond = match expect {
-                Some(v) => CasExpect::Value(v.to_string().into_bytes()),
-                None => CasExpect::Absent,
-            };
-            let r = client
-                .compare_and_swap(key(k), cond, Some(fresh.to_string().into_bytes()))
-                .await;
-            let op = |succeeded| Op::Cas {
-                expect,
-                new: Some(fresh),
-                succeeded,
-            };
-            record(
-                &history,
-                &tally,
-                k,
-                op(None),
-                r.map(|c| op(Some(c.succeeded))),
-                invoked_cas,
-                true,
-            );
-            continue;
-        } else {
-            let r = client.delete(key(k)).await;
-            (Op::Delete(None), r.map(|e| Op::Delete(Some(e))))
-        };
-        let is_write = !matches!(op, Op::Get(_));
-        record(&history, &tally, k, op, result, invoked, is_write);
-    }
-}
-
-fn record(
-    history: &Mutex<Vec<Event>>,
-    tally: &Tally,
-    k: u64,
-    op: Op,
-    result: Result<Op, Error>,
-    invoked: Instant,
-    is_write: bool,
-) {
-    let event = match result {
-        Ok(done) => {
-            tally.ok.fetch_add(1, Ordering::Relaxed);
-            Event {
-                key: key(k),
-                op: done,
-                invoked,
-                returned: Some(Instant::now()),
-            }
-        }
-        Err(e) if is_write && unknown(&e) => {
-            tally.unknown_writes.fetch_add(1, Ordering::Relaxed);
-            Event {
-                key: key(k),
-                op,
-                invoked,
-                returned: None,
-            }
-        }
-        // A failed read took no effect; a refused write neither.
-        Err(_) => {
-            tally.failed_reads.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    history.lock().unwrap().push(event);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -164,21 +34,11 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
     // PD's replica checker places the other two replicas.
     flaredb_tests::wait_for_replicas(&client, 3).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(1));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let tally = Arc::new(Tally::default());
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..WORKERS {
-        let c = cluster.client().await;
-        tasks.push(tokio::spawn(worker(
-            c,
-            stop.clone(),
-            next.clone(),
-            history.clone(),
-            tally.clone(),
-        )));
+        clients.push(cluster.client().await);
     }
+    let workload = Workload::start(clients, (0..KEYS).map(key).collect());
 
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut faults = Vec::new();
@@ -216,45 +76,17 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
         }
         faults.push(format!("{fault} on store {leader}"));
     }
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    // Final reads, after the faults, close the history.
-    for k in 0..KEYS {
-        let invoked = Instant::now();
-        let v = client.get(key(k)).await.expect("final read");
-        history.lock().unwrap().push(Event {
-            key: key(k),
-            op: Op::Get(v.and_then(|v| val(&v.value))),
-            invoked,
-            returned: Some(Instant::now()),
-        });
-    }
-    let history = std::mem::take(&mut *history.lock().unwrap());
-    let verdict = linearizability::check(&history, 50_000_000);
+    let summary = workload.finish(&client).await;
     eprintln!(
-        "chaos: {secs} s, {} operations recorded ({} ok, {} writes of unknown outcome, {} failed reads left out), {} faults: {}; verdict: {}",
-        history.len(),
-        tally.ok.load(Ordering::Relaxed),
-        tally.unknown_writes.load(Ordering::Relaxed),
-        tally.failed_reads.load(Ordering::Relaxed),
+        "chaos: {secs} s, {}, {} faults: {}",
+        summary.line(),
         faults.len(),
-        faults.join(", "),
-        if verdict.is_ok() { "linearizable" } else { "NOT linearizable" }
+        faults.join(", ")
     );
-    if let Err(v) = verdict {
-        for e in &v.history {
-            eprintln!("  {:?}", e);
-        }
-        panic!(
-            "the history of key {} is not linearizable",
-            String::from_utf8_lossy(&v.key)
-        );
-    }
+    summary.assert_linearizable();
     assert!(!faults.is_empty(), "faults were injected");
     assert!(
-        tally.ok.load(Ordering::Relaxed) > 100,
+        summary.tally.ok.load(std::sync::atomic::Ordering::Relaxed) > 100,
         "the clients made progress"
     );
 }
