@@ -180,6 +180,19 @@ pub enum OperatorCommand {
         /// The store id.
         store: u64,
     },
+    /// Drain STORE: PD hands its leaderships to other replicas and moves its
+    /// replicas to other stores, one operator at a time, and places nothing
+    /// new on it (the mark survives restarts). Returns at once; `rdb-cli
+    /// stores` shows the replicas and leaderships it still holds, and once
+    /// both are 0 the store can be stopped. A replica moves only if another
+    /// store can take it (with three stores and three replicas, none can).
+    DrainStore {
+        /// The store id.
+        store: u64,
+        /// Cancel the drain: the store takes replicas and leaderships again.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 /// PD member commands. They talk to the members given with --pd directly,

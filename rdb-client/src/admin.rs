@@ -49,6 +49,21 @@ impl Client {
             .stores)
     }
 
+    /// Marks store `store_id` as draining (`cancel`: no longer): PD hands
+    /// its leaderships away and moves its replicas to other stores. Returns
+    /// the store at once; its `replica_count` and `leader_count` (see
+    /// [`Client::stores`]) reach 0 when it is drained.
+    pub async fn drain_store(&self, store_id: u64, cancel: bool) -> Result<Store> {
+        let req = DrainStoreRequest { store_id, cancel };
+        self.pd_call(|mut c| async move { c.drain_store(req).await })
+            .await?
+            .store
+            .ok_or_else(|| Error::Rpc {
+                code: tonic::Code::Internal,
+                message: "PD answered DrainStore without the store".into(),
+            })
+    }
+
     /// All regions in key order, with the store serving each.
     pub async fn regions(&self) -> Result<Vec<RegionRoute>> {
         let req = ScanRegionsRequest::default();

@@ -237,8 +237,17 @@ impl Cluster {
             }
         }
         store.state = StoreState::Up as i32;
+        // A drain outlives the store's restarts: only DrainStore changes it.
+        store.draining = self
+            .meta
+            .read()
+            .stores
+            .get(&store.id)
+            .is_some_and(|s| s.draining);
         let mut persisted = store.clone();
         persisted.last_heartbeat_ms = 0;
+        persisted.replica_count = 0;
+        persisted.leader_count = 0;
         self.propose(&Command::PutStore {
             store: persisted.encode_to_vec(),
         })
@@ -278,16 +287,61 @@ impl Cluster {
         s
     }
 
-    /// One store, with its state computed from heartbeats.
+    /// Replicas and reported leaderships per store.
+    fn counts(&self, st: &MetaState) -> HashMap<u64, (u64, u64)> {
+        let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
+        for p in st.regions.values().flat_map(|r| r.peers.iter()) {
+            counts.entry(p.store_id).or_default().0 += 1;
+        }
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for (region, (store, _, _)) in &live.leaders {
+            if st.regions.contains_key(region) {
+                counts.entry(*store).or_default().1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// [`Cluster::view_store`] with the store's replica and leader counts.
+    fn view_store_counted(&self, s: &Store, counts: &HashMap<u64, (u64, u64)>) -> Store {
+        let mut s = self.view_store(s);
+        let (replicas, leaders) = counts.get(&s.id).copied().unwrap_or_default();
+        s.replica_count = replicas;
+        s.leader_count = leaders;
+        s
+    }
+
+    /// One store, with its state computed from heartbeats and its counts.
     pub async fn get_store(&self, id: u64) -> Result<Store> {
-        let s = self
+        let st = self.meta.read();
+        let s = st
+            .stores
+            .get(&id)
+            .ok_or_else(|| PdError::NotFound(format!("store {id} is not registered")))?;
+        Ok(self.view_store_counted(s, &self.counts(&st)))
+    }
+
+    /// Marks store `id` as draining (or not): the replica checker moves its
+    /// leaderships and replicas away and places nothing new on it.
+    pub async fn set_draining(&self, id: u64, draining: bool) -> Result<Store> {
+        let _changes = self.changes.lock().await;
+        let mut s = self
             .meta
             .read()
             .stores
             .get(&id)
             .cloned()
             .ok_or_else(|| PdError::NotFound(format!("store {id} is not registered")))?;
-        Ok(self.view_store(&s))
+        if s.draining != draining {
+            s.draining = draining;
+            self.propose(&Command::PutStore {
+                store: s.encode_to_vec(),
+            })
+            .await?;
+            tracing::info!(store_id = id, draining, "store drain mark changed");
+        }
+        drop(_changes);
+        self.get_store(id).await
     }
 
     /// How many regions PD knows.
@@ -297,8 +351,12 @@ impl Cluster {
 
     /// All stores, ordered by id.
     pub async fn all_stores(&self) -> Vec<Store> {
-        let stores: Vec<Store> = self.meta.read().stores.values().cloned().collect();
-        stores.iter().map(|s| self.view_store(s)).collect()
+        let st = self.meta.read();
+        let counts = self.counts(&st);
+        st.stores
+            .values()
+            .map(|s| self.view_store_counted(s, &counts))
+            .collect()
     }
 
     /// Records a heartbeat and adopts region updates the store reports
@@ -427,8 +485,13 @@ impl Cluster {
     ///   added one): remove the one on a dead store, else on a down one,
     ///   else on the store holding the most replicas (not the leader when
     ///   another ties);
-    /// - a voter on a store silent for `max_store_down` (dead): add a
-    ///   replacement elsewhere (the rule above then removes the dead one).
+    /// - a voter on a store silent for `max_store_down` (dead) or on a
+    ///   draining store: add a replacement elsewhere (the rule above then
+    ///   removes the dead or draining one, as it is not up for placement);
+    /// - a leader on a draining store: hand the leadership to another voter
+    ///   (before anything else for that region).
+    ///
+    /// Draining stores count as neither up nor as targets.
     ///
     /// When no region needs any of these, balance: one replica moves from
     /// the store holding the most to the one holding the fewest when they
@@ -449,12 +512,14 @@ impl Cluster {
             .filter(|(id, _)| st.regions.contains_key(id))
             .map(|(id, (store, _, _))| (*id, *store))
             .collect();
+        // The stores that can take replicas and leaderships: up, not draining.
         let up: Vec<u64> = st
             .stores
-            .keys()
-            .copied()
-            .filter(|id| self.is_up(*id))
+            .values()
+            .filter(|s| !s.draining && self.is_up(s.id))
+            .map(|s| s.id)
             .collect();
+        let draining = |id: u64| st.stores.get(&id).is_some_and(|s| s.draining);
         let dead = |id: u64| {
             !st.stores.contains_key(&id) || self.last_heard(id).elapsed() >= rules.max_store_down
         };
@@ -469,6 +534,23 @@ impl Cluster {
         let mut fixes = Vec::new();
         for r in reported() {
             let voters = r.peers.iter().filter(|p| is_voter(p)).count();
+            // A draining store's leaderships go first, to the voter on the
+            // store holding the fewest replicas.
+            if let Some(from) = leaders.get(&r.id).copied().filter(|s| draining(*s)) {
+                let to = r
+                    .peers
+                    .iter()
+                    .filter(|p| is_voter(p) && load.contains_key(&p.store_id))
+                    .min_by_key(|p| (load[&p.store_id], p.store_id));
+                if let Some(to) = to {
+                    fixes.push(ReplicaFix::TransferLeader {
+                        region_id: r.id,
+                        from,
+                        to: to.store_id,
+                    });
+                    continue;
+                }
+            }
             let add_up_to = if voters < want {
                 // A learner left behind by an operator that stopped halfway
                 // (its PD leader died) is promoted before any replica is added.
@@ -503,7 +585,11 @@ impl Cluster {
                     });
                 }
                 continue;
-            } else if r.peers.iter().any(|p| is_voter(p) && dead(p.store_id)) {
+            } else if r
+                .peers
+                .iter()
+                .any(|p| is_voter(p) && (dead(p.store_id) || draining(p.store_id)))
+            {
                 voters + 1
             } else {
                 continue;
@@ -1012,6 +1098,67 @@ mod tests {
             .replica_fixes(&rules(3))
             .iter()
             .any(|f| matches!(f, ReplicaFix::Add { .. } | ReplicaFix::Remove { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_draining_store_hands_over_its_leaderships_then_its_replicas() {
+        use rdb_proto::v1::{Peer, PeerRole};
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        let with = |conf_ver: u64, stores: &[u64]| {
+            let mut r = region(10, b"", b"", 1, conf_ver, 1);
+            r.peers = stores
+                .iter()
+                .map(|st| Peer {
+                    id: 100 + st,
+                    store_id: *st,
+                    role: PeerRole::Voter as i32,
+                })
+                .collect();
+            r
+        };
+        for id in 1..=4 {
+            c.put_store(store(id)).await.unwrap();
+        }
+        c.bootstrap(1, with(3, &[1, 2, 3])).await.unwrap();
+        led_by(&c, 1, &[10]);
+        let s = c.set_draining(1, true).await.unwrap();
+        assert!(s.draining);
+        assert_eq!((s.replica_count, s.leader_count), (1, 1));
+        // The mark survives the store registering again (a restart).
+        assert!(c.put_store(store(1)).await.unwrap().draining);
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::TransferLeader {
+                region_id: 10,
+                from: 1,
+                to: 2
+            }]
+        );
+        c.set_leader(10, 2);
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![4],
+                voters: 4
+            }]
+        );
+        c.heartbeat(1, vec![with(5, &[1, 2, 3, 4])]).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 1,
+                voters: 4
+            }]
+        );
+        c.heartbeat(1, vec![with(7, &[2, 3, 4])]).await.unwrap();
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        let s = c.get_store(1).await.unwrap();
+        assert_eq!((s.replica_count, s.leader_count), (0, 0));
+        // Cancelled: it takes replicas again (balance).
+        assert!(!c.set_draining(1, false).await.unwrap().draining);
     }
 
     #[tokio::test]

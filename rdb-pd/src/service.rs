@@ -349,6 +349,16 @@ impl Pd for PdService {
         Ok(Response::new(self.split(request.into_inner()).await?))
     }
 
+    async fn drain_store(
+        &self,
+        request: Request<DrainStoreRequest>,
+    ) -> Result<Response<DrainStoreResponse>, Status> {
+        self.node.check_serving()?;
+        let req = request.into_inner();
+        let store = self.cluster.set_draining(req.store_id, !req.cancel).await?;
+        Ok(Response::new(DrainStoreResponse { store: Some(store) }))
+    }
+
     async fn add_replica(
         &self,
         request: Request<AddReplicaRequest>,

@@ -169,6 +169,7 @@ impl Node {
                 state: StoreState::Up as i32,
                 last_heartbeat_ms: 0,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
             }),
         })
         .await

@@ -117,14 +117,19 @@ fn store() -> impl Strategy<Value = Store> {
         any::<i32>(),
         any::<u64>(),
         ".{0,8}",
+        any::<bool>(),
     )
-        .prop_map(|(id, address, state, last_heartbeat_ms, version)| Store {
-            id,
-            address,
-            state,
-            last_heartbeat_ms,
-            version,
-        })
+        .prop_map(
+            |(id, address, state, last_heartbeat_ms, version, draining)| Store {
+                id,
+                address,
+                state,
+                last_heartbeat_ms,
+                version,
+                draining,
+                ..Default::default()
+            },
+        )
 }
 
 /// An encoding with random damage: cut short, one byte changed, or both.

@@ -227,3 +227,69 @@ async fn a_new_store_gets_its_share_of_replicas_and_leaders_while_clients_stay_l
     summary.assert_linearizable();
     flaredb_tests::wait_for_replicas(&client, 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_store_can_be_stopped_without_any_region_losing_a_replica() {
+    let mut cluster =
+        TestCluster::start_with(4, &["--patrol-interval-ms".into(), "200".into()], &[]);
+    let client = cluster.client().await;
+    client.put(b"a".to_vec(), b"0".to_vec()).await.unwrap();
+    for at in ["h", "p"] {
+        client.split(at.into()).await.unwrap();
+    }
+    flaredb_tests::wait_for_replicas(&client, 3).await;
+    let pairs: Vec<_> = (0..60)
+        .map(|i| {
+            (
+                format!("{}{i:02}", ["c", "k", "t"][i % 3]).into_bytes(),
+                b"v".to_vec(),
+            )
+        })
+        .collect();
+    client.batch_put(pairs.clone()).await.unwrap();
+    // The store leading the most regions is drained, by the CLI.
+    let stores = client.stores().await.unwrap();
+    let victim = stores
+        .iter()
+        .max_by_key(|s| (s.leader_count, s.replica_count))
+        .unwrap();
+    let (idx, id) = (
+        cluster
+            .stores
+            .iter()
+            .position(|d| d.id == victim.id)
+            .unwrap(),
+        victim.id,
+    );
+    assert!(victim.leader_count >= 1, "{stores:?}");
+    let out = cluster.cli(&["--json", "operator", "drain-store", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["store"]["draining"], true, "{j}");
+    // Its leaderships and replicas move away while writes go on.
+    let drained = eventually(600, Duration::from_millis(100), || {
+        let c = client.clone();
+        let out = cluster.cli(&["--json", "stores"]);
+        async move {
+            let _ = c.put(b"k-during".to_vec(), b"1".to_vec()).await;
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let s = j.as_array()?.iter().find(|s| s["id"] == id)?.clone();
+            (s["replicas"] == 0 && s["leaders"] == 0).then_some(s)
+        }
+    })
+    .await;
+    let s = drained.expect("the store drained");
+    assert_eq!(s["state"], "up,draining", "{s}");
+    // Stopped: every region still has three replicas, all serving.
+    cluster.stores[idx].kill9();
+    for (_, stores) in placement(&client).await {
+        assert_eq!(stores.len(), 3);
+        assert!(!stores.contains(&id));
+    }
+    client.put(b"after".to_vec(), b"1".to_vec()).await.unwrap();
+    flaredb_tests::assert_all_readable(&cluster.client().await, &pairs).await;
+}

@@ -25,29 +25,49 @@ pub async fn tso(client: &Client, out: &Out, count: u32) -> Result<(), Failure> 
 /// Lists the stores.
 pub async fn stores(client: &Client, out: &Out) -> Result<(), Failure> {
     let stores = client.stores().await?;
-    let state = |s: i32| match StoreState::try_from(s) {
-        Ok(StoreState::Up) => "up",
-        Ok(StoreState::Down) => "down",
-        _ => "unknown",
-    };
-    let j = stores
-        .iter()
-        .map(|s| json!({"id": s.id, "address": s.address, "state": state(s.state), "last_heartbeat_ms": s.last_heartbeat_ms, "version": s.version}))
-        .collect();
+    let j = stores.iter().map(store_json).collect();
     out.print(Json::Array(j), || {
-        let mut t = format!("{:<6} {:<24} {:<6} VERSION", "ID", "ADDRESS", "STATE");
+        let mut t = format!(
+            "{:<6} {:<24} {:<15} {:>8} {:>7} VERSION",
+            "ID", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
+        );
         for s in &stores {
-            t.push_str(&format!(
-                "\n{:<6} {:<24} {:<6} {}",
-                s.id,
-                s.address,
-                state(s.state),
-                s.version
-            ));
+            t.push_str(&format!("\n{}", store_line(s)));
         }
         t
     });
     Ok(())
+}
+
+fn state(s: &rdb_client::Store) -> String {
+    let state = match StoreState::try_from(s.state) {
+        Ok(StoreState::Up) => "up",
+        Ok(StoreState::Down) => "down",
+        _ => "unknown",
+    };
+    if s.draining {
+        format!("{state},draining")
+    } else {
+        state.to_string()
+    }
+}
+
+fn store_json(s: &rdb_client::Store) -> Json {
+    json!({"id": s.id, "address": s.address, "state": state(s), "draining": s.draining,
+        "replicas": s.replica_count, "leaders": s.leader_count,
+        "last_heartbeat_ms": s.last_heartbeat_ms, "version": s.version})
+}
+
+fn store_line(s: &rdb_client::Store) -> String {
+    format!(
+        "{:<6} {:<24} {:<15} {:>8} {:>7} {}",
+        s.id,
+        s.address,
+        state(s),
+        s.replica_count,
+        s.leader_count,
+        s.version
+    )
 }
 
 /// Lists the regions.
@@ -126,6 +146,21 @@ pub async fn operator(
 ) -> Result<(), Failure> {
     use crate::cli::OperatorCommand as Op;
     let (what, route) = match op {
+        Op::DrainStore { store, cancel } => {
+            let s = client.drain_store(store, cancel).await?;
+            out.print(json!({"store": store_json(&s)}), || {
+                format!(
+                    "store {store} {}\n{}",
+                    if cancel {
+                        "is no longer draining"
+                    } else {
+                        "is draining: its leaderships and replicas move away (watch `rdb-cli stores`)"
+                    },
+                    store_line(&s)
+                )
+            });
+            return Ok(());
+        }
         Op::AddReplica { region, store } => (
             format!("added a replica of region {region} on store {store}"),
             client.add_replica(region, store).await?,
