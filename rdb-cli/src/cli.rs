@@ -138,8 +138,13 @@ pub enum Command {
     /// "(l)": a learner, "(down)": its leader has not heard from it for two
     /// election timeouts) and the store that leads each.
     Regions,
+    /// PD's operators, running and recent (at most 64, newest first): kind,
+    /// region, store, who asked (by hand, checker), current or last
+    /// step, and outcome.
+    Operators,
     /// Replica operators, run by PD one at a time: add or remove a region's
-    /// replica on a store, hand a region's leadership to a store.
+    /// replica on a store, hand a region's leadership to a store, drain a
+    /// store.
     #[command(subcommand)]
     Operator(OperatorCommand),
     /// The PD members: list them, add one, remove one.

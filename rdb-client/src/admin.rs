@@ -64,6 +64,13 @@ impl Client {
             })
     }
 
+    /// PD's operators: those running, and the last finished ones (newest
+    /// first).
+    pub async fn operators(&self) -> Result<GetOperatorsResponse> {
+        self.pd_call(|mut c| async move { c.get_operators(GetOperatorsRequest {}).await })
+            .await
+    }
+
     /// All regions in key order, with the store serving each.
     pub async fn regions(&self) -> Result<Vec<RegionRoute>> {
         let req = ScanRegionsRequest::default();

@@ -11,6 +11,7 @@
 //! - [`cluster`]: stores, regions, the id allocator, bootstrap, heartbeats.
 //! - [`service`]: the `flaredb.v1.Pd` gRPC service, including split orchestration.
 //! - [`operator`]: replica operators (add, remove, promote, leader transfer).
+//! - [`oplog`]: the running and recent operators, for `rdb-cli operators`.
 //! - [`schedule`]: the replica checker that runs operators on its own.
 //! - [`config`]: the settings (config file, environment, flags).
 //! - [`metrics`]: PD's Prometheus metrics.
@@ -23,6 +24,7 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod operator;
+pub mod oplog;
 pub mod schedule;
 pub mod service;
 pub mod tso;

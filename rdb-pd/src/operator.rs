@@ -12,6 +12,7 @@ use rdb_proto::v1::{
 
 use crate::cluster::is_voter as voter;
 use crate::error::PdError;
+use crate::oplog::Running;
 use crate::service::PdService;
 
 /// Region `region`'s replica on store `store_id`.
@@ -30,6 +31,24 @@ fn peer_on(region: &Region, store_id: u64) -> Result<Peer, PdError> {
 }
 
 impl PdService {
+    /// Runs one operator: waits for the operator lock (one operator at a
+    /// time), and records it with its steps and outcome in the operator
+    /// log (`rdb-cli operators`).
+    pub(crate) async fn operate<T>(
+        &self,
+        kind: &str,
+        region_id: u64,
+        store_id: u64,
+        source: &str,
+        f: impl AsyncFnOnce(Running<'_>) -> Result<T, PdError>,
+    ) -> Result<T, PdError> {
+        let _guard = self.admin_lock.lock().await;
+        let op = self.operators.start(kind, region_id, store_id, source);
+        let result = f(op).await;
+        op.finish(&result);
+        result
+    }
+
     /// The region's record and its leader store.
     async fn region_and_leader(&self, region_id: u64) -> Result<(Region, Store), PdError> {
         let route = self.cluster.region_by_id(region_id).await?;
@@ -105,55 +124,66 @@ impl PdService {
         store_id: u64,
         voters: usize,
     ) -> Result<(RegionRoute, bool), PdError> {
-        let _guard = self.admin_lock.lock().await;
-        let (region, leader) = self.region_and_leader(region_id).await?;
-        if region.peers.iter().filter(|p| voter(p)).count() >= voters {
-            return Ok((self.route(region, leader), false));
-        }
-        if region.peers.iter().any(|p| p.store_id == store_id) {
-            return Err(PdError::FailedPrecondition(format!(
-                "store {store_id} already holds a replica of region {region_id}"
-            )));
-        }
-        if !self.cluster.store_is_up(store_id).await {
-            return Err(PdError::FailedPrecondition(format!(
-                "store {store_id} is not registered or is down"
-            )));
-        }
-        let store = self.cluster.get_store(store_id).await?;
-        let peer = Peer {
-            id: self.cluster.alloc_id().await?,
-            store_id,
-            role: PeerRole::Learner as i32,
+        let source = if voters == usize::MAX {
+            "by hand"
+        } else {
+            "checker"
         };
-        self.admin_client(&store)
-            .await?
-            .create_peer(CreatePeerRequest {
-                region_id,
-                peer_id: peer.id,
-                region: Some(region.clone()),
-            })
-            .await
-            .map_err(|s| match s.code() {
-                // The store's reason (an overlapping stale replica) as it is.
-                tonic::Code::FailedPrecondition => PdError::FailedPrecondition(format!(
-                    "store {store_id} refused a replica of region {region_id}: {}",
-                    s.message()
-                )),
-                _ => store_failed(&store, &region, "creating the replica", &s),
-            })?;
-        let region = self
-            .change_peer(
-                &region,
-                &leader,
-                ChangeType::AddLearner,
-                peer,
-                Some(store.clone()),
-            )
-            .await?;
-        let region = self.promote(&region, &leader, peer).await?;
-        tracing::info!(region_id, store_id, peer_id = peer.id, "replica added");
-        Ok((self.route(region, leader), true))
+        self.operate("add-replica", region_id, store_id, source, async |op| {
+            let (region, leader) = self.region_and_leader(region_id).await?;
+            if region.peers.iter().filter(|p| voter(p)).count() >= voters {
+                op.skip(format!("region {region_id} already has {voters} voters"));
+                return Ok((self.route(region, leader), false));
+            }
+            if region.peers.iter().any(|p| p.store_id == store_id) {
+                return Err(PdError::FailedPrecondition(format!(
+                    "store {store_id} already holds a replica of region {region_id}"
+                )));
+            }
+            if !self.cluster.store_is_up(store_id).await {
+                return Err(PdError::FailedPrecondition(format!(
+                    "store {store_id} is not registered or is down"
+                )));
+            }
+            let store = self.cluster.get_store(store_id).await?;
+            let peer = Peer {
+                id: self.cluster.alloc_id().await?,
+                store_id,
+                role: PeerRole::Learner as i32,
+            };
+            op.step(format!("creating replica {} on store {store_id}", peer.id));
+            self.admin_client(&store)
+                .await?
+                .create_peer(CreatePeerRequest {
+                    region_id,
+                    peer_id: peer.id,
+                    region: Some(region.clone()),
+                })
+                .await
+                .map_err(|s| match s.code() {
+                    // The store's reason (an overlapping stale replica) as it is.
+                    tonic::Code::FailedPrecondition => PdError::FailedPrecondition(format!(
+                        "store {store_id} refused a replica of region {region_id}: {}",
+                        s.message()
+                    )),
+                    _ => store_failed(&store, &region, "creating the replica", &s),
+                })?;
+            op.step("adding it to the group as a learner");
+            let region = self
+                .change_peer(
+                    &region,
+                    &leader,
+                    ChangeType::AddLearner,
+                    peer,
+                    Some(store.clone()),
+                )
+                .await?;
+            op.step("promoting it to a voter once it has caught up");
+            let region = self.promote(&region, &leader, peer).await?;
+            tracing::info!(region_id, store_id, peer_id = peer.id, "replica added");
+            Ok((self.route(region, leader), true))
+        })
+        .await
     }
 
     /// The promotion of learner `peer` on `leader`, checked: the region after it.
@@ -182,15 +212,20 @@ impl PdService {
         region_id: u64,
         store_id: u64,
     ) -> Result<RegionRoute, PdError> {
-        let _guard = self.admin_lock.lock().await;
-        let (region, leader) = self.region_and_leader(region_id).await?;
-        let peer = peer_on(&region, store_id)?;
-        if voter(&peer) {
-            return Ok(self.route(region, leader));
-        }
-        let region = self.promote(&region, &leader, peer).await?;
-        tracing::info!(region_id, store_id, peer_id = peer.id, "learner promoted");
-        Ok(self.route(region, leader))
+        let source = "checker";
+        self.operate("promote-learner", region_id, store_id, source, async |op| {
+            let (region, leader) = self.region_and_leader(region_id).await?;
+            let peer = peer_on(&region, store_id)?;
+            if voter(&peer) {
+                op.skip("already a voter");
+                return Ok(self.route(region, leader));
+            }
+            op.step("promoting it to a voter once it has caught up");
+            let region = self.promote(&region, &leader, peer).await?;
+            tracing::info!(region_id, store_id, peer_id = peer.id, "learner promoted");
+            Ok(self.route(region, leader))
+        })
+        .await
     }
 
     /// Removes `region_id`'s replica on `store_id`: hands the leadership to
@@ -217,60 +252,71 @@ impl PdService {
         store_id: u64,
         voters: Option<usize>,
     ) -> Result<(RegionRoute, bool), PdError> {
-        let _guard = self.admin_lock.lock().await;
-        let (mut region, mut leader) = self.region_and_leader(region_id).await?;
-        if voters.is_some_and(|n| region.peers.iter().filter(|p| voter(p)).count() != n) {
-            return Ok((self.route(region, leader), false));
-        }
-        let peer = peer_on(&region, store_id)?;
-        let voters: Vec<&Peer> = region.peers.iter().filter(|p| voter(p)).collect();
-        if voter(&peer) && voters.len() == 1 {
-            return Err(PdError::FailedPrecondition(format!(
-                "replica {} is region {region_id}'s last voter",
-                peer.id
-            )));
-        }
-        if leader.id == store_id {
-            let to = voters
-                .iter()
-                .find(|p| p.id != peer.id && self.cluster.is_up_now(p.store_id))
-                .copied()
-                .copied()
-                .ok_or_else(|| {
-                    PdError::FailedPrecondition(format!(
-                        "region {region_id} has no other live voter to lead it"
-                    ))
-                })?;
-            self.transfer(&region, &leader, &to).await?;
-            let (r, l) = self.region_and_leader(region_id).await?;
-            region = r;
-            leader = l;
-        }
-        let region = self
-            .change_peer(&region, &leader, ChangeType::Remove, peer, None)
-            .await?;
-        if region.peers.iter().any(|p| p.id == peer.id) {
-            return Err(PdError::StoreFailed(format!(
-                "region {region_id} still lists peer {} after its removal",
-                peer.id
-            )));
-        }
-        if self.cluster.is_up_now(store_id) {
-            let store = self.cluster.get_store(store_id).await?;
-            if let Err(s) = self
-                .admin_client(&store)
-                .await?
-                .destroy_peer(DestroyPeerRequest {
-                    region_id,
-                    peer_id: peer.id,
-                })
-                .await
-            {
-                tracing::warn!(region_id, store_id, error = %s.message(), "removed replica not deleted on its store");
+        let source = if voters.is_none() {
+            "by hand"
+        } else {
+            "checker"
+        };
+        self.operate("remove-replica", region_id, store_id, source, async |op| {
+            let (mut region, mut leader) = self.region_and_leader(region_id).await?;
+            if voters.is_some_and(|n| region.peers.iter().filter(|p| voter(p)).count() != n) {
+                op.skip("the region's voters changed since the plan");
+                return Ok((self.route(region, leader), false));
             }
-        }
-        tracing::info!(region_id, store_id, peer_id = peer.id, "replica removed");
-        Ok((self.route(region, leader), true))
+            let peer = peer_on(&region, store_id)?;
+            let voters: Vec<&Peer> = region.peers.iter().filter(|p| voter(p)).collect();
+            if voter(&peer) && voters.len() == 1 {
+                return Err(PdError::FailedPrecondition(format!(
+                    "replica {} is region {region_id}'s last voter",
+                    peer.id
+                )));
+            }
+            if leader.id == store_id {
+                let to = voters
+                    .iter()
+                    .find(|p| p.id != peer.id && self.cluster.is_up_now(p.store_id))
+                    .copied()
+                    .copied()
+                    .ok_or_else(|| {
+                        PdError::FailedPrecondition(format!(
+                            "region {region_id} has no other live voter to lead it"
+                        ))
+                    })?;
+                op.step(format!("handing the leadership to store {}", to.store_id));
+                self.transfer(&region, &leader, &to).await?;
+                let (r, l) = self.region_and_leader(region_id).await?;
+                region = r;
+                leader = l;
+            }
+            op.step(format!("removing replica {} from the group", peer.id));
+            let region = self
+                .change_peer(&region, &leader, ChangeType::Remove, peer, None)
+                .await?;
+            if region.peers.iter().any(|p| p.id == peer.id) {
+                return Err(PdError::StoreFailed(format!(
+                    "region {region_id} still lists peer {} after its removal",
+                    peer.id
+                )));
+            }
+            if self.cluster.is_up_now(store_id) {
+                op.step(format!("deleting it on store {store_id}"));
+                let store = self.cluster.get_store(store_id).await?;
+                if let Err(s) = self
+                    .admin_client(&store)
+                    .await?
+                    .destroy_peer(DestroyPeerRequest {
+                        region_id,
+                        peer_id: peer.id,
+                    })
+                    .await
+                {
+                    tracing::warn!(region_id, store_id, error = %s.message(), "removed replica not deleted on its store");
+                }
+            }
+            tracing::info!(region_id, store_id, peer_id = peer.id, "replica removed");
+            Ok((self.route(region, leader), true))
+        })
+        .await
     }
 
     /// Hands `region_id`'s leadership to its replica on `store_id`.
@@ -279,20 +325,26 @@ impl PdService {
         region_id: u64,
         store_id: u64,
     ) -> Result<RegionRoute, PdError> {
-        let _guard = self.admin_lock.lock().await;
-        let (region, leader) = self.region_and_leader(region_id).await?;
-        let to = peer_on(&region, store_id)?;
-        if !voter(&to) {
-            return Err(PdError::FailedPrecondition(format!(
-                "replica {} of region {region_id} is a learner",
-                to.id
-            )));
-        }
-        if leader.id != store_id {
-            self.transfer(&region, &leader, &to).await?;
-        }
-        let store = self.cluster.get_store(store_id).await?;
-        Ok(self.route(region, store))
+        let source = "by hand";
+        self.operate("transfer-leader", region_id, store_id, source, async |op| {
+            let (region, leader) = self.region_and_leader(region_id).await?;
+            let to = peer_on(&region, store_id)?;
+            if !voter(&to) {
+                return Err(PdError::FailedPrecondition(format!(
+                    "replica {} of region {region_id} is a learner",
+                    to.id
+                )));
+            }
+            if leader.id != store_id {
+                op.step(format!("handing the leadership to store {store_id}"));
+                self.transfer(&region, &leader, &to).await?;
+            } else {
+                op.skip(format!("store {store_id} already leads"));
+            }
+            let store = self.cluster.get_store(store_id).await?;
+            Ok(self.route(region, store))
+        })
+        .await
     }
 
     /// Hands `region_id`'s leadership from store `from` to its voter on
@@ -305,15 +357,22 @@ impl PdService {
         from: u64,
         to: u64,
     ) -> Result<bool, PdError> {
-        let _guard = self.admin_lock.lock().await;
-        let (region, leader) = self.region_and_leader(region_id).await?;
-        match region.peers.iter().find(|p| p.store_id == to) {
-            Some(peer) if leader.id == from && voter(peer) => {
-                self.transfer(&region, &leader, peer).await?;
-                Ok(true)
+        let source = "checker";
+        self.operate("transfer-leader", region_id, to, source, async |op| {
+            let (region, leader) = self.region_and_leader(region_id).await?;
+            match region.peers.iter().find(|p| p.store_id == to) {
+                Some(peer) if leader.id == from && voter(peer) => {
+                    op.step(format!("handing the leadership to store {to}"));
+                    self.transfer(&region, &leader, peer).await?;
+                    Ok(true)
+                }
+                _ => {
+                    op.skip("the leader or the target changed since the plan");
+                    Ok(false)
+                }
             }
-            _ => Ok(false),
-        }
+        })
+        .await
     }
 
     async fn transfer(&self, region: &Region, leader: &Store, to: &Peer) -> Result<(), PdError> {

@@ -28,6 +28,8 @@ pub struct PdService {
     pub(crate) cluster: Arc<Cluster>,
     /// Serializes admin operations (splits and replica operators).
     pub(crate) admin_lock: Arc<Mutex<()>>,
+    /// What the operators are doing and have done.
+    pub(crate) operators: Arc<crate::oplog::OperatorLog>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// How PD connects to stores over TLS (`None`: plaintext).
     tls: Option<rdb_proto::tls::ClientTls>,
@@ -41,6 +43,7 @@ impl PdService {
             cluster: node.cluster.clone(),
             node,
             admin_lock: Arc::default(),
+            operators: Arc::default(),
             channels: Arc::default(),
             tls,
         }
@@ -73,80 +76,95 @@ impl PdService {
     /// one peer id per replica.
     pub async fn split(&self, req: SplitRegionRequest) -> Result<SplitRegionResponse, PdError> {
         check_key(&req.split_key).map_err(PdError::InvalidArgument)?;
-        let _guard = self.admin_lock.lock().await;
-        let route = self.cluster.region_by_key(&req.split_key).await?;
-        let region = route.region.unwrap_or_default();
-        if region.start_key == req.split_key {
-            return Err(PdError::InvalidArgument(format!(
-                "key {} is already the start of region {}",
-                rdb_proto::region::display_key(&req.split_key),
-                region.id
-            )));
-        }
-        let leader = route.leader.ok_or_else(|| {
-            PdError::FailedPrecondition(format!(
-                "the leader of region {} (store {}) is unknown",
-                region.id, region.store_id
-            ))
-        })?;
-        let new_region_id = self.cluster.alloc_id().await?;
-        let mut new_peer_ids = Vec::with_capacity(region.peers.len());
-        for _ in 0..region.peers.len().max(1) {
-            new_peer_ids.push(self.cluster.alloc_id().await?);
-        }
-        let mut admin = self.admin_client(&leader).await?;
-        let resp = admin
-            .apply_split(ApplySplitRequest {
-                region_id: region.id,
-                epoch: region.epoch,
-                split_key: req.split_key.clone(),
-                new_region_id,
-                new_peer_ids,
-            })
+        // The region as PD sees it now, for the operator log (re-read under
+        // the operator lock).
+        let logged = self
+            .cluster
+            .region_by_key(&req.split_key)
             .await
-            .map_err(|s| {
-                PdError::StoreFailed(format!(
-                    "store {} failed to split region {}: {}",
-                    leader.id,
-                    region.id,
-                    s.message()
+            .ok()
+            .and_then(|r| r.region)
+            .map_or(0, |r| r.id);
+        self.operate("split", logged, 0, "by hand", async |op| {
+            let route = self.cluster.region_by_key(&req.split_key).await?;
+            let region = route.region.unwrap_or_default();
+            if region.start_key == req.split_key {
+                return Err(PdError::InvalidArgument(format!(
+                    "key {} is already the start of region {}",
+                    rdb_proto::region::display_key(&req.split_key),
+                    region.id
+                )));
+            }
+            let leader = route.leader.ok_or_else(|| {
+                PdError::FailedPrecondition(format!(
+                    "the leader of region {} (store {}) is unknown",
+                    region.id, region.store_id
                 ))
-            })?
-            .into_inner();
-        if let Some(e) = resp.region_error {
-            return Err(PdError::FailedPrecondition(format!(
-                "store {} refused to split region {}: {}",
-                leader.id, region.id, e.message
-            )));
-        }
-        let (Some(mut left), Some(mut right)) = (resp.left, resp.right) else {
-            return Err(PdError::StoreFailed(
-                "store answered the split without regions".into(),
+            })?;
+            let new_region_id = self.cluster.alloc_id().await?;
+            let mut new_peer_ids = Vec::with_capacity(region.peers.len());
+            for _ in 0..region.peers.len().max(1) {
+                new_peer_ids.push(self.cluster.alloc_id().await?);
+            }
+            op.step(format!(
+                "splitting region {} at its leader, store {}",
+                region.id, leader.id
             ));
-        };
-        left.store_id = leader.id;
-        right.store_id = leader.id;
-        self.cluster
-            .update_regions(vec![left.clone(), right.clone()])
-            .await?;
-        tracing::info!(
-            region_id = region.id,
-            new_region_id,
-            store_id = leader.id,
-            "region split"
-        );
-        Ok(SplitRegionResponse {
-            left: Some(RegionRoute {
-                region: Some(left),
-                leader: Some(leader.clone()),
-                down_peer_ids: Vec::new(),
-            }),
-            right: Some(RegionRoute {
-                region: Some(right),
-                leader: Some(leader),
-                down_peer_ids: Vec::new(),
-            }),
+            let mut admin = self.admin_client(&leader).await?;
+            let resp = admin
+                .apply_split(ApplySplitRequest {
+                    region_id: region.id,
+                    epoch: region.epoch,
+                    split_key: req.split_key.clone(),
+                    new_region_id,
+                    new_peer_ids,
+                })
+                .await
+                .map_err(|s| {
+                    PdError::StoreFailed(format!(
+                        "store {} failed to split region {}: {}",
+                        leader.id,
+                        region.id,
+                        s.message()
+                    ))
+                })?
+                .into_inner();
+            if let Some(e) = resp.region_error {
+                return Err(PdError::FailedPrecondition(format!(
+                    "store {} refused to split region {}: {}",
+                    leader.id, region.id, e.message
+                )));
+            }
+            let (Some(mut left), Some(mut right)) = (resp.left, resp.right) else {
+                return Err(PdError::StoreFailed(
+                    "store answered the split without regions".into(),
+                ));
+            };
+            left.store_id = leader.id;
+            right.store_id = leader.id;
+            self.cluster
+                .update_regions(vec![left.clone(), right.clone()])
+                .await?;
+            tracing::info!(
+                region_id = region.id,
+                new_region_id,
+                store_id = leader.id,
+                "region split"
+            );
+            Ok(SplitRegionResponse {
+                left: Some(RegionRoute {
+                    region: Some(left),
+                    leader: Some(leader.clone()),
+                    down_peer_ids: Vec::new(),
+                }),
+                right: Some(RegionRoute {
+                    region: Some(right),
+                    leader: Some(leader),
+                    down_peer_ids: Vec::new(),
+                }),
+            })
         })
+        .await
     }
 }
 
@@ -347,6 +365,15 @@ impl Pd for PdService {
     ) -> Result<Response<SplitRegionResponse>, Status> {
         self.node.check_serving()?;
         Ok(Response::new(self.split(request.into_inner()).await?))
+    }
+
+    async fn get_operators(
+        &self,
+        _: Request<GetOperatorsRequest>,
+    ) -> Result<Response<GetOperatorsResponse>, Status> {
+        self.node.check_serving()?;
+        let (running, recent) = self.operators.snapshot();
+        Ok(Response::new(GetOperatorsResponse { running, recent }))
     }
 
     async fn drain_store(

@@ -292,4 +292,30 @@ async fn a_drained_store_can_be_stopped_without_any_region_losing_a_replica() {
     }
     client.put(b"after".to_vec(), b"1".to_vec()).await.unwrap();
     flaredb_tests::assert_all_readable(&cluster.client().await, &pairs).await;
+    // PD's operator log shows what the checker did, done.
+    let out = cluster.cli(&["--json", "operators"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recent = j["recent"].as_array().unwrap();
+    let did = |kind: &str| {
+        recent
+            .iter()
+            .any(|o| o["kind"] == kind && o["source"] == "checker" && o["outcome"] == "done")
+    };
+    assert!(
+        did("transfer-leader") && did("add-replica") && did("remove-replica"),
+        "{j}"
+    );
+    assert!(
+        recent
+            .iter()
+            .any(|o| o["kind"] == "remove-replica" && o["store_id"] == id),
+        "{j}"
+    );
+    let text = cluster.cli(&["operators"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("remove-replica"));
 }

@@ -70,6 +70,47 @@ fn store_line(s: &rdb_client::Store) -> String {
     )
 }
 
+/// Lists PD's operators.
+pub async fn operators(client: &Client, out: &Out) -> Result<(), Failure> {
+    let ops = client.operators().await?;
+    let j = |o: &rdb_proto::v1::OperatorStatus| {
+        json!({"id": o.id, "kind": o.kind, "region_id": o.region_id, "store_id": o.store_id,
+            "source": o.source, "step": o.step, "started_ms": o.started_ms,
+            "finished_ms": o.finished_ms, "outcome": o.outcome})
+    };
+    out.print(
+        json!({"running": ops.running.iter().map(j).collect::<Vec<_>>(),
+            "recent": ops.recent.iter().map(j).collect::<Vec<_>>()}),
+        || {
+            let mut t = format!(
+                "{:<5} {:<16} {:<7} {:<6} {:<9} {:<9} STEP / OUTCOME",
+                "ID", "KIND", "REGION", "STORE", "SOURCE", "SECS"
+            );
+            for o in ops.running.iter().chain(&ops.recent) {
+                let end = if o.finished_ms == 0 {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                } else {
+                    o.finished_ms
+                };
+                let secs = end.saturating_sub(o.started_ms) as f64 / 1000.0;
+                let what = if o.outcome.is_empty() {
+                    format!("running: {}", o.step)
+                } else {
+                    format!("{} ({})", o.outcome, o.step)
+                };
+                t.push_str(&format!(
+                    "\n{:<5} {:<16} {:<7} {:<6} {:<9} {:<9.1} {}",
+                    o.id, o.kind, o.region_id, o.store_id, o.source, secs, what
+                ));
+            }
+            t
+        },
+    );
+    Ok(())
+}
+
 /// Lists the regions.
 pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
     let routes = client.regions().await?;
