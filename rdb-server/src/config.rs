@@ -43,6 +43,16 @@ pub struct ServerSettings {
     /// copy is answered instead of applied again (at least 120: clients
     /// re-send for at most 60 s, half the shortest window).
     pub dedup_window_secs: u64,
+    /// A region larger than this many bytes (keys and stored values) is
+    /// split by its leader (at least 4096).
+    pub region_split_size: u64,
+    /// A region holding more keys than this is split by its leader (at
+    /// least 10).
+    pub region_split_keys: u64,
+    /// Milliseconds between two checks of a leader's regions for a split
+    /// (each region only if it was written since its last check); 0: no
+    /// automatic splits.
+    pub split_check_interval_ms: u64,
     /// Seconds open requests and streams get to finish at shutdown.
     pub shutdown_grace_secs: u64,
     /// Log line format on stderr.
@@ -67,6 +77,9 @@ impl Default for ServerSettings {
             raft_election_timeout_ms: 800,
             sync: true,
             dedup_window_secs: 600,
+            region_split_size: 96 << 20,
+            region_split_keys: 960_000,
+            split_check_interval_ms: 10_000,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
             security: Security::default(),
@@ -107,6 +120,13 @@ impl ServerSettings {
             return invalid(format!(
                 "dedup-window-secs = {} is too small: at least 120 (rdb-client re-sends a write for up to 60 s)",
                 self.dedup_window_secs
+            ));
+        }
+        if self.region_split_size < 4096 || self.region_split_keys < 10 {
+            return invalid(format!(
+                "region-split-size = {} and region-split-keys = {} are too small: at least 4096 \
+                 bytes and 10 keys",
+                self.region_split_size, self.region_split_keys
             ));
         }
         self.status_socket()?;
@@ -182,6 +202,17 @@ pub struct ServerArgs {
     /// applied again; at least 120 [default: 600].
     #[arg(long, env = "FLAREDB_SERVER_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: Option<u64>,
+    /// Split a region once it holds more than this many bytes (keys and
+    /// stored values) [default: 100663296, 96 MiB].
+    #[arg(long, env = "FLAREDB_SERVER_REGION_SPLIT_SIZE")]
+    pub region_split_size: Option<u64>,
+    /// Split a region once it holds more than this many keys [default: 960000].
+    #[arg(long, env = "FLAREDB_SERVER_REGION_SPLIT_KEYS")]
+    pub region_split_keys: Option<u64>,
+    /// Milliseconds between checks of the regions this store leads for a
+    /// split; 0 turns automatic splits off [default: 10000].
+    #[arg(long, env = "FLAREDB_SERVER_SPLIT_CHECK_INTERVAL_MS")]
+    pub split_check_interval_ms: Option<u64>,
     /// Acknowledge writes before the WAL is fsynced: faster, but an OS crash or
     /// power loss can lose the last acknowledged writes (a process crash cannot).
     #[arg(long, env = "FLAREDB_SERVER_NO_SYNC")]
@@ -237,6 +268,9 @@ impl ServerArgs {
             raft_heartbeat_ms => raft_heartbeat_ms,
             raft_election_timeout_ms => raft_election_timeout_ms,
             dedup_window_secs => dedup_window_secs,
+            region_split_size => region_split_size,
+            region_split_keys => region_split_keys,
+            split_check_interval_ms => split_check_interval_ms,
             shutdown_grace_secs => shutdown_grace_secs,
             log_format => log_format,
             max_key_size => limits.max_key_size,

@@ -142,6 +142,13 @@ pub async fn run(
         node.clone()
             .heartbeat_loop(Duration::from_millis(cfg.heartbeat_ms)),
     );
+    let splits = (cfg.split_check_interval_ms > 0).then(|| {
+        tokio::spawn(node.clone().split_check_loop(split::SplitRules {
+            size: cfg.region_split_size,
+            keys: cfg.region_split_keys,
+            interval: Duration::from_millis(cfg.split_check_interval_ms),
+        }))
+    });
     let metrics = rdb_daemon::metrics::Metrics::new()?;
     let refresh = metrics::register(&metrics, node.clone())?;
     tracing::info!(
@@ -195,6 +202,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(rdb_daemon::net::incoming_batched(listener), shutdown);
     let served = rdb_daemon::net::serve_until(served, deadline).await;
     hb.abort();
+    if let Some(s) = splits {
+        s.abort();
+    }
     node.shutdown().await;
     events.abort();
     drop(status);

@@ -1,6 +1,8 @@
 //! Splitting a region through its Raft log: the leader proposes a split
 //! entry; every replica applies it at the same log index (see
-//! [`crate::peer::RegionMachine`]).
+//! [`crate::peer::RegionMachine`]). Automatic splits: the leader checks its
+//! regions' sizes ([`Node::split_check_loop`]) and asks PD to split the
+//! large ones, which then orders the split as for `rdb-cli split`.
 
 use prost::Message;
 use rdb_proto::v1::{ApplySplitResponse, Region, RegionEpoch};
@@ -79,6 +81,88 @@ impl Node {
             Err(ProposeError::Unknown(m)) => Err(ServerError::Unavailable(format!(
                 "the split of region {region_id} may or may not be applied: {m}"
             ))),
+        }
+    }
+}
+
+/// When the store's leaders check their regions for a split.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitRules {
+    /// Bytes (keys and stored values) past which a region splits.
+    pub size: u64,
+    /// Keys past which a region splits.
+    pub keys: u64,
+    /// Pause between two checks.
+    pub interval: std::time::Duration,
+}
+
+impl Node {
+    /// Checks, every `rules.interval`, each region this store leads and
+    /// that applied entries since its last check; a region past
+    /// `rules.size` bytes or `rules.keys` keys (by half as much again) is
+    /// split at the key where the threshold is reached: this store asks PD,
+    /// which allocates the ids and orders the split through the region's
+    /// log. Runs until the process stops.
+    pub async fn split_check_loop(self: std::sync::Arc<Self>, rules: SplitRules) {
+        // By region: the applied index at its last check.
+        let mut checked: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(rules.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let peers = self.regions().peers();
+            checked.retain(|id, _| peers.iter().any(|p| p.region().id == *id));
+            for p in peers {
+                let st = p.group.status();
+                let region = p.region();
+                if !st.is_leader || checked.get(&region.id) == Some(&st.applied_index) {
+                    continue;
+                }
+                checked.insert(region.id, st.applied_index);
+                let engine = self.engine.clone();
+                let (start, end) = (region.start_key.clone(), region.end_key.clone());
+                let check = tokio::task::spawn_blocking(move || {
+                    engine.split_check(&start, &end, rules.size, rules.keys)
+                })
+                .await;
+                let split_key = match check {
+                    Ok(Ok(c)) => match c.split_key {
+                        Some(k) => {
+                            tracing::info!(
+                                region_id = region.id,
+                                keys = c.keys,
+                                bytes = c.bytes,
+                                split_key = %rdb_proto::region::display_key(&k),
+                                "region too large: asking PD to split it"
+                            );
+                            k
+                        }
+                        None => continue,
+                    },
+                    Ok(Err(e)) => {
+                        tracing::warn!(region_id = region.id, error = %e, "split check failed");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(region_id = region.id, error = %e, "split check stopped");
+                        continue;
+                    }
+                };
+                let asked = self
+                    .pd
+                    .clone()
+                    .split_region(rdb_proto::v1::SplitRegionRequest { split_key })
+                    .await;
+                match asked {
+                    // Checked again after the split applies (its index moves).
+                    Ok(_) => {}
+                    Err(s) => {
+                        // Look again at the next check.
+                        checked.remove(&region.id);
+                        tracing::warn!(region_id = region.id, error = %s.message(), "PD did not split the region");
+                    }
+                }
+            }
         }
     }
 }

@@ -55,6 +55,18 @@ impl Default for EngineOptions {
     }
 }
 
+/// What [`Engine::split_check`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SplitCheck {
+    /// Keys read (all of the range's, unless it stopped early).
+    pub keys: u64,
+    /// Bytes of keys and stored values read.
+    pub bytes: u64,
+    /// The first key of the right half, when the range is large enough to
+    /// split.
+    pub split_key: Option<Vec<u8>>,
+}
+
 /// A piece of an export (see [`Engine::export`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ExportChunk {
@@ -710,6 +722,49 @@ impl Engine {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Where to split `[start, end)` (empty `end`: unbounded) of the data,
+    /// if it is large: reads the entries in key order (from a consistent
+    /// view), adding up keys and bytes (key and stored value), and notes
+    /// the first key at which the running totals have reached `split_bytes`
+    /// or `split_keys`; it stops once they reach half as much again. The
+    /// noted key is the split key only if the range holds that much (so
+    /// the right half keeps at least a third), as TiKV's split checker
+    /// does. Blocking: call it from a blocking thread.
+    pub fn split_check(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        split_bytes: u64,
+        split_keys: u64,
+    ) -> Result<SplitCheck> {
+        let db = &self.inner.db;
+        let cf = data_cf(db)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(start.to_vec());
+        if !end.is_empty() {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        opts.fill_cache(false);
+        let (stop_bytes, stop_keys) = (split_bytes + split_bytes / 2, split_keys + split_keys / 2);
+        let mut check = SplitCheck::default();
+        let mut candidate = None;
+        let mut reached = false;
+        for item in db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
+            let (k, v) = item?;
+            if reached && candidate.is_none() {
+                candidate = Some(k.to_vec());
+            }
+            check.keys += 1;
+            check.bytes += (k.len() + v.len()) as u64;
+            reached = reached || check.bytes >= split_bytes || check.keys >= split_keys;
+            if check.bytes >= stop_bytes || check.keys >= stop_keys {
+                check.split_key = candidate;
+                break;
+            }
+        }
+        Ok(check)
     }
 
     /// Approximate (number of keys, bytes) of user data, from RocksDB's estimates.

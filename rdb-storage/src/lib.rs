@@ -131,7 +131,9 @@ mod writer;
 
 pub use datadir::{DataDir, Identity};
 #[cfg(feature = "engine")]
-pub use engine::{Engine, EngineOptions, Entry, ExportChunk, Queued, ScanOptions, VersionedWrite};
+pub use engine::{
+    Engine, EngineOptions, Entry, ExportChunk, Queued, ScanOptions, SplitCheck, VersionedWrite,
+};
 pub use error::{Result, StorageError};
 pub use op::{
     dedup_scope_prefix, CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp,

@@ -810,3 +810,33 @@ async fn numbered_write(
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn a_split_check_finds_the_key_at_the_split_size_only_in_a_large_enough_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    for i in 0..100u32 {
+        e.write(vec![put(format!("k{i:03}").as_bytes(), &[b'v'; 96])])
+            .await
+            .unwrap();
+    }
+    e.write(vec![put(b"z", b"outside")]).await.unwrap();
+    // About 110 bytes per entry (key, record header, value): 2,000 bytes
+    // are reached within the first 20 keys; the range holds well over
+    // 3,000, so it splits right after them.
+    let c = e.split_check(b"k", b"l", 2_000, 1_000_000).unwrap();
+    let at = c.split_key.clone().expect("a large range splits");
+    let n: u32 = std::str::from_utf8(&at[1..]).unwrap().parse().unwrap();
+    assert!((15..=20).contains(&n), "split at {at:?}");
+    assert!(c.bytes >= 3_000 && c.keys < 100, "{c:?}");
+    // By keys: after the 30th key; the scan stops at 45.
+    let c = e.split_check(b"k", b"l", u64::MAX / 4, 30).unwrap();
+    assert_eq!(c.split_key, Some(b"k030".to_vec()));
+    assert_eq!(c.keys, 45);
+    // Not half as much again past the threshold: no split.
+    let c = e.split_check(b"k", b"l", u64::MAX / 4, 80).unwrap();
+    assert_eq!((c.split_key, c.keys), (None, 100));
+    // An unbounded end reads to the last key.
+    let c = e.split_check(b"k050", b"", u64::MAX / 4, 1_000).unwrap();
+    assert_eq!((c.split_key, c.keys), (None, 51));
+}

@@ -3,7 +3,9 @@
 //! `max-store-down-time`, while clients keep writing and lose nothing; when
 //! it comes back with its old data, its removed replicas are collected, not
 //! served. A store that joins gets its share of replicas and leaderships
-//! while clients' histories stay linearizable.
+//! while clients' histories stay linearizable. A drained store can be
+//! stopped without any region losing a replica. Regions split on their own
+//! as writes grow them, and scans across the new boundaries stay whole.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,4 +320,91 @@ async fn a_drained_store_can_be_stopped_without_any_region_losing_a_replica() {
     );
     let text = cluster.cli(&["operators"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("remove-replica"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_split_on_their_own_as_writes_grow_them_and_scans_stay_whole() {
+    let cluster = TestCluster::start_with(
+        3,
+        &["--patrol-interval-ms".into(), "200".into()],
+        &[
+            "--region-split-size".into(),
+            "16384".into(),
+            "--split-check-interval-ms".into(),
+            "300".into(),
+        ],
+    );
+    let client = cluster.client().await;
+    client.put(b"k".to_vec(), b"0".to_vec()).await.unwrap();
+    flaredb_tests::wait_for_replicas(&client, 3).await;
+    // Four writers fill the key space with 512-byte values, about 160 KiB
+    // in all; a scanner reads the whole range meanwhile.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..80u32 {
+                    let key = format!("k{:03}-{w}", (i * 37 + w * 11) % 80).into_bytes();
+                    c.put(key.clone(), vec![b'x'; 512]).await.unwrap();
+                    written.push(key);
+                }
+                written
+            })
+        })
+        .collect();
+    let scanner = {
+        let (c, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut scans = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let pairs = c.scan(b"k".to_vec(), b"l".to_vec(), 0).await.unwrap();
+                let keys: Vec<&Vec<u8>> = pairs.iter().map(|p| &p.key).collect();
+                assert!(keys.windows(2).all(|w| w[0] < w[1]), "a scan out of order");
+                scans += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            scans
+        })
+    };
+    let mut all = BTreeSet::new();
+    for w in writers {
+        all.extend(w.await.unwrap());
+    }
+    all.insert(b"k".to_vec());
+    // Split more than once, on their own.
+    let split = eventually(300, Duration::from_millis(100), || {
+        let c = client.clone();
+        async move {
+            c.clear_region_cache();
+            let n = c.regions().await.ok()?.len();
+            (n >= 4).then_some(n)
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    assert!(scanner.await.unwrap() > 0);
+    let regions = split.expect("the region split at least three times");
+    // A scan across every new boundary returns every key, in order.
+    let pairs = client.scan(b"k".to_vec(), b"l".to_vec(), 0).await.unwrap();
+    let keys: Vec<Vec<u8>> = pairs.into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        all.into_iter().collect::<Vec<_>>(),
+        "{regions} regions"
+    );
+    // No split was asked by hand: the leaders asked for them.
+    let asked: usize = cluster
+        .stores
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(s.dir.with_extension("log"))
+                .unwrap_or_default()
+                .matches("region too large: asking PD to split it")
+                .count()
+        })
+        .sum();
+    assert!(asked >= 3, "{asked} automatic splits asked");
+    flaredb_tests::wait_for_replicas(&client, 3).await;
 }
