@@ -389,9 +389,7 @@ impl Cluster {
                 .iter()
                 .filter(|r| {
                     st.regions.get(&r.id).is_none_or(|known| {
-                        !known
-                            .epoch_or_default()
-                            .is_newer_than(&r.epoch_or_default())
+                        r.epoch_or_default().is_at_least(&known.epoch_or_default())
                     })
                 })
                 .map(|r| r.encode_to_vec())
@@ -741,10 +739,10 @@ fn adopt(
     let news = |r: &Region| {
         r.store_id == store_id
             && r.id != 0
-            && st.regions.get(&r.id).is_none_or(|known| {
-                r.epoch_or_default()
-                    .is_newer_than(&known.epoch_or_default())
-            })
+            && st
+                .regions
+                .get(&r.id)
+                .is_none_or(|known| r.epoch_or_default().supersedes(&known.epoch_or_default()))
     };
     if !regions.iter().any(news) {
         return (Vec::new(), Vec::new(), Vec::new());
@@ -760,7 +758,7 @@ fn adopt(
         }
         let epoch = r.epoch_or_default();
         if let Some(known) = view.get(&r.id) {
-            if !epoch.is_newer_than(&known.epoch_or_default()) {
+            if !epoch.supersedes(&known.epoch_or_default()) {
                 continue;
             }
         }
@@ -1208,6 +1206,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.region_by_key(b"z").await.unwrap().leader.unwrap().id, 2);
+        // A report stale in one component (a later version, an older
+        // membership) is ignored, component by component.
+        c.heartbeat(2, vec![region(12, b"m", b"", 3, 1, 2)])
+            .await
+            .unwrap();
+        let epoch = |c: RegionRoute| c.region.unwrap().epoch.unwrap();
+        assert_eq!(epoch(c.region_by_id(12).await.unwrap()).conf_ver, 2);
+        assert_eq!(epoch(c.region_by_id(12).await.unwrap()).version, 2);
         // A store reporting a region on another store is ignored.
         c.heartbeat(1, vec![region(12, b"m", b"", 9, 9, 2)])
             .await

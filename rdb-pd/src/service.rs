@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdb_proto::limits::{check_key, check_range};
 use rdb_proto::v1::pd_server::Pd;
@@ -16,6 +16,10 @@ use crate::cluster::Cluster;
 use crate::error::PdError;
 use crate::node::PdNode;
 use crate::tso::Tso;
+
+/// How long a split refused by the region's leader (its leadership or
+/// epoch moving) is asked again.
+const SPLIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Timeout of a call from PD to a store.
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,55 +90,72 @@ impl PdService {
             .and_then(|r| r.region)
             .map_or(0, |r| r.id);
         self.operate("split", logged, 0, "by hand", async |op| {
-            let route = self.cluster.region_by_key(&req.split_key).await?;
-            let region = route.region.unwrap_or_default();
-            if region.start_key == req.split_key {
-                return Err(PdError::InvalidArgument(format!(
-                    "key {} is already the start of region {}",
-                    rdb_proto::region::display_key(&req.split_key),
-                    region.id
-                )));
-            }
-            let leader = route.leader.ok_or_else(|| {
-                PdError::FailedPrecondition(format!(
-                    "the leader of region {} (store {}) is unknown",
-                    region.id, region.store_id
-                ))
-            })?;
-            let new_region_id = self.cluster.alloc_id().await?;
-            let mut new_peer_ids = Vec::with_capacity(region.peers.len());
-            for _ in 0..region.peers.len().max(1) {
-                new_peer_ids.push(self.cluster.alloc_id().await?);
-            }
-            op.step(format!(
-                "splitting region {} at its leader, store {}",
-                region.id, leader.id
-            ));
-            let mut admin = self.admin_client(&leader).await?;
-            let resp = admin
-                .apply_split(ApplySplitRequest {
-                    region_id: region.id,
-                    epoch: region.epoch,
-                    split_key: req.split_key.clone(),
-                    new_region_id,
-                    new_peer_ids,
-                })
-                .await
-                .map_err(|s| {
-                    PdError::StoreFailed(format!(
-                        "store {} failed to split region {}: {}",
-                        leader.id,
-                        region.id,
-                        s.message()
+            let deadline = Instant::now() + SPLIT_RETRY;
+            let (resp, region, leader, new_region_id) = loop {
+                let route = self.cluster.region_by_key(&req.split_key).await?;
+                let region = route.region.unwrap_or_default();
+                if region.start_key == req.split_key {
+                    return Err(PdError::InvalidArgument(format!(
+                        "key {} is already the start of region {}",
+                        rdb_proto::region::display_key(&req.split_key),
+                        region.id
+                    )));
+                }
+                let leader = route.leader.ok_or_else(|| {
+                    PdError::FailedPrecondition(format!(
+                        "the leader of region {} (store {}) is unknown",
+                        region.id, region.store_id
                     ))
-                })?
-                .into_inner();
-            if let Some(e) = resp.region_error {
-                return Err(PdError::FailedPrecondition(format!(
-                    "store {} refused to split region {}: {}",
-                    leader.id, region.id, e.message
-                )));
-            }
+                })?;
+                let new_region_id = self.cluster.alloc_id().await?;
+                let mut new_peer_ids = Vec::with_capacity(region.peers.len());
+                for _ in 0..region.peers.len().max(1) {
+                    new_peer_ids.push(self.cluster.alloc_id().await?);
+                }
+                op.step(format!(
+                    "splitting region {} at its leader, store {}",
+                    region.id, leader.id
+                ));
+                let mut admin = self.admin_client(&leader).await?;
+                let resp = admin
+                    .apply_split(ApplySplitRequest {
+                        region_id: region.id,
+                        epoch: region.epoch,
+                        split_key: req.split_key.clone(),
+                        new_region_id,
+                        new_peer_ids,
+                    })
+                    .await
+                    .map_err(|s| {
+                        PdError::StoreFailed(format!(
+                            "store {} failed to split region {}: {}",
+                            leader.id,
+                            region.id,
+                            s.message()
+                        ))
+                    })?
+                    .into_inner();
+                match resp.region_error {
+                    // Its leadership or membership is moving (a leader just
+                    // handed over, an epoch PD has not heard of yet): ask again
+                    // with PD's newer picture, for a while.
+                    Some(e) if Instant::now() < deadline => {
+                        op.step(format!(
+                            "store {} refused to split region {} ({}); asking again",
+                            leader.id, region.id, e.message
+                        ));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Some(e) => {
+                        return Err(PdError::FailedPrecondition(format!(
+                            "store {} refused to split region {}: {}",
+                            leader.id, region.id, e.message
+                        )))
+                    }
+                    None => break (resp, region, leader, new_region_id),
+                }
+            };
             let (Some(mut left), Some(mut right)) = (resp.left, resp.right) else {
                 return Err(PdError::StoreFailed(
                     "store answered the split without regions".into(),

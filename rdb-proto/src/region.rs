@@ -43,10 +43,13 @@ impl Region {
 }
 
 impl RegionEpoch {
-    /// Whether `self` is strictly newer than `other`: a higher version, or
-    /// the same version and a higher conf_ver.
-    pub fn is_newer_than(&self, other: &RegionEpoch) -> bool {
-        (self.version, self.conf_ver) > (other.version, other.conf_ver)
+    /// Whether `self` is a later state of the region than `other`: it has
+    /// seen every change `other` has ([`is_at_least`](Self::is_at_least))
+    /// and more. Compared component by component, as PD does with TiKV's
+    /// region heartbeats: a report with a higher version but a lower
+    /// conf_ver (or the reverse) supersedes nothing, it is stale in part.
+    pub fn supersedes(&self, other: &RegionEpoch) -> bool {
+        self.is_at_least(other) && self != other
     }
 
     /// Whether `self` has seen every change `other` has: neither its version
@@ -109,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn epoch_order_is_version_then_conf_ver() {
+    fn an_epoch_supersedes_another_only_component_by_component() {
         let a = RegionEpoch {
             version: 2,
             conf_ver: 1,
@@ -118,10 +121,9 @@ mod tests {
             version: 1,
             conf_ver: 5,
         };
-        assert!(a.is_newer_than(&b));
-        assert!(!b.is_newer_than(&a));
-        assert!(!a.is_newer_than(&a));
-        // Newer by the order, but it has not seen b's membership changes.
+        // A later split, but it has not seen b's membership changes.
+        assert!(!a.supersedes(&b) && !b.supersedes(&a));
+        assert!(!a.supersedes(&a));
         assert!(!a.is_at_least(&b) && !b.is_at_least(&a));
         assert!(a.is_at_least(&a));
         let later = RegionEpoch {
@@ -129,5 +131,6 @@ mod tests {
             conf_ver: 5,
         };
         assert!(later.is_at_least(&a) && later.is_at_least(&b));
+        assert!(later.supersedes(&a) && later.supersedes(&b));
     }
 }
