@@ -128,6 +128,7 @@ pub async fn run(
             node_id,
             timing: cfg.timing(),
             snapshot_every: 1000,
+            lease_on_demand: false,
         },
         engine.clone(),
         meta.clone(),

@@ -565,6 +565,7 @@ pub(crate) async fn single_member_for_tests(dir: &std::path::Path) -> (Arc<Meta>
             node_id: 1,
             timing: rdb_raft::Timing::default(),
             snapshot_every: 1000,
+            lease_on_demand: false,
         },
         engine,
         meta.clone(),

@@ -184,6 +184,14 @@ pub struct GroupConfig {
     /// A snapshot is taken every this many applied entries; the log keeps
     /// this many entries behind the snapshot too.
     pub snapshot_every: u64,
+    /// Keep the leader's lease only while it is asked for: the rounds that
+    /// extend it run only within two election timeouts of the last
+    /// [`Group::lease_holds`] or [`Group::lease_valid`] call, so an idle
+    /// leader sends nothing beyond openraft's heartbeats; the first read
+    /// after a quiet spell confirms the leadership with a round of its own
+    /// ([`Group::ensure_leader`]). For the regions; PD, which serves
+    /// timestamps from its lease, keeps it always.
+    pub lease_on_demand: bool,
 }
 
 /// A member's view of its group, published whenever it changes.
@@ -228,10 +236,16 @@ struct Lease {
     /// A term whose leadership this member is handing over: no lease in it
     /// any more (a transfer lets the target be elected inside the lease).
     given_up: AtomicU64,
+    /// When the lease was last asked for (nanoseconds since `base`).
+    wanted_ns: AtomicU64,
 }
 
 impl Lease {
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
     fn valid(&self, term: u64) -> bool {
+        self.wanted_ns.store(self.now_ns(), Ordering::Relaxed);
         self.term.load(Ordering::Acquire) == term
             && self.given_up.load(Ordering::Acquire) != term
             && (self.base.elapsed().as_nanos() as u64) < self.until_ns.load(Ordering::Acquire)
@@ -341,9 +355,16 @@ impl Group {
             term: AtomicU64::new(0),
             until_ns: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
+            wanted_ns: AtomicU64::new(0),
         });
         tokio::spawn(publish_status(raft.metrics(), tx));
-        tokio::spawn(keep_lease(raft.clone(), status.clone(), lease.clone(), t));
+        tokio::spawn(keep_lease(
+            raft.clone(),
+            status.clone(),
+            lease.clone(),
+            t,
+            config.lease_on_demand,
+        ));
         Ok(Group {
             raft,
             config: Arc::new(config),
@@ -687,7 +708,14 @@ async fn publish_status(
 
 /// While this member leads, confirms its leadership every heartbeat
 /// interval and extends the lease from the start of each confirmed round.
-async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Lease>, t: Timing) {
+async fn keep_lease(
+    raft: Raft,
+    status: watch::Receiver<Status>,
+    lease: Arc<Lease>,
+    t: Timing,
+    on_demand: bool,
+) {
+    let idle_after = (2 * t.election_max).as_nanos() as u64;
     let metrics = raft.metrics();
     let mut tick = tokio::time::interval(t.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -707,6 +735,15 @@ async fn keep_lease(raft: Raft, status: watch::Receiver<Status>, lease: Arc<Leas
         }
         if !is_leader {
             lease.clear();
+            continue;
+        }
+        if on_demand
+            && lease
+                .now_ns()
+                .saturating_sub(lease.wanted_ns.load(Ordering::Relaxed))
+                > idle_after
+        {
+            // Nobody read from this leader lately: let the lease lapse.
             continue;
         }
         let started = Instant::now();

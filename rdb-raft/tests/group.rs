@@ -84,6 +84,7 @@ async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener
             node_id: id,
             timing: timing(),
             snapshot_every: 20,
+            lease_on_demand: true,
         },
         engine.clone(),
         sum.clone(),
@@ -167,6 +168,23 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
         n.group.initialize(initial.clone()).await.unwrap();
     }
     let l = leader(&nodes).await;
+    // The lease is kept on demand: after two election timeouts without
+    // anyone asking for it, it lapses (no rounds for an idle leader); asked
+    // for again, it is renewed within a heartbeat or two.
+    let g = &nodes[l].as_ref().unwrap().group;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        g.is_leader() && !g.lease_holds(),
+        "an idle leader's lease lapses"
+    );
+    let renewed = async {
+        while !g.lease_holds() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), renewed)
+        .await
+        .expect("the lease is renewed once asked for");
     let mut total = 0;
     for i in 1..=50u64 {
         let answer = nodes[l]

@@ -292,6 +292,7 @@ impl Node {
                 node_id: peer_id,
                 timing: self.raft.timing,
                 snapshot_every: self.raft.snapshot_every,
+                lease_on_demand: true,
             },
             self.engine.clone(),
             machine.clone(),
