@@ -549,6 +549,15 @@ impl Cluster {
                     continue;
                 }
             }
+            // A learner on a dead store never catches up: it goes.
+            if let Some(l) = r.peers.iter().find(|p| !is_voter(p) && dead(p.store_id)) {
+                fixes.push(ReplicaFix::Remove {
+                    region_id: r.id,
+                    store_id: l.store_id,
+                    voters,
+                });
+                continue;
+            }
             let add_up_to = if voters < want {
                 // A learner left behind by an operator that stopped halfway
                 // (its PD leader died) is promoted before any replica is added.
@@ -560,6 +569,7 @@ impl Cluster {
                     fixes.push(ReplicaFix::Promote {
                         region_id: r.id,
                         store_id: l.store_id,
+                        voters,
                     });
                     continue;
                 }
@@ -690,12 +700,17 @@ pub struct ReplicaRules {
 /// One step of the replica checker for one region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaFix {
-    /// Promote the region's learner on `store_id` to a voter.
+    /// Promote the region's learner on `store_id` to a voter; if it cannot
+    /// be (it did not catch up), remove it (a fresh replica is added on
+    /// the next round).
     Promote {
         /// The region.
         region_id: u64,
         /// The learner's store.
         store_id: u64,
+        /// The voters the region has: the learner is not removed if that
+        /// changed.
+        voters: usize,
     },
     /// Add a replica on the first of `stores` that takes it (best first).
     Add {
@@ -706,8 +721,8 @@ pub enum ReplicaFix {
         /// The voters the region should have: nothing is added once it has them.
         voters: usize,
     },
-    /// Remove the region's voter on `store_id` (the region has one more
-    /// than `max-replicas`).
+    /// Remove the region's replica on `store_id`: a voter when the region
+    /// has one more than `max-replicas`, or a learner on a dead store.
     Remove {
         /// The region.
         region_id: u64,
@@ -946,7 +961,8 @@ mod tests {
             c.replica_fixes(&rules(3))[0],
             ReplicaFix::Promote {
                 region_id: 10,
-                store_id: 3
+                store_id: 3,
+                voters: 1
             }
         );
     }
@@ -1009,9 +1025,28 @@ mod tests {
             version: 1,
             conf_ver: 7,
         });
-        c.heartbeat(1, vec![r]).await.unwrap();
+        c.heartbeat(1, vec![r.clone()]).await.unwrap();
         silent_for(4, 100);
         assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        // A learner on a dead store (an addition cut short) goes.
+        r.peers.push(Peer {
+            id: 104,
+            store_id: 4,
+            role: PeerRole::Learner as i32,
+        });
+        r.epoch = Some(RegionEpoch {
+            version: 1,
+            conf_ver: 8,
+        });
+        c.heartbeat(1, vec![r]).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 4,
+                voters: 3
+            }]
+        );
     }
 
     #[tokio::test]

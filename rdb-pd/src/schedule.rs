@@ -4,8 +4,9 @@
 //! grows as stores join), and replaces the replicas of stores silent for
 //! `max-store-down-time` (dead). Each fix is an operator of
 //! [`crate::operator`] (one at a time, behind the same lock as the ones run
-//! by hand): promote a learner left halfway, add a replica on the store
-//! holding the fewest, remove an extra replica (a dead one once it has its
+//! by hand): promote a learner left halfway (or remove it if it does not
+//! catch up, or sits on a dead store), add a replica on the store holding
+//! the fewest, remove an extra replica (a dead one once it has its
 //! replacement), and, when every region is whole, balance replicas and
 //! leaderships across the stores that are up.
 
@@ -48,9 +49,19 @@ async fn apply(svc: &PdService, fix: ReplicaFix) {
         ReplicaFix::Promote {
             region_id,
             store_id,
+            voters,
         } => {
-            if let Err(e) = svc.promote_replica(region_id, store_id).await {
-                tracing::warn!(region_id, store_id, error = %e, "replica checker: promoting a learner failed");
+            let Err(e) = svc.promote_replica(region_id, store_id).await else {
+                return;
+            };
+            // It did not catch up (its replica may be gone from its store):
+            // a fresh one is added next round.
+            tracing::warn!(region_id, store_id, error = %e, "replica checker: promoting a learner failed; removing it");
+            if let Err(e) = svc
+                .remove_replica_of(region_id, store_id, Some(voters))
+                .await
+            {
+                tracing::warn!(region_id, store_id, error = %e, "replica checker: removing a learner failed");
             }
         }
         ReplicaFix::Remove {

@@ -222,7 +222,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut ops = Vec::new();
         let mut written = Vec::new();
         let mut new = Vec::new();
+        #[cfg(feature = "failpoints")]
+        let mut membership = false;
         for e in entries {
+            #[cfg(feature = "failpoints")]
+            {
+                membership |= openraft::entry::RaftEntry::get_membership(&e).is_some();
+            }
             ops.push(WriteOp::PutRaft {
                 key: key(self.group, ENTRY, Some(e.log_id.index())),
                 value: encode(&e).map_err(io_err)?,
@@ -253,7 +259,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }
                 }
             }
-            callback.io_completed(res.map(|_| ()).map_err(io_err));
+            let res = res.map(|_| ()).map_err(io_err);
+            // Test builds only: a membership change reported durable this
+            // many milliseconds late (it is committed and applied late, so
+            // a new learner's snapshot is taken before it).
+            #[cfg(feature = "failpoints")]
+            if let Some(ms) = membership
+                .then(|| fail::eval("membership-flush-delay", |a| a?.parse::<u64>().ok()))
+                .flatten()
+                .flatten()
+            {
+                tracing::warn!(ms, "failpoint membership-flush-delay: delaying");
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    callback.io_completed(res);
+                });
+                return;
+            }
+            callback.io_completed(res);
         };
         let write = VersionedWrite {
             ops,

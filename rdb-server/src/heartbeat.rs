@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdb_proto::v1::{GetRegionByIdRequest, RegionStat, StoreHeartbeatRequest};
+use rdb_proto::v1::{GetRegionByIdRequest, Region, RegionStat, StoreHeartbeatRequest};
 
 use crate::error::{Result, ServerError};
 use crate::node::Node;
@@ -67,16 +67,16 @@ impl Node {
         Ok(())
     }
 
-    /// Deletes the replicas here that their regions no longer have: those
-    /// whose own applied membership leaves them out (their removal was
-    /// applied here, but not the `DestroyPeer` that follows it), and those
-    /// PD knows a later membership of that leaves them out (removed while
-    /// this store was down: they never hear of it from their group).
-    /// Replicas not yet initialized (waiting for their first snapshot) and
-    /// leaders are left alone. PD's record only moves after a change is
-    /// applied by the region's replicas, and a replica added by a change
-    /// holds that change before it is initialized, so a replica PD does not
-    /// list yet always has a membership at or above PD's.
+    /// Deletes the replicas here that their regions no longer have. A
+    /// replica is removed once a membership after the one it joined
+    /// leaves it out: every later membership includes it until its
+    /// removal (see [`crate::operator::AddedPeer`]). Two views are asked:
+    /// its own applied membership (its removal was applied here, but not
+    /// the `DestroyPeer` that follows it), and PD's (removed while this
+    /// store was down, it never hears of it from its group; or created for
+    /// an addition that never happened). A replica that holds a
+    /// membership at or before the one it joined (a snapshot from just
+    /// before its addition) is left alone, and so are leaders.
     pub async fn collect_removed_replicas(&self) -> Result<()> {
         let peers = self.regions().peers();
         for p in peers {
@@ -84,11 +84,9 @@ impl Node {
                 continue;
             }
             let local = p.region();
-            if local.peers.is_empty() {
-                continue;
-            }
             let me = p.group.node_id();
-            let removed = if !local.peers.iter().any(|x| x.id == me) {
+            let leaves_me_out = |r: &Region| leaves_out(r, me, p.joined_after);
+            let removed = if !local.peers.is_empty() && leaves_me_out(&local) {
                 true
             } else {
                 let route = self
@@ -101,13 +99,9 @@ impl Node {
                     .map_err(|s| ServerError::remote("region lookup", &s))?
                     .into_inner()
                     .route;
-                match route.and_then(|r| r.region) {
-                    Some(now) => {
-                        now.epoch_or_default().conf_ver > local.epoch_or_default().conf_ver
-                            && !now.peers.iter().any(|x| x.id == me)
-                    }
-                    None => false,
-                }
+                route
+                    .and_then(|r| r.region)
+                    .is_some_and(|now| leaves_me_out(&now))
             };
             if removed {
                 tracing::info!(
@@ -157,5 +151,56 @@ impl Node {
                 Err(e) => tracing::debug!(error = %e, "heartbeat to PD failed"),
             }
         }
+    }
+}
+
+/// Whether membership `r` tells that replica `me`, added after conf_ver
+/// `joined_after` (0: a member from the region's creation), was removed:
+/// it is a later membership and leaves `me` out.
+fn leaves_out(r: &Region, me: u64, joined_after: u64) -> bool {
+    r.epoch_or_default().conf_ver > joined_after && !r.peers.iter().any(|x| x.id == me)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdb_proto::v1::{Peer, RegionEpoch};
+
+    use super::*;
+
+    fn region(conf_ver: u64, peers: &[u64]) -> Region {
+        Region {
+            id: 2,
+            epoch: Some(RegionEpoch {
+                version: 1,
+                conf_ver,
+            }),
+            peers: peers
+                .iter()
+                .map(|&id| Peer {
+                    id,
+                    store_id: id,
+                    role: 0,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_membership_after_the_one_joined_removes_a_replica() {
+        // Replica 7 was added after conf_ver 4 (its addition made 5).
+        assert!(
+            !leaves_out(&region(4, &[3, 6]), 7, 4),
+            "a snapshot from before its addition"
+        );
+        assert!(!leaves_out(&region(5, &[3, 6, 7]), 7, 4), "its addition");
+        assert!(leaves_out(&region(6, &[3, 6]), 7, 4), "its removal");
+        assert!(
+            leaves_out(&region(5, &[3, 6, 8]), 7, 4),
+            "another addition won: never added"
+        );
+        // A member from the region's creation.
+        assert!(!leaves_out(&region(1, &[1, 2, 3]), 3, 0));
+        assert!(leaves_out(&region(2, &[1, 2]), 3, 0));
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::bootstrap::pending_bootstrap;
 use crate::error::{Result, ServerError};
+use crate::operator::AddedPeer;
 use crate::peer::{load_counter, member, Event, RegionMachine, RegionPeer};
 use crate::regions::{load_regions, put_region_op, RegionMap};
 
@@ -205,24 +206,20 @@ impl Node {
         };
         // Replicas start side by side: a restarted member of a group of
         // several stays quiet for an election timeout first.
-        let pending: Vec<(u64, u64)> = node
-            .engine
-            .scan_meta(crate::operator::PENDING_PREFIX)?
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let id = u64::from_be_bytes(k.get(k.len().checked_sub(8)?..)?.try_into().ok()?);
-                let peer = u64::from_be_bytes(v.as_slice().try_into().ok()?);
-                Some((id, peer))
-            })
-            .filter(|(id, _)| !regions.iter().any(|r| r.id == *id))
-            .collect();
+        // Replicas created to join a group and not filled by a snapshot yet.
+        let mut empty = Vec::new();
+        for (id, added) in node.added_peers()? {
+            if !regions.iter().any(|r| r.id == id) {
+                empty.push((id, added));
+            }
+        }
         let started =
             futures::future::join_all(regions.into_iter().map(|r| node.start_peer(r))).await;
         for s in started {
             s?;
         }
-        for (id, peer) in pending {
-            node.start_empty_peer(id, peer).await?;
+        for (id, added) in empty {
+            node.start_empty_peer(id, added).await?;
         }
         Ok(node)
     }
@@ -241,14 +238,23 @@ impl Node {
     /// with the region's peers: every replica does the same with the same
     /// peers.
     pub async fn start_peer(&self, region: Region) -> Result<()> {
-        let Some(me) = region.peers.iter().find(|p| p.store_id == self.store_id) else {
-            tracing::warn!(
-                region_id = region.id,
-                "region record names no replica on this store: not started"
-            );
-            return Ok(());
+        // An added replica may hold a membership without itself for a
+        // while (a snapshot from just before its addition): its record
+        // names it.
+        let added = self.added_peer(region.id)?;
+        let mine = region.peers.iter().find(|p| p.store_id == self.store_id);
+        let peer_id = match (added, mine) {
+            (Some(a), _) => a.peer_id,
+            (None, Some(me)) => me.id,
+            (None, None) => {
+                tracing::warn!(
+                    region_id = region.id,
+                    "region record names no replica on this store: not started"
+                );
+                return Ok(());
+            }
         };
-        let peer_id = me.id;
+        let joined_after = added.map_or(0, |a| a.after_conf_ver);
         let counter = load_counter(&self.engine, region.id)?;
         let (group, machine) = self.start_group(region.clone(), peer_id, counter).await?;
         let internal = |what: &str, e: rdb_raft::Error| {
@@ -266,8 +272,14 @@ impl Node {
                 .map_err(|e| internal("initializing", e))?;
         }
         tracing::debug!(region_id = region.id, peer_id, "region replica started");
-        self.regions_mut()
-            .insert(region.id, Arc::new(RegionPeer { group, machine }));
+        self.regions_mut().insert(
+            region.id,
+            Arc::new(RegionPeer {
+                group,
+                machine,
+                joined_after,
+            }),
+        );
         Ok(())
     }
 
@@ -304,21 +316,29 @@ impl Node {
         Ok((group, machine))
     }
 
-    /// Starts an empty replica `peer_id` of region `region_id`: a Raft
-    /// member that waits for its leader's snapshot, serving nothing.
-    pub async fn start_empty_peer(&self, region_id: u64, peer_id: u64) -> Result<()> {
+    /// Starts an empty replica of region `region_id` added to its group
+    /// (`added`): a Raft member that waits for its leader's snapshot,
+    /// serving nothing.
+    pub(crate) async fn start_empty_peer(&self, region_id: u64, added: AddedPeer) -> Result<()> {
         let region = Region {
             id: region_id,
             ..Default::default()
         };
+        let peer_id = added.peer_id;
         let (group, machine) = self.start_group(region, peer_id, 0).await?;
         tracing::info!(
             region_id,
             peer_id,
             "empty replica started, waiting for a snapshot"
         );
-        self.regions_mut()
-            .insert(region_id, Arc::new(RegionPeer { group, machine }));
+        self.regions_mut().insert(
+            region_id,
+            Arc::new(RegionPeer {
+                group,
+                machine,
+                joined_after: added.after_conf_ver,
+            }),
+        );
         Ok(())
     }
 

@@ -17,9 +17,53 @@ use crate::node::Node;
 use crate::peer::{member, version_key, RegionPeer};
 use crate::regions::{check_epoch, not_found, record_key, region_meta_key};
 
-/// Prefix of the meta keys of replicas created empty and not filled yet
-/// (by the leader's snapshot): region id → peer id.
-pub(crate) const PENDING_PREFIX: &[u8] = b"pending_peer/";
+/// Prefix of the meta keys of replicas created empty to join an existing
+/// group (region id → [`AddedPeer`]), kept for the replica's life: it is
+/// started empty again after a restart until the leader's snapshot fills
+/// it, and its collection is judged against the membership it joined.
+pub(crate) const ADDED_PREFIX: &[u8] = b"pending_peer/";
+
+/// The record of a replica created empty to join an existing group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AddedPeer {
+    /// The replica's peer id.
+    pub peer_id: u64,
+    /// The conf_ver of the region as PD knew it when the replica was
+    /// created. Its addition is checked against that epoch, so it is the
+    /// next membership change: every membership with a higher conf_ver
+    /// includes the replica until it is removed, and none at or below it
+    /// ever did. The leader's snapshot may predate the addition (a snapshot
+    /// taken just before it), so a replica may hold a membership without
+    /// itself for a moment after it was added.
+    pub after_conf_ver: u64,
+}
+
+impl AddedPeer {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.peer_id.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.after_conf_ver.to_be_bytes());
+        v
+    }
+
+    /// Decodes a record; one of 8 bytes (a peer id alone, written before
+    /// the conf_ver was kept) joined after conf_ver 0.
+    pub(crate) fn decode(raw: &[u8]) -> Result<Self> {
+        let word = |r: &[u8]| rdb_storage::codec::decode_u64(r, "added replica record");
+        match raw.len() {
+            8 => Ok(Self {
+                peer_id: word(raw)?,
+                after_conf_ver: 0,
+            }),
+            16 => Ok(Self {
+                peer_id: word(&raw[..8])?,
+                after_conf_ver: word(&raw[8..])?,
+            }),
+            n => Err(ServerError::Internal(format!(
+                "added replica record: expected 8 or 16 bytes, found {n}"
+            ))),
+        }
+    }
+}
 
 /// Longest wait for a learner to catch up before it is promoted.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
@@ -187,10 +231,11 @@ impl Node {
 
     /// Creates an empty replica `peer_id` of `region_id` here, recorded so
     /// that it is started again after a restart until the leader's
-    /// snapshot fills it. With `region` (PD's view of it), refused while a
-    /// replica of another region here overlaps its range: that replica is
-    /// stale (it missed a split or its own removal), and the snapshot would
-    /// be installed under it; it must catch up or be collected first.
+    /// snapshot fills it. `region` is PD's view of the region: the replica
+    /// joins the membership after it. Refused while a replica of another
+    /// region here overlaps its range: that replica is stale (it missed a
+    /// split or its own removal), and the snapshot would be installed
+    /// under it; it must catch up or be collected first.
     pub async fn create_peer(
         &self,
         region_id: u64,
@@ -202,6 +247,15 @@ impl Node {
                 "region id and peer id must not be 0".into(),
             ));
         }
+        let r = region.ok_or_else(|| {
+            ServerError::InvalidArgument("a new replica needs its region as PD knows it".into())
+        })?;
+        if r.id != region_id {
+            return Err(ServerError::InvalidArgument(format!(
+                "the region given is {}, not {region_id}",
+                r.id
+            )));
+        }
         if let Some(p) = self.regions().get(region_id) {
             return if p.group.node_id() == peer_id {
                 Ok(())
@@ -212,29 +266,55 @@ impl Node {
                 )))
             };
         }
-        if let Some(r) = region {
-            let overlapping = self.regions().regions().into_iter().find(|o| {
-                o.id != region_id && !o.peers.is_empty() && o.overlaps(&r.start_key, &r.end_key)
-            });
-            if let Some(o) = overlapping {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "this store holds a replica of region {} ({}..{}, epoch {}/{}) that overlaps region {region_id}: \
-                     it is stale and must catch up or be collected first",
-                    o.id,
-                    rdb_proto::region::display_key(&o.start_key),
-                    rdb_proto::region::display_key(&o.end_key),
-                    o.epoch_or_default().version,
-                    o.epoch_or_default().conf_ver,
-                )));
-            }
+        let overlapping = self.regions().regions().into_iter().find(|o| {
+            o.id != region_id && !o.peers.is_empty() && o.overlaps(&r.start_key, &r.end_key)
+        });
+        if let Some(o) = overlapping {
+            return Err(ServerError::FailedPrecondition(format!(
+                "this store holds a replica of region {} ({}..{}, epoch {}/{}) that overlaps region {region_id}: \
+                 it is stale and must catch up or be collected first",
+                o.id,
+                rdb_proto::region::display_key(&o.start_key),
+                rdb_proto::region::display_key(&o.end_key),
+                o.epoch_or_default().version,
+                o.epoch_or_default().conf_ver,
+            )));
         }
+        let added = AddedPeer {
+            peer_id,
+            after_conf_ver: r.epoch_or_default().conf_ver,
+        };
         self.engine
             .write(vec![WriteOp::PutMeta {
-                key: record_key(PENDING_PREFIX, region_id),
-                value: peer_id.to_be_bytes().to_vec(),
+                key: record_key(ADDED_PREFIX, region_id),
+                value: added.encode(),
             }])
             .await?;
-        self.start_empty_peer(region_id, peer_id).await
+        self.start_empty_peer(region_id, added).await
+    }
+
+    /// The record of this store's replica of `region_id` if it was added
+    /// to an existing group.
+    pub(crate) fn added_peer(&self, region_id: u64) -> Result<Option<AddedPeer>> {
+        self.engine
+            .get_meta(&record_key(ADDED_PREFIX, region_id))?
+            .map(|raw| AddedPeer::decode(&raw))
+            .transpose()
+    }
+
+    /// Every replica here added to an existing group: region id → record.
+    pub(crate) fn added_peers(&self) -> Result<Vec<(u64, AddedPeer)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.engine.scan_meta(ADDED_PREFIX)? {
+            let id = k
+                .len()
+                .checked_sub(8)
+                .map(|at| rdb_storage::codec::decode_u64(&k[at..], "added replica key"))
+                .transpose()?
+                .ok_or_else(|| ServerError::Internal("added replica key: too short".into()))?;
+            out.push((id, AddedPeer::decode(&v)?));
+        }
+        Ok(out)
     }
 
     /// Deletes replica `peer_id` of `region_id` here: stops its group and
@@ -261,7 +341,7 @@ impl Node {
                 key: version_key(region_id),
             },
             WriteOp::DeleteMeta {
-                key: record_key(PENDING_PREFIX, region_id),
+                key: record_key(ADDED_PREFIX, region_id),
             },
         ]);
         if !region.peers.is_empty() {
@@ -317,6 +397,18 @@ mod tests {
             peers: vec![Default::default()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn added_replica_records_round_trip_and_old_ones_read() {
+        let a = AddedPeer {
+            peer_id: 7,
+            after_conf_ver: 12,
+        };
+        assert_eq!(AddedPeer::decode(&a.encode()).unwrap(), a);
+        let old = AddedPeer::decode(&7u64.to_be_bytes()).unwrap();
+        assert_eq!((old.peer_id, old.after_conf_ver), (7, 0));
+        assert!(AddedPeer::decode(b"short").is_err());
     }
 
     #[test]

@@ -609,9 +609,6 @@ impl BatchMachine for RegionMachine {
         let mut ops = vec![
             put_region_op(&region),
             put_counter_op(region.id, head.counter),
-            WriteOp::DeleteMeta {
-                key: crate::regions::record_key(crate::operator::PENDING_PREFIX, region.id),
-            },
         ];
         ops.extend(marks);
         self.engine.write(ops).await.map_err(storage_err)?;
@@ -620,6 +617,17 @@ impl BatchMachine for RegionMachine {
             region,
             counter: head.counter,
         };
+        // Test builds only: the entries after the snapshot wait this many
+        // milliseconds to be applied.
+        #[cfg(feature = "failpoints")]
+        if let Some(ms) = fail::eval("snapshot-installed-pause", |a| {
+            a.and_then(|a| a.parse::<u64>().ok())
+        })
+        .flatten()
+        {
+            tracing::warn!(ms, "failpoint snapshot-installed-pause: pausing");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         Ok(())
     }
 }
@@ -676,6 +684,10 @@ pub struct RegionPeer {
     pub group: rdb_raft::Group,
     /// Its state machine.
     pub machine: Arc<RegionMachine>,
+    /// The conf_ver its addition to the group followed (see
+    /// [`crate::operator::AddedPeer`]); 0 for a replica its region was
+    /// created with (at bootstrap or a split), a member from the start.
+    pub joined_after: u64,
 }
 
 /// Why a proposal did not give an answer.

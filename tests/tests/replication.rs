@@ -5,6 +5,7 @@
 //! replaced by a replica on a fourth store (`rdb-cli operator`); a replica
 //! added later answers a re-sent write from its exactly-once record; a
 //! snapshot install cut short by a crash finishes at restart; a replica
+//! whose snapshot predates its addition is kept and restarts; a replica
 //! removed while its store was down is collected when the store returns;
 //! stale reads are served by followers, also with the leader paused; no
 //! replica is created under a stale overlapping one; a cluster started with
@@ -541,6 +542,73 @@ async fn a_snapshot_install_cut_short_by_a_crash_finishes_at_restart() {
     let mut all = pairs;
     all.push((b"after".to_vec(), b"1".to_vec()));
     all_readable(&cluster, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_snapshot_predates_its_addition_is_kept_and_restarts() {
+    let mut cluster = TestCluster::start_manual(1);
+    let client = cluster.client().await;
+    let pairs: Vec<_> = (0..20)
+        .map(|i| (format!("p{i:02}").into_bytes(), b"v".to_vec()))
+        .collect();
+    client.batch_put(pairs.clone()).await.unwrap();
+    let region_id = only_region(&client).await.region.unwrap().id;
+    // The leader applies the learner's addition 1 s late, so the snapshot
+    // it sends the learner (its applied state) predates the addition: the
+    // new replica holds a membership without itself until it applies the
+    // entry after the snapshot. It holds it 4 s here (two of its store's
+    // looks for removed replicas), and is killed in the middle.
+    let failpoint = |f: &str| ("FAILPOINTS".to_string(), f.to_string());
+    cluster.stores[0]
+        .env
+        .push(failpoint("membership-flush-delay=return(1000)"));
+    cluster.stores[0].restart();
+    let new = cluster
+        .add_store_with_env(&[failpoint("snapshot-installed-pause=return(4000)")])
+        .id;
+    let idx = cluster.stores.len() - 1;
+    let log = cluster.stores[idx].dir.with_extension("log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let adding = {
+        let c = client.clone();
+        tokio::spawn(async move { c.add_replica(region_id, new).await })
+    };
+    let paused = eventually(300, Duration::from_millis(100), || {
+        let text = read_log();
+        async move {
+            text.contains("failpoint snapshot-installed-pause")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(paused.is_some(), "the new replica installed a snapshot");
+    let text = read_log();
+    let installed = text
+        .lines()
+        .find(|l| l.contains("installed a snapshot"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!installed.is_empty(), "the install is logged: {text}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.stores[idx].env.retain(|(k, _)| k != "FAILPOINTS");
+    cluster.stores[idx].restart();
+    // Restarted, the replica applies its addition and catches up: the
+    // operator, waiting to promote it, finishes.
+    tokio::time::timeout(Duration::from_secs(120), adding)
+        .await
+        .expect("add-replica finished")
+        .unwrap()
+        .expect("add-replica succeeded");
+    let text = read_log();
+    assert!(
+        !text.contains("collecting a replica"),
+        "the new replica was not collected: {text}"
+    );
+    client.transfer_leader(region_id, new).await.unwrap();
+    let region = only_region(&client).await.region.unwrap();
+    assert_eq!(region.store_id, new);
+    assert_eq!(region.peers.len(), 2);
+    all_readable(&cluster, &pairs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
