@@ -134,9 +134,11 @@ pub enum Command {
     },
     /// List the stores with their state.
     Stores,
-    /// List the regions in key order with their replicas (peer id @ store;
-    /// "(l)": a learner, "(down)": its leader has not heard from it for two
-    /// election timeouts) and the store that leads each.
+    /// List the regions in key order with their size and keys as their
+    /// leaders last counted them ("-": not yet; M = MiB, K = KiB), their
+    /// replicas (peer id @ store; "(l)": a learner, "(down)": its leader
+    /// has not heard from it for two election timeouts) and the store that
+    /// leads each.
     Regions,
     /// PD's operators, running and recent (at most 64, newest first): kind,
     /// region, store, who asked (by hand, checker), current or last

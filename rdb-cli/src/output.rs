@@ -44,6 +44,8 @@ impl Out {
             "store_id": region.store_id,
             "store_address": r.leader.as_ref().map(|s| s.address.clone()),
             "leader_store_id": r.leader.as_ref().map(|s| s.id),
+            "approximate_size": r.approximate_size,
+            "approximate_keys": r.approximate_keys,
             "peers": region.peers.iter().map(|p| json!({
                 "id": p.id,
                 "store_id": p.store_id,

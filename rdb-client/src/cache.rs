@@ -102,7 +102,7 @@ mod tests {
                 address: format!("s{id}"),
                 ..Default::default()
             }),
-            down_peer_ids: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -32,8 +32,22 @@ struct IdAlloc {
 struct Liveness {
     heartbeats: HashMap<u64, Instant>,
     since: Instant,
-    /// By region: its leader's store, term, and the peers it reports down.
-    leaders: HashMap<u64, (u64, u64, Vec<u64>)>,
+    /// By region: what its leader last reported.
+    leaders: HashMap<u64, Reported>,
+}
+
+/// What a region's leader last reported of it.
+#[derive(Debug, Clone, Default)]
+struct Reported {
+    /// The leader's store.
+    store: u64,
+    /// Its Raft term.
+    term: u64,
+    /// The peers it reports down.
+    down: Vec<u64>,
+    /// The region's approximate size in bytes and keys (0: not known).
+    size: u64,
+    keys: u64,
 }
 
 /// The cluster metadata, served by the PD leader.
@@ -100,37 +114,52 @@ impl Cluster {
     pub fn follow_leaders(&self, store_id: u64, stats: &[RegionStat]) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for s in stats {
-            let known = live
-                .leaders
-                .get(&s.region_id)
-                .map_or(0, |(_, term, _)| *term);
+            let known = live.leaders.get(&s.region_id).map_or(0, |r| r.term);
             if s.term >= known {
-                let down = s.down_peer_ids.clone();
-                live.leaders.insert(s.region_id, (store_id, s.term, down));
+                live.leaders.insert(
+                    s.region_id,
+                    Reported {
+                        store: store_id,
+                        term: s.term,
+                        down: s.down_peer_ids.clone(),
+                        size: s.approximate_size,
+                        keys: s.approximate_keys,
+                    },
+                );
             }
         }
     }
 
-    /// Records that `store_id` now leads region `region_id` (an operator
-    /// saw the leadership move), above any term known.
-    pub fn set_leader(&self, region_id: u64, store_id: u64) {
+    /// Records that `store_id` leads region `region_id` in Raft term `term`
+    /// (an operator saw the leadership move). Reports of an older term are
+    /// stale from then on. (Guessing the new term as the last one plus one
+    /// was wrong: a term known from an earlier guess, or a report, could
+    /// put the guess above the real term, and the real leader's reports
+    /// were then dropped as stale, its down peers and sizes with them.)
+    pub fn set_leader(&self, region_id: u64, store_id: u64, term: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        // The new leader's term is above the last one reported.
-        let term = live.leaders.get(&region_id).map_or(0, |(_, t, _)| *t);
-        live.leaders
-            .insert(region_id, (store_id, term + 1, Vec::new()));
+        let entry = live.leaders.entry(region_id).or_default();
+        entry.store = store_id;
+        // The term the store answered with; if it gave none (an older
+        // store), the old leader's term: the new leader reports its own,
+        // higher, and a late report of the old leader's is then accepted
+        // as well until it does.
+        entry.term = entry.term.max(term);
+        entry.down.clear();
     }
 
-    /// The store that leads region `r` and the peers it reports down, as
-    /// last reported.
-    fn leader_of(&self, r: &Region) -> (u64, Vec<u64>) {
+    /// What the leader of region `r` last reported (before any report:
+    /// the store its record names, nothing else known).
+    fn leader_of(&self, r: &Region) -> Reported {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .leaders
             .get(&r.id)
-            .map_or((r.store_id, Vec::new()), |(store, _, down)| {
-                (*store, down.clone())
+            .cloned()
+            .unwrap_or_else(|| Reported {
+                store: r.store_id,
+                ..Default::default()
             })
     }
 
@@ -294,9 +323,9 @@ impl Cluster {
             counts.entry(p.store_id).or_default().0 += 1;
         }
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        for (region, (store, _, _)) in &live.leaders {
+        for (region, r) in &live.leaders {
             if st.regions.contains_key(region) {
-                counts.entry(*store).or_default().1 += 1;
+                counts.entry(r.store).or_default().1 += 1;
             }
         }
         counts
@@ -406,13 +435,15 @@ impl Cluster {
     }
 
     fn route(&self, st: &MetaState, r: &Region) -> RegionRoute {
-        let (leader, down_peer_ids) = self.leader_of(r);
+        let reported = self.leader_of(r);
         let mut region = r.clone();
-        region.store_id = leader;
+        region.store_id = reported.store;
         RegionRoute {
             region: Some(region),
-            leader: st.stores.get(&leader).map(|s| self.view_store(s)),
-            down_peer_ids,
+            leader: st.stores.get(&reported.store).map(|s| self.view_store(s)),
+            down_peer_ids: reported.down,
+            approximate_size: reported.size,
+            approximate_keys: reported.keys,
         }
     }
 
@@ -508,7 +539,7 @@ impl Cluster {
             .leaders
             .iter()
             .filter(|(id, _)| st.regions.contains_key(id))
-            .map(|(id, (store, _, _))| (*id, *store))
+            .map(|(id, r)| (*id, r.store))
             .collect();
         // The stores that can take replicas and leaderships: up, not draining.
         let up: Vec<u64> = st
@@ -836,6 +867,47 @@ mod tests {
             })
             .collect();
         c.follow_leaders(store, &stats);
+    }
+
+    #[tokio::test]
+    async fn leaders_reports_are_followed_by_term_from_the_term_a_transfer_saw() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        for id in 1..=2 {
+            c.put_store(store(id)).await.unwrap();
+        }
+        c.bootstrap(1, region(10, b"", b"", 1, 1, 1)).await.unwrap();
+        let report = |store: u64, term: u64, size: u64| {
+            c.follow_leaders(
+                store,
+                &[RegionStat {
+                    region_id: 10,
+                    term,
+                    approximate_size: size,
+                    approximate_keys: size / 10,
+                    ..Default::default()
+                }],
+            )
+        };
+        let seen = |c: &Cluster| {
+            let r = c.leader_of(&region(10, b"", b"", 1, 1, 1));
+            (r.store, r.size, r.keys)
+        };
+        report(1, 3, 100);
+        assert_eq!(seen(&c), (1, 100, 10));
+        // A transfer saw store 2 take over in term 4.
+        c.set_leader(10, 2, 4);
+        assert_eq!(seen(&c).0, 2);
+        // The old leader's late report is stale; the new leader's own, in
+        // the term the transfer saw, is taken.
+        report(1, 3, 100);
+        assert_eq!(seen(&c).0, 2);
+        report(2, 4, 200);
+        assert_eq!(seen(&c), (2, 200, 20));
+        // A transfer answered without a term (an older store) guesses none.
+        c.set_leader(10, 1, 0);
+        report(1, 4, 300);
+        assert_eq!(seen(&c), (1, 300, 30));
     }
 
     fn store(id: u64) -> Store {
@@ -1168,7 +1240,7 @@ mod tests {
                 to: 2
             }]
         );
-        c.set_leader(10, 2);
+        c.set_leader(10, 2, 2);
         assert_eq!(
             c.replica_fixes(&rules(3)),
             vec![ReplicaFix::Add {

@@ -101,7 +101,7 @@ impl PdService {
                 ..region
             }),
             leader: Some(leader),
-            down_peer_ids: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -393,7 +393,7 @@ impl PdService {
                 leader.id, region.id, e.message
             )));
         }
-        self.cluster.set_leader(region.id, to.store_id);
+        self.cluster.set_leader(region.id, to.store_id, resp.term);
         tracing::info!(
             region_id = region.id,
             from = leader.id,

@@ -176,12 +176,12 @@ impl PdService {
                 left: Some(RegionRoute {
                     region: Some(left),
                     leader: Some(leader.clone()),
-                    down_peer_ids: Vec::new(),
+                    ..Default::default()
                 }),
                 right: Some(RegionRoute {
                     region: Some(right),
                     leader: Some(leader),
-                    down_peer_ids: Vec::new(),
+                    ..Default::default()
                 }),
             })
         })

@@ -30,6 +30,7 @@ impl Node {
             }
             let mut r = p.region();
             r.store_id = self.store_id;
+            let size = self.sizes().get(&r.id).copied().unwrap_or_default();
             region_stats.push(RegionStat {
                 region_id: r.id,
                 term: st.term,
@@ -44,6 +45,8 @@ impl Node {
                     .copied()
                     .collect(),
                 down_peer_ids: p.group.silent_members(2 * p.group.timing().election_max),
+                approximate_size: size.0,
+                approximate_keys: size.1,
             });
             regions.push(r);
         }

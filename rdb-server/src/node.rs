@@ -69,6 +69,9 @@ pub struct Node {
     stopping: AtomicBool,
     /// Notified when a replica here becomes its region's leader.
     pub(crate) leader_changed: Arc<tokio::sync::Notify>,
+    /// By region led here: its size in bytes and keys at its last split
+    /// check (reported to PD in heartbeats).
+    pub(crate) region_sizes: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
 }
 
 /// Connects to PD lazily (over TLS with `tls`); calls fail until PD answers.
@@ -203,6 +206,7 @@ impl Node {
             events_rx: Mutex::new(Some(events_rx)),
             stopping: AtomicBool::new(false),
             leader_changed: Arc::new(tokio::sync::Notify::new()),
+            region_sizes: Mutex::new(std::collections::HashMap::new()),
         };
         // Replicas start side by side: a restarted member of a group of
         // several stays quiet for an election timeout first.

@@ -206,6 +206,7 @@ impl Node {
             Err(e) => {
                 return Ok(TransferLeaderResponse {
                     region_error: Some(e),
+                    term: 0,
                 })
             }
         };
@@ -216,9 +217,13 @@ impl Node {
         let deadline = Instant::now() + TRANSFER_WAIT;
         let mut watch = peer.group.watch();
         loop {
-            if watch.borrow_and_update().leader == Some(to) {
-                tracing::info!(region_id, to, "leadership handed over");
-                return Ok(TransferLeaderResponse { region_error: None });
+            let now = watch.borrow_and_update().clone();
+            if now.leader == Some(to) {
+                tracing::info!(region_id, to, term = now.term, "leadership handed over");
+                return Ok(TransferLeaderResponse {
+                    region_error: None,
+                    term: now.term,
+                });
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, watch.changed()).await.is_err() {

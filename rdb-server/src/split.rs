@@ -85,6 +85,15 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The regions' sizes from their last split checks, locked.
+    pub(crate) fn sizes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (u64, u64)>> {
+        self.region_sizes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// When the store's leaders check their regions for a split.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitRules {
@@ -112,6 +121,8 @@ impl Node {
             tick.tick().await;
             let peers = self.regions().peers();
             checked.retain(|id, _| peers.iter().any(|p| p.region().id == *id));
+            self.sizes()
+                .retain(|id, _| peers.iter().any(|p| p.region().id == *id));
             for p in peers {
                 let st = p.group.status();
                 let region = p.region();
@@ -125,6 +136,9 @@ impl Node {
                     engine.split_check(&start, &end, rules.size, rules.keys)
                 })
                 .await;
+                if let Ok(Ok(c)) = &check {
+                    self.sizes().insert(region.id, (c.bytes, c.keys));
+                }
                 let split_key = match check {
                     Ok(Ok(c)) => match c.split_key {
                         Some(k) => {

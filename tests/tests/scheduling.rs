@@ -373,6 +373,7 @@ async fn regions_split_on_their_own_as_writes_grow_them_and_scans_stay_whole() {
         all.extend(w.await.unwrap());
     }
     all.insert(b"k".to_vec());
+    let written = all.len() as u64;
     // Split more than once, on their own.
     let split = eventually(300, Duration::from_millis(100), || {
         let c = client.clone();
@@ -407,4 +408,36 @@ async fn regions_split_on_their_own_as_writes_grow_them_and_scans_stay_whole() {
         .sum();
     assert!(asked >= 3, "{asked} automatic splits asked");
     flaredb_tests::wait_for_replicas(&client, 3).await;
+    // The leaders report each region's size and keys, as their last split
+    // check counted them: every key once, 512 bytes of value each at least.
+    let counted = eventually(300, Duration::from_millis(100), || {
+        let c = client.clone();
+        async move {
+            c.clear_region_cache();
+            let routes = c.regions().await.ok()?;
+            let keys: u64 = routes.iter().map(|r| r.approximate_keys).sum();
+            let size: u64 = routes.iter().map(|r| r.approximate_size).sum();
+            (keys == written).then_some(size)
+        }
+    })
+    .await;
+    let size = match counted {
+        Some(size) => size,
+        None => {
+            let routes = client.regions().await.unwrap();
+            let seen: Vec<_> = routes
+                .iter()
+                .map(|r| (r.approximate_keys, r.approximate_size))
+                .collect();
+            panic!("the regions' reported (keys, bytes) do not add up to the {written} keys written: {seen:?}");
+        }
+    };
+    assert!(
+        size >= 512 * written,
+        "{size} bytes reported for {written} keys"
+    );
+    assert!(
+        size <= 1024 * written,
+        "{size} bytes reported for {written} keys"
+    );
 }

@@ -111,6 +111,15 @@ pub async fn operators(client: &Client, out: &Out) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Bytes as MiB with one decimal (KiB below 1 MiB).
+fn mib(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.1}K", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1}M", bytes as f64 / (1 << 20) as f64)
+    }
+}
+
 /// Lists the regions.
 pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
     let routes = client.regions().await?;
@@ -118,8 +127,8 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
         Json::Array(routes.iter().map(|r| out.route(r)).collect()),
         || {
             let mut t = format!(
-                "{:<6} {:<20} {:<20} {:<10} {:<28} LEADER",
-                "ID", "START", "END", "EPOCH", "PEERS (id@store)"
+                "{:<6} {:<20} {:<20} {:<10} {:>9} {:>8} {:<28} LEADER",
+                "ID", "START", "END", "EPOCH", "SIZE", "KEYS", "PEERS (id@store)"
             );
             for r in &routes {
                 let j = out.route(r);
@@ -141,8 +150,13 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
                     })
                     .collect::<Vec<_>>()
                     .join(",");
+                let (size, keys) = if r.approximate_size == 0 && r.approximate_keys == 0 {
+                    ("-".to_string(), "-".to_string())
+                } else {
+                    (mib(r.approximate_size), r.approximate_keys.to_string())
+                };
                 t.push_str(&format!(
-                    "\n{:<6} {:<20} {:<20} {:<10} {:<28} {} ({})",
+                    "\n{:<6} {:<20} {:<20} {:<10} {:>9} {:>8} {:<28} {} ({})",
                     region.id,
                     if region.start_key.is_empty() {
                         "-inf".into()
@@ -155,6 +169,8 @@ pub async fn regions(client: &Client, out: &Out) -> Result<(), Failure> {
                         out.bytes(&region.end_key)
                     },
                     format!("{}/{}", e.version, e.conf_ver),
+                    size,
+                    keys,
                     peers,
                     region.store_id,
                     j["store_address"].as_str().unwrap_or("?"),
