@@ -129,6 +129,7 @@ pub async fn run(
             timing: cfg.timing(),
             snapshot_every: 1000,
             lease_on_demand: false,
+            hibernate: false,
         },
         engine.clone(),
         meta.clone(),

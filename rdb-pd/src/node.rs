@@ -566,6 +566,7 @@ pub(crate) async fn single_member_for_tests(dir: &std::path::Path) -> (Arc<Meta>
             timing: rdb_raft::Timing::default(),
             snapshot_every: 1000,
             lease_on_demand: false,
+            hibernate: false,
         },
         engine,
         meta.clone(),

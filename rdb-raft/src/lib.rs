@@ -24,6 +24,7 @@
 // bytes); the helpers that build it return it as the traits do.
 #![allow(clippy::result_large_err)]
 
+mod hibernate;
 pub mod log;
 pub mod net;
 pub mod sm;
@@ -192,6 +193,13 @@ pub struct GroupConfig {
     /// ([`Group::ensure_leader`]). For the regions; PD, which serves
     /// timestamps from its lease, keeps it always.
     pub lease_on_demand: bool,
+    /// Let the group sleep while idle (see the `hibernate` module): a
+    /// leader whose log has not moved for two election timeouts, with
+    /// every member caught up and its lease not asked for, parks its
+    /// heartbeats and its members their election timers, until the group
+    /// is used again or the leader's process stops answering pings. For
+    /// the regions (thousands per store); not for PD.
+    pub hibernate: bool,
 }
 
 /// A member's view of its group, published whenever it changes.
@@ -276,6 +284,8 @@ pub struct Group {
     /// The term in which [`Group::silent_members`] first saw this member
     /// lead, and when.
     leading_since: Arc<std::sync::Mutex<(u64, Instant)>>,
+    /// Hibernation.
+    sleep: Arc<hibernate::Sleep>,
 }
 
 impl Group {
@@ -343,12 +353,17 @@ impl Group {
         .await
         .map_err(|e| Error::Stopped(e.to_string()))?;
         started.store(true, Ordering::Release);
+        let sleep = Arc::new(hibernate::Sleep::default());
         transport.register(
             config.group_id,
             config.node_id,
             raft.clone(),
             sm::staging_dir(&engine),
+            sleep.clone(),
         );
+        if config.hibernate {
+            transport.start_pinging(t.heartbeat, t.election_min);
+        }
         let (tx, status) = watch::channel(Status::default());
         let lease = Arc::new(Lease {
             base: Instant::now(),
@@ -357,22 +372,18 @@ impl Group {
             given_up: AtomicU64::new(0),
             wanted_ns: AtomicU64::new(0),
         });
-        tokio::spawn(publish_status(raft.metrics(), tx));
-        tokio::spawn(keep_lease(
-            raft.clone(),
-            status.clone(),
-            lease.clone(),
-            t,
-            config.lease_on_demand,
-        ));
-        Ok(Group {
+        tokio::spawn(publish_status(raft.clone(), sleep.clone(), tx));
+        let group = Group {
             raft,
             config: Arc::new(config),
             status,
             lease,
             transport,
             leading_since: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
-        })
+            sleep,
+        };
+        tokio::spawn(keep_lease(group.clone()));
+        Ok(group)
     }
 
     /// Creates the group with `members` as its voters. Every initial member
@@ -399,6 +410,8 @@ impl Group {
     /// messages (heartbeats, appends) for longer than `after`, counting a
     /// member never heard from in this term as silent since the term began
     /// (as first seen by this call). Empty on a follower.
+    /// While the group sleeps (no heartbeats to acknowledge), a member is
+    /// silent when its process has not answered the transport's pings.
     pub fn silent_members(&self, after: Duration) -> Vec<NodeId> {
         use openraft::Instant as _;
         let metrics = self.raft.metrics();
@@ -406,6 +419,21 @@ impl Group {
         let Some(acks) = m.heartbeat.as_ref() else {
             return Vec::new();
         };
+        if self.sleep.state() == hibernate::LEADER {
+            return m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != m.id)
+                .filter(|(_, n)| {
+                    self.transport
+                        .silent_for(&n.address)
+                        .is_some_and(|d| d > after)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+        }
+        let woke = self.sleep.awake_for();
         let term_age = {
             let mut since = self.leading_since.lock().unwrap_or_else(|p| p.into_inner());
             if since.0 != m.current_term {
@@ -416,8 +444,9 @@ impl Group {
         acks.iter()
             .filter(|(id, _)| **id != m.id)
             .filter(|(_, at)| match at {
-                Some(at) => at.elapsed() > after,
-                None => term_age > after,
+                // Acknowledgements stop while the group sleeps.
+                Some(at) => at.elapsed().min(woke) > after,
+                None => term_age.min(woke) > after,
             })
             .map(|(id, _)| *id)
             .collect()
@@ -459,6 +488,7 @@ impl Group {
     /// commands ([`Error::NotLeader`] otherwise). An error other than
     /// `NotLeader` leaves the outcome unknown: the command may still commit.
     pub async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.touch().await;
         self.raft
             .client_write(Bytes(command))
             .await
@@ -471,6 +501,7 @@ impl Group {
     /// round is applied here (ReadIndex). On success the lease is extended
     /// from the start of the round.
     pub async fn ensure_leader(&self) -> Result<()> {
+        self.touch().await;
         let term = self.raft.metrics().borrow_watched().current_term;
         let started = Instant::now();
         match self
@@ -498,7 +529,16 @@ impl Group {
     /// other member can have been elected since the lease started. Cheap
     /// (two atomic loads and a clock read): meant for every request.
     pub fn lease_valid(&self, term: u64) -> bool {
+        self.wake_for_lease();
         self.lease.valid(term)
+    }
+
+    /// A sleeping leader asked for its lease wakes (the lease keeper then
+    /// renews it); one atomic load otherwise.
+    fn wake_for_lease(&self) {
+        if self.sleep.state() == hibernate::LEADER {
+            self.sleep.touch(&self.raft);
+        }
     }
 
     /// Whether this member leads its current term and its lease holds (see
@@ -508,6 +548,7 @@ impl Group {
             let st = self.status.borrow();
             (st.is_leader, st.term)
         };
+        self.wake_for_lease();
         is_leader && self.lease.valid(term)
     }
 
@@ -537,6 +578,7 @@ impl Group {
         if !st.voters.contains(&to) || to == st.id {
             return Err(Error::Refused(format!("{to} is not another voter")));
         }
+        self.touch().await;
         let term = self.raft.metrics().borrow_watched().current_term;
         self.lease.given_up.store(term, Ordering::Release);
         self.raft
@@ -561,6 +603,7 @@ impl Group {
                 member.name, member.address
             )));
         }
+        self.touch().await;
         self.raft
             .add_learner(id, member, false)
             .await
@@ -570,6 +613,7 @@ impl Group {
 
     /// Makes the learner `id` a voter.
     pub async fn promote(&self, id: NodeId) -> Result<()> {
+        self.touch().await;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
             .await
@@ -586,6 +630,7 @@ impl Group {
         if !st.members.contains_key(&id) {
             return Err(Error::Refused(format!("{id} is not a member")));
         }
+        self.touch().await;
         if id == st.id && st.is_leader {
             let term = self.raft.metrics().borrow_watched().current_term;
             self.lease.given_up.store(term, Ordering::Release);
@@ -619,6 +664,7 @@ impl Group {
             return Ok(());
         };
         let upto = applied.index();
+        self.touch().await;
         let stopped = |e: &dyn fmt::Display| Error::Stopped(e.to_string());
         self.raft
             .trigger()
@@ -649,6 +695,21 @@ impl Group {
         Ok(())
     }
 
+    /// Wakes a sleeping leader before it is asked something (its
+    /// heartbeats resume at once) and keeps it from falling asleep in the
+    /// middle.
+    async fn touch(&self) {
+        if self.sleep.touch(&self.raft) == hibernate::LEADER {
+            tracing::debug!(group = self.config.group_id, "waking");
+            let _ = self.raft.trigger().heartbeat().await;
+        }
+    }
+
+    /// Whether this member sleeps (see [`GroupConfig::hibernate`]).
+    pub fn is_asleep(&self) -> bool {
+        self.sleep.state() != hibernate::AWAKE
+    }
+
     /// Stops the member (unregisters it from the transport first).
     pub async fn shutdown(&self) {
         self.transport
@@ -660,13 +721,8 @@ impl Group {
     }
 }
 
-async fn publish_status(
-    mut metrics: openraft::type_config::alias::WatchReceiverOf<
-        TypeConfig,
-        openraft::RaftMetrics<TypeConfig>,
-    >,
-    tx: watch::Sender<Status>,
-) {
+async fn publish_status(raft: Raft, sleep: Arc<hibernate::Sleep>, tx: watch::Sender<Status>) {
+    let mut metrics = raft.metrics();
     loop {
         let st = {
             let m = metrics.borrow_watched();
@@ -692,6 +748,18 @@ async fn publish_status(
                 stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
             }
         };
+        // A sleeping member whose term or role changed wakes: a leader
+        // deposed, or a follower that voted or heard of a new leader (its
+        // ticker must run in the new term).
+        match sleep.state() {
+            hibernate::LEADER if !st.is_leader || st.term != sleep.term() => {
+                sleep.wake(&raft);
+            }
+            hibernate::FOLLOWER if st.is_leader || st.term != sleep.term() => {
+                sleep.wake(&raft);
+            }
+            _ => {}
+        }
         tx.send_if_modified(|cur| {
             if *cur != st {
                 *cur = st;
@@ -707,19 +775,29 @@ async fn publish_status(
 }
 
 /// While this member leads, confirms its leadership every heartbeat
-/// interval and extends the lease from the start of each confirmed round.
-async fn keep_lease(
-    raft: Raft,
-    status: watch::Receiver<Status>,
-    lease: Arc<Lease>,
-    t: Timing,
-    on_demand: bool,
-) {
+/// interval and extends the lease from the start of each confirmed round;
+/// with [`GroupConfig::hibernate`], puts the group to sleep once it is
+/// idle, and waits while it sleeps.
+async fn keep_lease(g: Group) {
+    let (raft, lease, t) = (&g.raft, &g.lease, g.config.timing);
     let idle_after = (2 * t.election_max).as_nanos() as u64;
     let metrics = raft.metrics();
     let mut tick = tokio::time::interval(t.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last log index seen, and since when.
+    let mut quiet = (0u64, Instant::now());
     loop {
+        if g.sleep.state() != hibernate::AWAKE {
+            let woken = g.sleep.woken.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if g.sleep.state() != hibernate::AWAKE {
+                // Also look now and then whether the group stopped.
+                let _ = tokio::time::timeout(Duration::from_secs(1), woken).await;
+            }
+            quiet = (0, Instant::now());
+            continue;
+        }
         tick.tick().await;
         let (is_leader, term, stopped) = {
             let m = metrics.borrow_watched();
@@ -729,7 +807,7 @@ async fn keep_lease(
                 m.running_state.is_err(),
             )
         };
-        if status.has_changed().is_err() || stopped {
+        if g.status.has_changed().is_err() || stopped {
             lease.clear();
             return;
         }
@@ -737,12 +815,20 @@ async fn keep_lease(
             lease.clear();
             continue;
         }
-        if on_demand
-            && lease
-                .now_ns()
-                .saturating_sub(lease.wanted_ns.load(Ordering::Relaxed))
-                > idle_after
-        {
+        let lease_idle = lease
+            .now_ns()
+            .saturating_sub(lease.wanted_ns.load(Ordering::Relaxed))
+            > idle_after;
+        if g.config.hibernate && lease_idle {
+            let st = g.status();
+            if st.last_log_index != quiet.0 {
+                quiet = (st.last_log_index, Instant::now());
+            } else if quiet.1.elapsed() > 2 * t.election_max {
+                hibernate_group(&g, &st).await;
+                continue;
+            }
+        }
+        if g.config.lease_on_demand && lease_idle {
             // Nobody read from this leader lately: let the lease lapse.
             continue;
         }
@@ -760,6 +846,59 @@ async fn keep_lease(
             Ok(Err(e)) => tracing::debug!(error = %e, "leadership check failed"),
             Err(_) => tracing::debug!("leadership check timed out"),
         }
+    }
+}
+
+/// Puts an idle group led here to sleep if every member holds the whole
+/// log: the leader parks its heartbeats first (so none wakes a member that
+/// already agreed), then asks each member; if one does not agree (or
+/// cannot be reached), the leader wakes again and its heartbeats wake the
+/// others.
+async fn hibernate_group(g: &Group, st: &Status) {
+    let last = st.last_log_index;
+    let caught_up = st.applied_index == last
+        && st
+            .members
+            .keys()
+            .filter(|id| **id != st.id)
+            .all(|id| st.matched.get(id).copied() == Some(last));
+    if !caught_up {
+        return;
+    }
+    let seen = g.sleep.activity();
+    if !g
+        .sleep
+        .fall_asleep(&g.raft, hibernate::LEADER, st.term, String::new(), seen)
+    {
+        return;
+    }
+    let msg = hibernate::HibernateMsg {
+        term: st.term,
+        leader: st.id,
+        last_log_index: last,
+    };
+    let asks = st
+        .members
+        .iter()
+        .filter(|(id, _)| **id != st.id)
+        .map(|(id, m)| {
+            g.transport.hibernate(
+                g.config.group_id,
+                st.id,
+                *id,
+                &m.address,
+                &msg,
+                g.config.timing.heartbeat,
+            )
+        });
+    // Asleep, it keeps no lease: the members' election timers are parked
+    // and nothing measures one.
+    g.lease.clear();
+    let agreed = futures::future::join_all(asks).await;
+    if agreed.iter().all(|ok| *ok) {
+        tracing::debug!(group = g.config.group_id, term = st.term, "group asleep");
+    } else if g.sleep.wake(&g.raft) == hibernate::LEADER {
+        let _ = g.raft.trigger().heartbeat().await;
     }
 }
 

@@ -24,12 +24,13 @@ use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::RaftNetworkV2;
 use rdb_proto::tls::ClientTls;
 use rdb_proto::v1::raft_client::RaftClient;
-use rdb_proto::v1::{RaftRequest, RaftResponse};
+use rdb_proto::v1::{RaftPing, RaftPong, RaftRequest, RaftResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::hibernate::{HibernateMsg, Sleep, FOLLOWER, LEADER};
 use crate::sm::SnapshotData;
 use crate::stage::{self, Head};
 use crate::{decode, encode, Member, NodeId, Raft, TypeConfig};
@@ -48,11 +49,38 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
+/// This process's member of one group.
+#[derive(Clone)]
+struct Registered {
+    node: NodeId,
+    raft: Raft,
+    /// Where it stages the snapshots it receives.
+    staging: PathBuf,
+    sleep: Arc<Sleep>,
+}
+
+/// What the pings tell of one peer process.
+struct PeerLive {
+    /// When it last answered.
+    last_ok: Instant,
+    /// The boot id it answered with (0: never answered).
+    boot: u64,
+    /// Whether it has been silent for an election timeout (its sleeping
+    /// followers here were woken).
+    dead: bool,
+}
+
 struct Inner {
-    /// By group: this process's member, and where it stages snapshots.
-    groups: RwLock<HashMap<u64, (NodeId, Raft, PathBuf)>>,
+    /// By group: this process's member.
+    groups: RwLock<HashMap<u64, Registered>>,
     channels: Mutex<HashMap<String, Channel>>,
     tls: Option<ClientTls>,
+    /// Drawn at start, answered to pings.
+    boot_id: u64,
+    /// By peer address, from the pings.
+    peers: Mutex<HashMap<String, PeerLive>>,
+    /// Whether the ping loop runs.
+    pinging: std::sync::atomic::AtomicBool,
 }
 
 impl Transport {
@@ -68,6 +96,9 @@ impl Transport {
                 groups: RwLock::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
                 tls,
+                boot_id: rand::random::<u64>() | 1,
+                peers: Mutex::new(HashMap::new()),
+                pinging: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -81,31 +112,192 @@ impl Transport {
         .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    pub(crate) fn register(&self, group: u64, node: NodeId, raft: Raft, staging: PathBuf) {
+    pub(crate) fn register(
+        &self,
+        group: u64,
+        node: NodeId,
+        raft: Raft,
+        staging: PathBuf,
+        sleep: Arc<Sleep>,
+    ) {
         self.inner
             .groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group, (node, raft, staging));
+            .insert(
+                group,
+                Registered {
+                    node,
+                    raft,
+                    staging,
+                    sleep,
+                },
+            );
     }
 
     pub(crate) fn unregister(&self, group: u64, node: NodeId) {
         let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
-        if groups.get(&group).is_some_and(|(n, _, _)| *n == node) {
+        if groups.get(&group).is_some_and(|r| r.node == node) {
             groups.remove(&group);
         }
     }
 
-    fn group(&self, group: u64, to: NodeId) -> Result<(Raft, PathBuf), Status> {
+    fn group(&self, group: u64, to: NodeId) -> Result<Registered, Status> {
         let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner());
         match groups.get(&group) {
-            Some((node, raft, staging)) if *node == to => Ok((raft.clone(), staging.clone())),
-            Some((node, _, _)) => Err(Status::failed_precondition(format!(
-                "this process is node {node} of Raft group {group}, not node {to}"
+            Some(r) if r.node == to => Ok(r.clone()),
+            Some(r) => Err(Status::failed_precondition(format!(
+                "this process is node {} of Raft group {group}, not node {to}",
+                r.node
             ))),
             None => Err(Status::unavailable(format!(
                 "Raft group {group} is not running here"
             ))),
+        }
+    }
+
+    /// Asks member `to` (at `addr`) of `group` to sleep; whether it does.
+    pub(crate) async fn hibernate(
+        &self,
+        group: u64,
+        from: NodeId,
+        to: NodeId,
+        addr: &str,
+        msg: &HibernateMsg,
+        ttl: Duration,
+    ) -> bool {
+        if cut() {
+            return false;
+        }
+        let Ok(ch) = self.channel(addr) else {
+            return false;
+        };
+        let Ok(payload) = encode(msg) else {
+            return false;
+        };
+        let req = RaftRequest {
+            group_id: group,
+            from,
+            to,
+            payload,
+        };
+        match tokio::time::timeout(ttl, RaftClient::new(ch).hibernate(req)).await {
+            Ok(Ok(r)) => matches!(
+                decode::<Result<bool, String>>(&r.into_inner().payload),
+                Ok(Ok(true))
+            ),
+            _ => false,
+        }
+    }
+
+    /// How long the process at `addr` has not answered pings (zero while
+    /// it answers; `None` before the first ping).
+    pub(crate) fn silent_for(&self, addr: &str) -> Option<Duration> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(addr).map(|p| p.last_ok.elapsed())
+    }
+
+    /// Starts the ping loop (once): every `interval`, each peer process
+    /// this one has a connection to is pinged. One silent for `dead_after`
+    /// wakes the sleeping followers here whose leader is there; one that
+    /// answers with a new boot id (it restarted) or again after being
+    /// silent wakes the sleeping leaders here with a member there.
+    pub(crate) fn start_pinging(&self, interval: Duration, dead_after: Duration) {
+        if self.inner.pinging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Transport { inner }.ping_round(interval, dead_after).await;
+            }
+        });
+    }
+
+    async fn ping_round(&self, ttl: Duration, dead_after: Duration) {
+        let addrs: Vec<(String, Channel)> = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect();
+        let pings = addrs.into_iter().map(|(addr, ch)| async move {
+            let r = if cut() {
+                None
+            } else {
+                match tokio::time::timeout(ttl, RaftClient::new(ch).ping(RaftPing {})).await {
+                    Ok(Ok(r)) => Some(r.into_inner().boot_id),
+                    _ => None,
+                }
+            };
+            (addr, r)
+        });
+        let now = Instant::now();
+        let mut died = Vec::new();
+        let mut back = Vec::new();
+        for (addr, r) in futures::future::join_all(pings).await {
+            let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let p = peers.entry(addr.clone()).or_insert(PeerLive {
+                last_ok: now,
+                boot: 0,
+                dead: false,
+            });
+            match r {
+                Some(boot) => {
+                    if p.dead || (p.boot != 0 && p.boot != boot) {
+                        back.push(addr);
+                    }
+                    p.last_ok = Instant::now();
+                    p.boot = boot;
+                    p.dead = false;
+                }
+                None if !p.dead && p.last_ok.elapsed() > dead_after => {
+                    p.dead = true;
+                    died.push(addr);
+                }
+                None => {}
+            }
+        }
+        if died.is_empty() && back.is_empty() {
+            return;
+        }
+        let groups: Vec<(u64, Registered)> = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect();
+        for (group, r) in groups {
+            match r.sleep.state() {
+                FOLLOWER if r.sleep.leader_addr().is_some_and(|a| died.contains(&a)) => {
+                    tracing::debug!(group, "its leader's process is silent: waking to elect");
+                    r.sleep.wake(&r.raft);
+                }
+                LEADER => {
+                    let there = {
+                        use openraft::async_runtime::watch::WatchReceiver;
+                        let m = r.raft.metrics();
+                        let m = m.borrow_watched();
+                        let there = m
+                            .membership_config
+                            .membership()
+                            .nodes()
+                            .any(|(_, n)| back.contains(&n.address));
+                        there
+                    };
+                    if there && r.sleep.wake(&r.raft) == LEADER {
+                        tracing::debug!(group, "a member's process is back: waking to reach it");
+                        let _ = r.raft.trigger().heartbeat().await;
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -376,13 +568,60 @@ pub struct RaftServer {
 }
 
 impl RaftServer {
-    fn open<T: DeserializeOwned>(&self, req: &RaftRequest) -> Result<(Raft, T), Status> {
+    fn open<T: DeserializeOwned>(&self, req: &RaftRequest) -> Result<(Registered, T), Status> {
         if cut() {
             return Err(Status::unavailable("Raft traffic cut (test switch)"));
         }
-        let (raft, _) = self.transport.group(req.group_id, req.to)?;
+        let r = self.transport.group(req.group_id, req.to)?;
         let msg = decode(&req.payload).map_err(Status::invalid_argument)?;
-        Ok((raft, msg))
+        Ok((r, msg))
+    }
+}
+
+impl Registered {
+    /// A leader's `Raft.Hibernate`: sleeps if this member follows that
+    /// leader in that term and holds its whole log.
+    fn sleep_as_follower(&self, msg: &HibernateMsg) -> bool {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let follows = m.current_term == msg.term
+                && m.current_leader == Some(msg.leader)
+                && matches!(
+                    m.state,
+                    openraft::ServerState::Follower | openraft::ServerState::Learner
+                )
+                && m.last_log_index.unwrap_or(0) >= msg.last_log_index;
+            if !follows {
+                return false;
+            }
+            m.membership_config
+                .membership()
+                .get_node(&msg.leader)
+                .map(|n| n.address.clone())
+        };
+        let Some(addr) = addr else {
+            return false;
+        };
+        let seen = self.sleep.activity();
+        let asleep = self
+            .sleep
+            .fall_asleep(&self.raft, FOLLOWER, msg.term, addr, seen);
+        if asleep {
+            tracing::debug!(
+                term = msg.term,
+                leader = msg.leader,
+                "group asleep (following)"
+            );
+        }
+        asleep
+    }
+
+    /// After a message of its group was handled: a sleeping member has
+    /// heard from its group, and its election timer restarts from there.
+    fn heard(&self) {
+        self.sleep.wake(&self.raft);
     }
 }
 
@@ -402,18 +641,24 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())?;
-        answer(raft.append_entries(msg).await)
+        let (r, msg) = self.open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())?;
+        let a = r.raft.append_entries(msg).await;
+        r.heard();
+        answer(a)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
-        answer(raft.vote(msg).await)
+        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        let a = r.raft.vote(msg).await;
+        r.heard();
+        answer(a)
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
-        answer(raft.pre_vote(msg).await)
+        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        let a = r.raft.pre_vote(msg).await;
+        r.heard();
+        answer(a)
     }
 
     async fn install_snapshot(
@@ -428,9 +673,11 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         if cut() {
             return Err(Status::unavailable("Raft traffic cut (test switch)"));
         }
-        let (raft, staging) = self.transport.group(first.group_id, first.to)?;
+        let reg = self.transport.group(first.group_id, first.to)?;
+        reg.heard();
+        let raft = reg.raft.clone();
         let head: Head = decode(&first.payload).map_err(Status::invalid_argument)?;
-        let path = stage::new_path(&staging, first.group_id);
+        let path = stage::new_path(&reg.staging, first.group_id);
         let frames = msgs.map(|m| m.map(|r| r.payload).map_err(|s| s.to_string()));
         stage::write(&path, &head.meta, frames)
             .await
@@ -453,7 +700,28 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (raft, msg) = self.open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())?;
-        answer(raft.handle_transfer_leader(msg).await)
+        let (r, msg) = self.open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())?;
+        r.heard();
+        answer(r.raft.handle_transfer_leader(msg).await)
+    }
+
+    async fn hibernate(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
+        let (r, msg) = self.open::<HibernateMsg>(req.get_ref())?;
+        let asleep = r.sleep_as_follower(&msg);
+        if let Some(addr) = r.sleep.leader_addr() {
+            // Pinged from now on (a follower may never have called its
+            // leader's process).
+            let _ = self.transport.channel(&addr);
+        }
+        answer(Ok::<bool, String>(asleep))
+    }
+
+    async fn ping(&self, _: Request<RaftPing>) -> Result<Response<RaftPong>, Status> {
+        if cut() {
+            return Err(Status::unavailable("Raft traffic cut (test switch)"));
+        }
+        Ok(Response::new(RaftPong {
+            boot_id: self.transport.inner.boot_id,
+        }))
     }
 }

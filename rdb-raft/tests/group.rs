@@ -85,6 +85,7 @@ async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener
             timing: timing(),
             snapshot_every: 20,
             lease_on_demand: true,
+            hibernate: true,
         },
         engine.clone(),
         sum.clone(),
@@ -132,14 +133,15 @@ async fn converge(nodes: &[Option<Node>], want: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_members_elect_replicate_fail_over_restart_and_grow() {
-    // RUST_LOG=openraft=debug shows the members' Raft traffic.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+/// Four members' addresses; the first three started and initialized as
+/// the group (the fourth's listener is returned for a later start).
+async fn three_of_four(
+    dirs: &[tempfile::TempDir],
+) -> (
+    Vec<Option<Node>>,
+    BTreeMap<u64, Member>,
+    Vec<Option<tokio::net::TcpListener>>,
+) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for i in 0..4u64 {
@@ -167,6 +169,102 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
     for n in nodes.iter().flatten() {
         n.group.initialize(initial.clone()).await.unwrap();
     }
+    (nodes, members, listeners)
+}
+
+/// Stops a member as its process would stop: the group, then its server
+/// (and so its connections).
+async fn stop(node: Node) {
+    node.group.shutdown().await;
+    let Node {
+        group,
+        server,
+        stop,
+        ..
+    } = node;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    drop(group);
+}
+
+/// Waits (at most 10 s) until every running member sleeps.
+async fn all_asleep(nodes: &[Option<Node>]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nodes.iter().flatten().all(|n| n.group.is_asleep()) {
+        let awake: Vec<_> = nodes
+            .iter()
+            .flatten()
+            .filter(|n| !n.group.is_asleep())
+            .map(|n| n.group.node_id())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "members {awake:?} still awake after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_sleeps_wakes_when_used_and_elects_when_its_leader_dies() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut nodes, _, _) = three_of_four(&dirs).await;
+    let l = leader(&nodes).await;
+    let g = nodes[l].as_ref().unwrap().group.clone();
+    let term = g.status().term;
+    g.write(1u64.to_be_bytes().to_vec()).await.unwrap();
+    // Idle for two election timeouts (1.2 s): the whole group sleeps.
+    all_asleep(&nodes).await;
+    assert!(
+        !g.lease_holds() || !g.is_asleep(),
+        "a sleeping leader holds no lease"
+    );
+    // Used again, it wakes and answers; the term did not move (nobody
+    // elected while it slept).
+    g.write(2u64.to_be_bytes().to_vec()).await.unwrap();
+    assert!(!g.is_asleep());
+    converge(&nodes, 3).await;
+    assert_eq!(g.status().term, term);
+    // A read wakes it too (its lease is renewed).
+    all_asleep(&nodes).await;
+    let renewed = async {
+        while !g.lease_holds() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), renewed)
+        .await
+        .expect("a sleeping leader asked for its lease wakes and renews it");
+    assert_eq!(g.status().term, term);
+    // Asleep again, the leader's process stops: the followers hear no
+    // heartbeat, but the transport's pings find its process silent, and
+    // they elect.
+    all_asleep(&nodes).await;
+    stop(nodes[l].take().unwrap()).await;
+    let l2 = leader(&nodes).await;
+    assert_ne!(l2, l);
+    let g2 = nodes[l2].as_ref().unwrap().group.clone();
+    assert!(g2.status().term > term);
+    g2.write(4u64.to_be_bytes().to_vec()).await.unwrap();
+    converge(&nodes, 7).await;
+    for n in nodes.iter().flatten() {
+        n.group.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_replicate_fail_over_restart_and_grow() {
+    // RUST_LOG=openraft=debug shows the members' Raft traffic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut nodes, members, mut listeners) = three_of_four(&dirs).await;
     let l = leader(&nodes).await;
     // The lease is kept on demand: after two election timeouts without
     // anyone asking for it, it lapses (no rounds for an idle leader); asked
@@ -216,16 +314,7 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
     // The leader stops: the other two elect a new one and keep going.
     let old = nodes[l].take().unwrap();
     let old_term = old.group.status().term;
-    old.group.shutdown().await;
-    let Node {
-        group,
-        server,
-        stop,
-        ..
-    } = old;
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    drop(group);
+    stop(old).await;
     let addr = members[&(l as u64 + 1)].address.clone();
     let l2 = leader(&nodes).await;
     assert_ne!(l2, l);

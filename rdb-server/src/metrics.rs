@@ -80,6 +80,10 @@ pub fn register(
         "flaredb_region_leaders",
         "Regions whose Raft group this store leads.",
     )?;
+    let asleep = IntGauge::new(
+        "flaredb_regions_asleep",
+        "Region replicas here whose Raft group sleeps while idle (no heartbeats, no election timer).",
+    )?;
     let rocksdb = IntGaugeVec::new(
         Opts::new(
             "flaredb_rocksdb",
@@ -91,11 +95,13 @@ pub fn register(
     metrics.register(&*HEARTBEATS)?;
     metrics.register(&regions)?;
     metrics.register(&leaders)?;
+    metrics.register(&asleep)?;
     metrics.register(&rocksdb)?;
     Ok(Arc::new(move || {
         let peers = node.regions().peers();
         regions.set(peers.len() as i64);
         leaders.set(peers.iter().filter(|p| p.group.is_leader()).count() as i64);
+        asleep.set(peers.iter().filter(|p| p.group.is_asleep()).count() as i64);
         for p in ROCKSDB_PROPERTIES {
             if let Some(v) = node.engine.int_property(p) {
                 rocksdb

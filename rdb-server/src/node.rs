@@ -309,6 +309,7 @@ impl Node {
                 timing: self.raft.timing,
                 snapshot_every: self.raft.snapshot_every,
                 lease_on_demand: true,
+                hibernate: true,
             },
             self.engine.clone(),
             machine.clone(),

@@ -167,6 +167,100 @@ async fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     all_readable(&cluster, &pairs).await;
 }
 
+/// Asked directly for `k` twenty times, the deposed leader (store `old`
+/// at `addr`) answers the new value `after` or a routing error naming
+/// another leader, never the value from before the new leader's write.
+async fn no_stale_read(client: &Client, addr: &str, old: u64) {
+    let mut kv = KvClient::connect(format!("http://{addr}")).await.unwrap();
+    let now = only_region(client).await.region.unwrap();
+    for _ in 0..20 {
+        let resp = kv
+            .get(GetRequest {
+                context: Some(Context {
+                    region_id: now.id,
+                    region_epoch: now.epoch,
+                    stale_read: false,
+                }),
+                key: b"k".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match resp.region_error.and_then(|e| e.error) {
+            Some(RegionErrorKind::NotLeader(n)) => {
+                assert_ne!(n.leader.map(|s| s.id), Some(old), "it knows it lost")
+            }
+            Some(other) => panic!("unexpected region error {other:?}"),
+            None => assert_eq!(resp.value, b"after", "stale read from the old leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many times the store at `idx` logged a group it leads falling
+/// asleep.
+fn asleep_count(cluster: &TestCluster, idx: usize) -> usize {
+    std::fs::read_to_string(cluster.stores[idx].dir.with_extension("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("group asleep") && !l.contains("following"))
+        .count()
+}
+
+/// Waits (at most 30 s) until the store at `idx` has logged a group it
+/// leads falling asleep more than `before` times.
+async fn leader_asleep(cluster: &TestCluster, idx: usize, before: usize) {
+    let n = eventually(300, Duration::from_millis(100), || {
+        let n = asleep_count(cluster, idx);
+        async move { (n > before).then_some(n) }
+    })
+    .await;
+    assert!(n.is_some(), "the idle region's group fell asleep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_regions_paused_then_killed_leaders_are_replaced_and_nothing_is_lost() {
+    // The stores log their groups falling asleep.
+    let mut cluster = TestCluster::start(0);
+    for _ in 0..3 {
+        cluster.add_store_with_env(&[("RUST_LOG".into(), "info,rdb_raft=debug".into())]);
+    }
+    let client = cluster.client().await;
+    replicate(&cluster, &client).await;
+    let pairs: Vec<_> = (0..30)
+        .map(|i| (format!("z{i:02}").into_bytes(), b"v".to_vec()))
+        .collect();
+    let before: Vec<usize> = (0..3).map(|i| asleep_count(&cluster, i)).collect();
+    client.batch_put(pairs.clone()).await.unwrap();
+    client.put(b"k".to_vec(), b"before".to_vec()).await.unwrap();
+    let old = only_region(&client).await.region.unwrap().store_id;
+    let idx = cluster.stores.iter().position(|s| s.id == old).unwrap();
+    // Idle: the group sleeps (no heartbeats, no election timers). Its
+    // leader's process is paused: the followers' pings go unanswered, they
+    // wake and elect.
+    leader_asleep(&cluster, idx, before[idx]).await;
+    cluster.stores[idx].pause();
+    let new = leader_other_than(&client, old).await;
+    let idx2 = cluster.stores.iter().position(|s| s.id == new).unwrap();
+    let before2 = asleep_count(&cluster, idx2);
+    client.put(b"k".to_vec(), b"after".to_vec()).await.unwrap();
+    cluster.stores[idx].resume();
+    // The old leader, resumed, never answers the value from before.
+    let old_addr = cluster.stores[idx].addr.clone();
+    no_stale_read(&client, &old_addr, old).await;
+    // Asleep again under the new leader, whose store is killed: the others
+    // elect, and every acknowledged write is there.
+    leader_asleep(&cluster, idx2, before2).await;
+    cluster.stores[idx2].kill9();
+    let third = leader_other_than(&client, new).await;
+    assert_ne!(third, new);
+    client.put(b"k2".to_vec(), b"v".to_vec()).await.unwrap();
+    let mut all = pairs;
+    all.push((b"k".to_vec(), b"after".to_vec()));
+    all.push((b"k2".to_vec(), b"v".to_vec()));
+    all_readable(&cluster, &all).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
     let cluster = TestCluster::start(3);
@@ -224,32 +318,7 @@ async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
 
     // Asked directly, the old leader answers the new value or a routing
     // error, never the value from before the new leader's write.
-    let mut kv = KvClient::connect(format!("http://{old_addr}"))
-        .await
-        .unwrap();
-    let now = only_region(&client).await.region.unwrap();
-    for _ in 0..20 {
-        let resp = kv
-            .get(GetRequest {
-                context: Some(Context {
-                    region_id: now.id,
-                    region_epoch: now.epoch,
-                    stale_read: false,
-                }),
-                key: b"k".to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        match resp.region_error.and_then(|e| e.error) {
-            Some(RegionErrorKind::NotLeader(n)) => {
-                assert_ne!(n.leader.map(|s| s.id), Some(old), "it knows it lost")
-            }
-            Some(other) => panic!("unexpected region error {other:?}"),
-            None => assert_eq!(resp.value, b"after", "stale read from the old leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_stale_read(&client, &old_addr, old).await;
     assert_ne!(new, old);
     assert_eq!(
         client.get(b"k".to_vec()).await.unwrap().unwrap().value,
