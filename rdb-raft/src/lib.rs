@@ -791,9 +791,17 @@ async fn keep_lease(g: Group) {
             let woken = g.sleep.woken.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let mut status = g.status.clone();
             if g.sleep.state() != hibernate::AWAKE {
-                // Also look now and then whether the group stopped.
-                let _ = tokio::time::timeout(Duration::from_secs(1), woken).await;
+                // No timer while asleep: woken, or the status moved (or
+                // the group stopped).
+                tokio::select! {
+                    _ = woken => {}
+                    r = status.changed() => if r.is_err() { return },
+                }
+            }
+            if g.status.has_changed().is_err() {
+                return;
             }
             quiet = (0, Instant::now());
             continue;

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rdb_client::{CasExpect, Client, Error};
@@ -37,6 +37,8 @@ pub struct Tally {
 struct Shared {
     keys: Vec<Vec<u8>>,
     stop: AtomicBool,
+    /// While set, the workers make no calls (an idle spell).
+    idle: AtomicBool,
     next: AtomicU64,
     history: Mutex<Vec<Event>>,
     tally: Tally,
@@ -64,6 +66,7 @@ impl Workload {
         let shared = Arc::new(Shared {
             keys,
             stop: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
             next: AtomicU64::new(1),
             history: Mutex::new(Vec::new()),
             tally: Tally::default(),
@@ -73,6 +76,12 @@ impl Workload {
             .map(|c| tokio::spawn(worker(c, shared.clone())))
             .collect();
         Workload { shared, tasks }
+    }
+
+    /// Holds the workers' calls (`true`: once their calls in flight return,
+    /// the keys' region sees no traffic) or lets them go on.
+    pub fn set_idle(&self, idle: bool) {
+        self.shared.idle.store(idle, Ordering::SeqCst);
     }
 
     /// Calls answered so far.
@@ -145,6 +154,10 @@ impl Summary {
 
 async fn worker(client: Client, s: Arc<Shared>) {
     while !s.stop.load(Ordering::SeqCst) {
+        if s.idle.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         let (k, kind, expect_some) = {
             let mut rng = rand::rng();
             (

@@ -2,7 +2,9 @@
 //! swap and delete a few keys of a region replicated on three stores while
 //! its leader is killed (`kill -9`, then restarted), paused (SIGSTOP past
 //! the election timeout, then SIGCONT) and cut off from the other replicas
-//! (the Raft cut switch of test builds, then healed). Every call's
+//! (the Raft cut switch of test builds, then healed); every other fault
+//! comes after an idle spell long enough for the region's group to fall
+//! asleep (hibernation), and the clients resume during it. Every call's
 //! invocation, return and outcome (ok, failed for sure, unknown) is
 //! recorded and the history is checked with the linearizability checker
 //! of the test crate.
@@ -45,14 +47,24 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
     let mut round = 0usize;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Every other round the clients stop first for longer than a
+        // group takes to fall asleep (two election timeouts, 3.2 s), so
+        // the fault hits a sleeping group; they resume once it is in.
+        let asleep = round % 2 == 1;
+        if asleep {
+            workload.set_idle(true);
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+        }
         client.clear_region_cache();
         let Some(leader) = client.regions().await.ok().and_then(|r| {
             r.first()
                 .and_then(|r| r.region.as_ref().map(|r| r.store_id))
         }) else {
+            workload.set_idle(false);
             continue;
         };
         let Some(i) = cluster.stores.iter().position(|s| s.id == leader) else {
+            workload.set_idle(false);
             continue;
         };
         let fault = ["kill -9", "SIGSTOP", "Raft cut"][round % 3];
@@ -60,21 +72,27 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
         match fault {
             "kill -9" => {
                 cluster.stores[i].kill9();
+                workload.set_idle(false);
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 cluster.stores[i].restart();
             }
             "SIGSTOP" => {
                 cluster.stores[i].pause();
+                workload.set_idle(false);
                 tokio::time::sleep(Duration::from_millis(2500)).await;
                 cluster.stores[i].resume();
             }
             _ => {
                 cut_raft(&cluster.stores[i]);
+                workload.set_idle(false);
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 heal_raft(&cluster.stores[i]);
             }
         }
-        faults.push(format!("{fault} on store {leader}"));
+        faults.push(format!(
+            "{fault} on store {leader}{}",
+            if asleep { " (after an idle spell)" } else { "" }
+        ));
     }
     let summary = workload.finish(&client).await;
     eprintln!(
