@@ -362,7 +362,7 @@ impl Group {
             sleep.clone(),
         );
         if config.hibernate {
-            transport.start_pinging(t.heartbeat, t.election_min);
+            transport.start_pinging(t.heartbeat, t.election_max);
         }
         let (tx, status) = watch::channel(Status::default());
         let lease = Arc::new(Lease {
@@ -702,6 +702,16 @@ impl Group {
         if self.sleep.touch(&self.raft) == hibernate::LEADER {
             tracing::debug!(group = self.config.group_id, "waking");
             let _ = self.raft.trigger().heartbeat().await;
+        }
+    }
+
+    /// Starts an election at once (a new group's first leader, without
+    /// waiting out an election timeout). Best effort: if it fails, the
+    /// election timers elect as usual.
+    pub async fn campaign(&self) {
+        self.touch().await;
+        if let Err(e) = self.raft.trigger().elect(false).await {
+            tracing::debug!(group = self.config.group_id, error = %e, "campaign not started");
         }
     }
 

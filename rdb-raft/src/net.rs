@@ -68,6 +68,8 @@ struct PeerLive {
     /// Whether it has been silent for an election timeout (its sleeping
     /// followers here were woken).
     dead: bool,
+    /// Whether a ping to it is in flight.
+    pinging: bool,
 }
 
 struct Inner {
@@ -198,10 +200,12 @@ impl Transport {
     }
 
     /// Starts the ping loop (once): every `interval`, each peer process
-    /// this one has a connection to is pinged. One silent for `dead_after`
-    /// wakes the sleeping followers here whose leader is there; one that
-    /// answers with a new boot id (it restarted) or again after being
-    /// silent wakes the sleeping leaders here with a member there.
+    /// this one has a connection to is pinged (unless a ping to it is still
+    /// in flight). One that has not answered for `dead_after` (the longest
+    /// election timeout) wakes the sleeping followers here whose leader is
+    /// there; one that answers with a new boot id (it restarted) or again
+    /// after being silent wakes the sleeping leaders here with a member
+    /// there.
     pub(crate) fn start_pinging(&self, interval: Duration, dead_after: Duration) {
         if self.inner.pinging.swap(true, Ordering::AcqRel) {
             return;
@@ -211,12 +215,15 @@ impl Transport {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { return };
-                Transport { inner }.ping_round(interval, dead_after).await;
+                Transport { inner }.ping_round(dead_after).await;
             }
         });
     }
 
-    async fn ping_round(&self, ttl: Duration, dead_after: Duration) {
+    /// One round: a ping to each peer process that has none in flight
+    /// (each may take up to `dead_after` to answer: a busy process is
+    /// slow, not dead), and the peers silent for `dead_after` marked dead.
+    async fn ping_round(&self, dead_after: Duration) {
         let addrs: Vec<(String, Channel)> = self
             .inner
             .channels
@@ -225,46 +232,66 @@ impl Transport {
             .iter()
             .map(|(a, c)| (a.clone(), c.clone()))
             .collect();
-        let pings = addrs.into_iter().map(|(addr, ch)| async move {
-            let r = if cut() {
-                None
-            } else {
-                match tokio::time::timeout(ttl, RaftClient::new(ch).ping(RaftPing {})).await {
-                    Ok(Ok(r)) => Some(r.into_inner().boot_id),
-                    _ => None,
-                }
-            };
-            (addr, r)
-        });
         let now = Instant::now();
         let mut died = Vec::new();
-        let mut back = Vec::new();
-        for (addr, r) in futures::future::join_all(pings).await {
+        {
             let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-            let p = peers.entry(addr.clone()).or_insert(PeerLive {
-                last_ok: now,
-                boot: 0,
-                dead: false,
-            });
+            for (addr, ch) in addrs {
+                let p = peers.entry(addr.clone()).or_insert(PeerLive {
+                    last_ok: now,
+                    boot: 0,
+                    dead: false,
+                    pinging: false,
+                });
+                if !p.dead && p.last_ok.elapsed() > dead_after {
+                    p.dead = true;
+                    died.push(addr.clone());
+                }
+                if !p.pinging {
+                    p.pinging = true;
+                    tokio::spawn(self.clone().ping_one(addr, ch, dead_after));
+                }
+            }
+        }
+        if !died.is_empty() {
+            self.wake_groups(&died, &[]).await;
+        }
+    }
+
+    async fn ping_one(self, addr: String, ch: Channel, ttl: Duration) {
+        let r = if cut() {
+            None
+        } else {
+            match tokio::time::timeout(ttl, RaftClient::new(ch).ping(RaftPing {})).await {
+                Ok(Ok(r)) => Some(r.into_inner().boot_id),
+                _ => None,
+            }
+        };
+        let back = {
+            let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(p) = peers.get_mut(&addr) else {
+                return;
+            };
+            p.pinging = false;
             match r {
                 Some(boot) => {
-                    if p.dead || (p.boot != 0 && p.boot != boot) {
-                        back.push(addr);
-                    }
+                    let back = p.dead || (p.boot != 0 && p.boot != boot);
                     p.last_ok = Instant::now();
                     p.boot = boot;
                     p.dead = false;
+                    back
                 }
-                None if !p.dead && p.last_ok.elapsed() > dead_after => {
-                    p.dead = true;
-                    died.push(addr);
-                }
-                None => {}
+                None => false,
             }
+        };
+        if back {
+            self.wake_groups(&[], &[addr]).await;
         }
-        if died.is_empty() && back.is_empty() {
-            return;
-        }
+    }
+
+    /// Wakes the sleeping followers here whose leader is at one of `died`,
+    /// and the sleeping leaders here with a member at one of `back`.
+    async fn wake_groups(&self, died: &[String], back: &[String]) {
         let groups: Vec<(u64, Registered)> = self
             .inner
             .groups

@@ -1,13 +1,16 @@
 //! Heartbeats to PD: the regions whose groups this store leads and the
 //! store's approximate size, sent at a fixed interval and whenever a replica
-//! here becomes a leader. Every [`GC_EVERY`] heartbeats, the replicas here
-//! that were removed from their regions while this store was down are
-//! found and deleted.
+//! here becomes a leader. Separately, every [`GC_EVERY`] heartbeat
+//! intervals, the replicas here that were removed from their regions are
+//! found and deleted (one paged scan of PD's regions per round, never one
+//! call per replica, and never in the way of a heartbeat).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdb_proto::v1::{GetRegionByIdRequest, Region, RegionStat, StoreHeartbeatRequest};
+use std::collections::HashMap;
+
+use rdb_proto::v1::{Region, RegionStat, ScanRegionsRequest, StoreHeartbeatRequest};
 
 use crate::error::{Result, ServerError};
 use crate::node::Node;
@@ -15,8 +18,12 @@ use crate::node::Node;
 /// A replica whose log is this many entries behind the leader's is pending.
 const PENDING_LAG: u64 = 100;
 
-/// Removed replicas are looked for once every this many heartbeats.
-const GC_EVERY: u64 = 10;
+/// Removed replicas are looked for once every this many heartbeat
+/// intervals.
+const GC_EVERY: u32 = 10;
+
+/// Regions per page of PD's region scan.
+const SCAN_PAGE: u32 = 1024;
 
 impl Node {
     /// Sends one heartbeat with the regions whose groups this store leads.
@@ -81,41 +88,90 @@ impl Node {
     /// membership at or before the one it joined (a snapshot from just
     /// before its addition) is left alone, and so are leaders.
     pub async fn collect_removed_replicas(&self) -> Result<()> {
-        let peers = self.regions().peers();
-        for p in peers {
+        let mut removed = Vec::new();
+        let mut ask_pd = Vec::new();
+        for p in self.regions().peers() {
             if p.group.status().is_leader {
                 continue;
             }
             let local = p.region();
             let me = p.group.node_id();
-            let leaves_me_out = |r: &Region| leaves_out(r, me, p.joined_after);
-            let removed = if !local.peers.is_empty() && leaves_me_out(&local) {
-                true
+            if !local.peers.is_empty() && leaves_out(&local, me, p.joined_after) {
+                removed.push((local.id, me));
             } else {
-                let route = self
-                    .pd
-                    .clone()
-                    .get_region_by_id(GetRegionByIdRequest {
-                        region_id: local.id,
-                    })
-                    .await
-                    .map_err(|s| ServerError::remote("region lookup", &s))?
-                    .into_inner()
-                    .route;
-                route
-                    .and_then(|r| r.region)
-                    .is_some_and(|now| leaves_me_out(&now))
-            };
-            if removed {
-                tracing::info!(
-                    region_id = local.id,
-                    peer_id = me,
-                    "collecting a replica its region removed"
-                );
-                self.destroy_peer(local.id, me).await?;
+                ask_pd.push((local.id, me, p.joined_after));
             }
         }
+        if !ask_pd.is_empty() {
+            let known = self.pd_regions().await?;
+            for (id, me, joined_after) in ask_pd {
+                if known
+                    .get(&id)
+                    .is_some_and(|now| leaves_out(now, me, joined_after))
+                {
+                    removed.push((id, me));
+                }
+            }
+        }
+        for (region_id, me) in removed {
+            // A replica that became a leader since is not collected.
+            if self
+                .regions()
+                .get(region_id)
+                .is_none_or(|p| p.group.is_leader() || p.group.node_id() != me)
+            {
+                continue;
+            }
+            tracing::info!(
+                region_id,
+                peer_id = me,
+                "collecting a replica its region removed"
+            );
+            self.destroy_peer(region_id, me).await?;
+        }
         Ok(())
+    }
+
+    /// Every region PD knows, by id (a paged scan).
+    async fn pd_regions(&self) -> Result<HashMap<u64, Region>> {
+        let mut out = HashMap::new();
+        let mut start = Vec::new();
+        loop {
+            let routes = self
+                .pd
+                .clone()
+                .scan_regions(ScanRegionsRequest {
+                    start_key: start.clone(),
+                    end_key: Vec::new(),
+                    limit: SCAN_PAGE,
+                })
+                .await
+                .map_err(|s| ServerError::remote("region scan", &s))?
+                .into_inner()
+                .routes;
+            let n = routes.len();
+            let mut last_end = None;
+            for r in routes.into_iter().filter_map(|r| r.region) {
+                last_end = Some(r.end_key.clone());
+                out.insert(r.id, r);
+            }
+            match last_end {
+                Some(end) if n as u32 == SCAN_PAGE && !end.is_empty() => start = end,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Looks for removed replicas every `interval` until the process stops.
+    pub async fn gc_loop(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.collect_removed_replicas().await {
+                tracing::debug!(error = %e, "looking for removed replicas failed");
+            }
+        }
     }
 
     /// Heartbeats every `interval` until the process stops.
@@ -125,17 +181,10 @@ impl Node {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
-        let mut ticks = 0u64;
+        tokio::spawn(self.clone().gc_loop(interval * GC_EVERY));
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    if ticks.is_multiple_of(GC_EVERY) {
-                        if let Err(e) = self.collect_removed_replicas().await {
-                            tracing::debug!(error = %e, "looking for removed replicas failed");
-                        }
-                    }
-                    ticks += 1;
-                }
+                _ = tick.tick() => {}
                 _ = self.leader_changed.notified() => {}
             }
             let result = self.heartbeat().await;
