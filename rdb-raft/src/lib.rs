@@ -705,16 +705,6 @@ impl Group {
         }
     }
 
-    /// Starts an election at once (a new group's first leader, without
-    /// waiting out an election timeout). Best effort: if it fails, the
-    /// election timers elect as usual.
-    pub async fn campaign(&self) {
-        self.touch().await;
-        if let Err(e) = self.raft.trigger().elect(false).await {
-            tracing::debug!(group = self.config.group_id, error = %e, "campaign not started");
-        }
-    }
-
     /// Whether this member sleeps (see [`GroupConfig::hibernate`]).
     pub fn is_asleep(&self) -> bool {
         self.sleep.state() != hibernate::AWAKE
@@ -802,6 +792,9 @@ async fn keep_lease(g: Group) {
             tokio::pin!(woken);
             woken.as_mut().enable();
             let mut status = g.status.clone();
+            // Only a change from now on (a clone starts from what the
+            // original last marked seen).
+            status.borrow_and_update();
             if g.sleep.state() != hibernate::AWAKE {
                 // No timer while asleep: woken, or the status moved (or
                 // the group stopped).

@@ -399,19 +399,10 @@ impl Node {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(Event::Split { left_id, right }) => {
+                    Some(Event::Split { right }) => {
                         let id = right.id;
                         if let Err(e) = self.start_peer(right).await {
                             tracing::error!(region_id = id, error = %e, "cannot start the replica of a new region");
-                            continue;
-                        }
-                        // The split region's leader leads the new one too
-                        // (as PD records it), without waiting out an
-                        // election timeout: it campaigns at once.
-                        let leads = self.regions().get(left_id).is_some_and(|p| p.group.is_leader());
-                        let new = self.regions().get(id).filter(|_| leads);
-                        if let Some(p) = new {
-                            p.group.campaign().await;
                         }
                     }
                     None => return,
