@@ -242,12 +242,6 @@ impl Node {
     /// with the region's peers: every replica does the same with the same
     /// peers.
     pub async fn start_peer(&self, region: Region) -> Result<()> {
-        self.start_peer_knowing(region, &[]).await
-    }
-
-    /// [`Node::start_peer`], with the member records of stores already
-    /// `known` (a split region's members).
-    async fn start_peer_knowing(&self, region: Region, known: &[rdb_raft::Member]) -> Result<()> {
         // An added replica may hold a membership without itself for a
         // while (a snapshot from just before its addition): its record
         // names it.
@@ -275,7 +269,7 @@ impl Node {
             .await
             .map_err(|e| internal("starting", e))?
         {
-            let members = self.members_of(&region, known).await?;
+            let members = self.members_of(&region).await?;
             group
                 .initialize(members)
                 .await
@@ -354,30 +348,22 @@ impl Node {
     }
 
     /// The voters of `region` as Raft members (their stores' addresses
-    /// from `known` member records, else from PD; this store's own address
-    /// without asking).
+    /// from PD; this store's own address without asking).
     async fn members_of(
         &self,
         region: &Region,
-        known: &[rdb_raft::Member],
     ) -> Result<BTreeMap<rdb_raft::NodeId, rdb_raft::Member>> {
         let mut members = BTreeMap::new();
         for p in &region.peers {
             if p.role == PeerRole::Learner as i32 {
                 continue;
             }
-            let known = known
-                .iter()
-                .map(crate::peer::member_store)
-                .find(|s| s.id == p.store_id && !s.address.is_empty());
             let store = if p.store_id == self.store_id {
                 Store {
                     id: self.store_id,
                     address: self.address.clone(),
                     ..Default::default()
                 }
-            } else if let Some(s) = known {
-                s
             } else {
                 self.pd
                     .clone()
@@ -413,17 +399,9 @@ impl Node {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(Event::Split { left_id, right }) => {
+                    Some(Event::Split { right }) => {
                         let id = right.id;
-                        // The new region's replicas are on the split
-                        // region's stores: their addresses as its group
-                        // knows them (no call to PD per split).
-                        let known: Vec<rdb_raft::Member> = self
-                            .regions()
-                            .get(left_id)
-                            .map(|p| p.group.status().members.into_values().collect())
-                            .unwrap_or_default();
-                        if let Err(e) = self.start_peer_knowing(right, &known).await {
+                        if let Err(e) = self.start_peer(right).await {
                             tracing::error!(region_id = id, error = %e, "cannot start the replica of a new region");
                         }
                     }

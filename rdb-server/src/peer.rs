@@ -79,8 +79,6 @@ pub enum Event {
     /// A split was applied here: the new region (its record and counter are
     /// on disk) needs its replica started.
     Split {
-        /// The region split (its left half keeps the id).
-        left_id: u64,
         /// The new region.
         right: Region,
     },
@@ -378,7 +376,6 @@ impl RegionMachine {
             "applied split"
         );
         let _ = self.events.send(Event::Split {
-            left_id: left.id,
             right: right.clone(),
         });
         Ok(Answer::Split {
