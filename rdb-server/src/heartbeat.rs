@@ -30,6 +30,7 @@ impl Node {
     pub async fn heartbeat(&self) -> Result<()> {
         let mut regions = Vec::new();
         let mut region_stats = Vec::new();
+        let sizes = self.sizes().clone();
         for p in self.regions().peers() {
             let st = p.group.status();
             if !st.is_leader {
@@ -37,7 +38,7 @@ impl Node {
             }
             let mut r = p.region();
             r.store_id = self.store_id;
-            let size = self.sizes().get(&r.id).copied().unwrap_or_default();
+            let size = sizes.get(&r.id).copied().unwrap_or_default();
             region_stats.push(RegionStat {
                 region_id: r.id,
                 term: st.term,

@@ -120,9 +120,12 @@ impl Node {
         loop {
             tick.tick().await;
             let peers = self.regions().peers();
-            checked.retain(|id, _| peers.iter().any(|p| p.region().id == *id));
-            self.sizes()
-                .retain(|id, _| peers.iter().any(|p| p.region().id == *id));
+            // One set of the regions held here (not a scan of every
+            // replica for each remembered region).
+            let held: std::collections::HashSet<u64> =
+                peers.iter().map(|p| p.region().id).collect();
+            checked.retain(|id, _| held.contains(id));
+            self.sizes().retain(|id, _| held.contains(id));
             for p in peers {
                 let st = p.group.status();
                 let region = p.region();
