@@ -461,7 +461,18 @@ async fn a_replica_added_later_answers_a_resent_write_as_the_others_would() {
     client.add_replica(region.id, third).await.unwrap();
     let led = client.transfer_leader(region.id, third).await.unwrap();
     let region = led.region.clone().unwrap();
-    let resent = resend_one(led.leader.unwrap().address, &region).await;
+    // The transfer answers once the old leader saw the target lead; the
+    // target may publish its own leadership a moment later (it answers
+    // NotLeader until then). The same request id each time.
+    let address = led.leader.unwrap().address;
+    let mut resent = resend_one(address.clone(), &region).await;
+    for _ in 0..50 {
+        if resent.region_error.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resent = resend_one(address.clone(), &region).await;
+    }
     assert!(resent.region_error.is_none(), "{resent:?}");
     assert_eq!(resent.version, first.version, "answered from the record");
     assert_eq!(
