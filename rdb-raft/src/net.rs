@@ -43,6 +43,16 @@ const SNAPSHOT_INSTALL: Duration = Duration::from_secs(600);
 /// Largest Raft message, encoded (a snapshot chunk is about 1 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// How long a message for a group not running here waits for it to start
+/// before it is refused: a replica created by a split that this process
+/// has not applied yet, or a process still starting its replicas. Shorter
+/// than a heartbeat interval (the sender's time limit for an append); a
+/// refusal makes the sender back off (200 ms, doubling up to 1 s).
+const GROUP_WAIT: Duration = Duration::from_millis(100);
+/// At most this many messages wait for their group at once; any more are
+/// refused at once.
+const MAX_GROUP_WAITERS: usize = 256;
+
 /// The groups of this process and the connections to their peers.
 #[derive(Clone)]
 pub struct Transport {
@@ -83,6 +93,10 @@ struct Inner {
     peers: Mutex<HashMap<String, PeerLive>>,
     /// Whether the ping loop runs.
     pinging: std::sync::atomic::AtomicBool,
+    /// Notified each time a group registers.
+    registered: tokio::sync::Notify,
+    /// Messages waiting for their group to start.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Transport {
@@ -101,6 +115,8 @@ impl Transport {
                 boot_id: rand::random::<u64>() | 1,
                 peers: Mutex::new(HashMap::new()),
                 pinging: std::sync::atomic::AtomicBool::new(false),
+                registered: tokio::sync::Notify::new(),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -135,6 +151,7 @@ impl Transport {
                     sleep,
                 },
             );
+        self.inner.registered.notify_waiters();
     }
 
     pub(crate) fn unregister(&self, group: u64, node: NodeId) {
@@ -155,6 +172,32 @@ impl Transport {
             None => Err(Status::unavailable(format!(
                 "Raft group {group} is not running here"
             ))),
+        }
+    }
+
+    /// This process's member `to` of `group`; a group not running here is
+    /// waited for, up to [`GROUP_WAIT`] (and [`MAX_GROUP_WAITERS`] at once).
+    async fn group_or_wait(&self, group: u64, to: NodeId) -> Result<Registered, Status> {
+        let deadline = tokio::time::Instant::now() + GROUP_WAIT;
+        let mut waiting = None;
+        loop {
+            let started = self.inner.registered.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            let e = match self.group(group, to) {
+                Err(e) if e.code() == tonic::Code::Unavailable => e,
+                r => return r,
+            };
+            if waiting.is_none() {
+                if self.inner.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_GROUP_WAITERS {
+                    self.inner.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e);
+                }
+                waiting = Some(WaitGuard(&self.inner.waiting));
+            }
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return self.group(group, to);
+            }
         }
     }
 
@@ -353,6 +396,15 @@ impl Transport {
             group,
             from,
         }
+    }
+}
+
+/// Counts one message waiting for its group while it lives.
+struct WaitGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -595,11 +647,14 @@ pub struct RaftServer {
 }
 
 impl RaftServer {
-    fn open<T: DeserializeOwned>(&self, req: &RaftRequest) -> Result<(Registered, T), Status> {
+    async fn open<T: DeserializeOwned>(
+        &self,
+        req: &RaftRequest,
+    ) -> Result<(Registered, T), Status> {
         if cut() {
             return Err(Status::unavailable("Raft traffic cut (test switch)"));
         }
-        let r = self.transport.group(req.group_id, req.to)?;
+        let r = self.transport.group_or_wait(req.group_id, req.to).await?;
         let msg = decode(&req.payload).map_err(Status::invalid_argument)?;
         Ok((r, msg))
     }
@@ -668,21 +723,23 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())?;
+        let (r, msg) = self
+            .open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())
+            .await?;
         let a = r.raft.append_entries(msg).await;
         r.heard();
         answer(a)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref()).await?;
         let a = r.raft.vote(msg).await;
         r.heard();
         answer(a)
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref())?;
+        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref()).await?;
         let a = r.raft.pre_vote(msg).await;
         r.heard();
         answer(a)
@@ -700,7 +757,10 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         if cut() {
             return Err(Status::unavailable("Raft traffic cut (test switch)"));
         }
-        let reg = self.transport.group(first.group_id, first.to)?;
+        let reg = self
+            .transport
+            .group_or_wait(first.group_id, first.to)
+            .await?;
         reg.heard();
         let raft = reg.raft.clone();
         let head: Head = decode(&first.payload).map_err(Status::invalid_argument)?;
@@ -727,13 +787,15 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())?;
+        let (r, msg) = self
+            .open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())
+            .await?;
         r.heard();
         answer(r.raft.handle_transfer_leader(msg).await)
     }
 
     async fn hibernate(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<HibernateMsg>(req.get_ref())?;
+        let (r, msg) = self.open::<HibernateMsg>(req.get_ref()).await?;
         let asleep = r.sleep_as_follower(&msg);
         if let Some(addr) = r.sleep.leader_addr() {
             // Pinged from now on (a follower may never have called its
