@@ -43,6 +43,13 @@ struct Reported {
     store: u64,
     /// Its Raft term.
     term: u64,
+    /// Its peer id (0: not known). Raft leaderships are ordered by term,
+    /// then by the leader's peer id: openraft's leader ids name their
+    /// node, and two replicas can both win term 1 of a new region (each a
+    /// quorum of its own, the later one superseding the earlier; their
+    /// log ids differ, so nothing is lost), and the earlier one's report
+    /// may come last.
+    peer: u64,
     /// The peers it reports down.
     down: Vec<u64>,
     /// The region's approximate size in bytes and keys (0: not known).
@@ -114,13 +121,17 @@ impl Cluster {
     pub fn follow_leaders(&self, store_id: u64, stats: &[RegionStat]) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for s in stats {
-            let known = live.leaders.get(&s.region_id).map_or(0, |r| r.term);
-            if s.term >= known {
+            let known = live
+                .leaders
+                .get(&s.region_id)
+                .map_or((0, 0), |r| (r.term, r.peer));
+            if (s.term, s.leader_peer_id) >= known {
                 live.leaders.insert(
                     s.region_id,
                     Reported {
                         store: store_id,
                         term: s.term,
+                        peer: s.leader_peer_id,
                         down: s.down_peer_ids.clone(),
                         size: s.approximate_size,
                         keys: s.approximate_keys,
@@ -130,21 +141,24 @@ impl Cluster {
         }
     }
 
-    /// Records that `store_id` leads region `region_id` in Raft term `term`
-    /// (an operator saw the leadership move). Reports of an older term are
+    /// Records that peer `peer_id` on store `store_id` leads region
+    /// `region_id` in Raft term `term` (an operator saw the leadership
+    /// move). Reports of an older term are
     /// stale from then on. (Guessing the new term as the last one plus one
     /// was wrong: a term known from an earlier guess, or a report, could
     /// put the guess above the real term, and the real leader's reports
     /// were then dropped as stale, its down peers and sizes with them.)
-    pub fn set_leader(&self, region_id: u64, store_id: u64, term: u64) {
+    pub fn set_leader(&self, region_id: u64, store_id: u64, peer_id: u64, term: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let entry = live.leaders.entry(region_id).or_default();
         entry.store = store_id;
         // The term the store answered with; if it gave none (an older
-        // store), the old leader's term: the new leader reports its own,
-        // higher, and a late report of the old leader's is then accepted
-        // as well until it does.
-        entry.term = entry.term.max(term);
+        // store), the old leader's term and peer: the new leader reports
+        // its own, higher, and a late report of the old leader's is then
+        // accepted as well until it does.
+        if (term, peer_id) > (entry.term, entry.peer) {
+            (entry.term, entry.peer) = (term, peer_id);
+        }
         entry.down.clear();
     }
 
@@ -877,12 +891,14 @@ mod tests {
             c.put_store(store(id)).await.unwrap();
         }
         c.bootstrap(1, region(10, b"", b"", 1, 1, 1)).await.unwrap();
+        // Store s's replica is peer s.
         let report = |store: u64, term: u64, size: u64| {
             c.follow_leaders(
                 store,
                 &[RegionStat {
                     region_id: 10,
                     term,
+                    leader_peer_id: store,
                     approximate_size: size,
                     approximate_keys: size / 10,
                     ..Default::default()
@@ -896,7 +912,7 @@ mod tests {
         report(1, 3, 100);
         assert_eq!(seen(&c), (1, 100, 10));
         // A transfer saw store 2 take over in term 4.
-        c.set_leader(10, 2, 4);
+        c.set_leader(10, 2, 2, 4);
         assert_eq!(seen(&c).0, 2);
         // The old leader's late report is stale; the new leader's own, in
         // the term the transfer saw, is taken.
@@ -904,10 +920,15 @@ mod tests {
         assert_eq!(seen(&c).0, 2);
         report(2, 4, 200);
         assert_eq!(seen(&c), (2, 200, 20));
+        // Two leaders of one term: peer 3 superseded peer 2 (a higher
+        // leader id); peer 2's late report is stale.
+        report(3, 5, 300);
+        report(2, 5, 200);
+        assert_eq!(seen(&c), (3, 300, 30));
         // A transfer answered without a term (an older store) guesses none.
-        c.set_leader(10, 1, 0);
-        report(1, 4, 300);
-        assert_eq!(seen(&c), (1, 300, 30));
+        c.set_leader(10, 1, 1, 0);
+        report(1, 6, 400);
+        assert_eq!(seen(&c), (1, 400, 40));
     }
 
     fn store(id: u64) -> Store {
@@ -1240,7 +1261,7 @@ mod tests {
                 to: 2
             }]
         );
-        c.set_leader(10, 2, 2);
+        c.set_leader(10, 2, 2, 2);
         assert_eq!(
             c.replica_fixes(&rules(3)),
             vec![ReplicaFix::Add {

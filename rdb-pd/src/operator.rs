@@ -393,7 +393,8 @@ impl PdService {
                 leader.id, region.id, e.message
             )));
         }
-        self.cluster.set_leader(region.id, to.store_id, resp.term);
+        self.cluster
+            .set_leader(region.id, to.store_id, to.id, resp.term);
         tracing::info!(
             region_id = region.id,
             from = leader.id,
