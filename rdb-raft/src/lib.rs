@@ -202,6 +202,37 @@ pub struct GroupConfig {
     pub hibernate: bool,
 }
 
+/// The writes that create a member of a new group `group` with the group's
+/// first log entry: index 0, in term 0 under node `first`, setting
+/// `members` (the `voters` among them vote; the others are learners).
+/// Written with whatever creates the member (a region's split, at apply),
+/// on every member alike, so that every member holds the same log: any of
+/// them can be elected, and none campaigns before an election timeout
+/// unless told to ([`Group::campaign`]). ([`Group::initialize`] writes
+/// that entry under each member's own id instead, and campaigns at once
+/// on each: then only the member with the highest id wins every vote, and
+/// the first to campaign is often not that one.) None if the member
+/// already has Raft state here.
+pub fn seed_ops(
+    engine: &Engine,
+    group: u64,
+    first: NodeId,
+    members: BTreeMap<NodeId, Member>,
+    voters: BTreeSet<NodeId>,
+) -> Result<Vec<rdb_storage::WriteOp>> {
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::alias::{EntryOf, LeaderIdOf, LogIdOf};
+    use openraft::vote::RaftLeaderId;
+    let membership = openraft::Membership::new(vec![voters], members)
+        .map_err(|e| Error::Config(format!("group {group}'s first membership: {e}")))?;
+    let leader = LeaderIdOf::<TypeConfig>::new(0, first);
+    let entry = EntryOf::<TypeConfig>::new(
+        LogIdOf::<TypeConfig>::new(leader.to_committed(), 0),
+        openraft::EntryPayload::Membership(membership),
+    );
+    log::seed_ops(engine, group, &entry)
+}
+
 /// A member's view of its group, published whenever it changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -386,6 +417,18 @@ impl Group {
         Ok(group)
     }
 
+    /// Campaigns at once (without a pre-vote round) instead of after an
+    /// election timeout: for the member chosen to lead a group just
+    /// created from seeded logs ([`seed_ops`]).
+    pub async fn campaign(&self) -> Result<()> {
+        self.sleep.wake(&self.raft);
+        self.raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
     /// Creates the group with `members` as its voters. Every initial member
     /// may call it with the same members; a member that already has a log
     /// (it was initialized before, or joined) ignores it.
@@ -465,6 +508,11 @@ impl Group {
     /// The current status.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// `f` of the current status, read in place (no copy of it).
+    pub fn with_status<R>(&self, f: impl FnOnce(&Status) -> R) -> R {
+        f(&self.status.borrow())
     }
 
     /// Whether this member is the leader, as far as it knows (cheap).

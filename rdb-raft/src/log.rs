@@ -47,6 +47,24 @@ pub(crate) fn delete_group_ops(group: u64) -> Vec<WriteOp> {
     vec![WriteOp::DeleteRaftRange { start, end }]
 }
 
+/// The writes that give a new member of `group` the group's first log
+/// entry, `first` (see [`crate::seed_ops`]), unless it already has Raft
+/// state (a vote: it ran before): then none.
+pub(crate) fn seed_ops(
+    engine: &Engine,
+    group: u64,
+    first: &EntryOf<TypeConfig>,
+) -> crate::Result<Vec<WriteOp>> {
+    if engine.get_raft(&key(group, VOTE, None))?.is_some() {
+        return Ok(Vec::new());
+    }
+    let value = encode(first).map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok(vec![WriteOp::PutRaft {
+        key: key(group, ENTRY, Some(first.log_id.index())),
+        value,
+    }])
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }

@@ -2,7 +2,7 @@
 //! election, replication, failover, a restart from disk, and a member
 //! added later that catches up (from the log or a snapshot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,17 @@ fn timing() -> Timing {
 
 async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener) -> Node {
     let engine = Engine::open(dir, Default::default()).unwrap();
+    start_on(id, engine, listener, Duration::ZERO).await
+}
+
+/// [`start`] on an open engine, the member's group started `late` after
+/// its server (which answers meanwhile that the group is not running).
+async fn start_on(
+    id: u64,
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    late: Duration,
+) -> Node {
     let sum = Arc::new(Sum(Mutex::new(
         engine
             .get_meta(b"sum")
@@ -78,6 +89,7 @@ async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener
             )
             .await;
     });
+    tokio::time::sleep(late).await;
     let group = Group::start(
         GroupConfig {
             group_id: 7,
@@ -133,6 +145,25 @@ async fn converge(nodes: &[Option<Node>], want: u64) {
     }
 }
 
+/// `n` members (ids 1..=n) on free loopback ports: their records and
+/// their listeners.
+async fn listen(n: u64) -> (BTreeMap<u64, Member>, Vec<Option<tokio::net::TcpListener>>) {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for i in 1..=n {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(
+            i,
+            Member {
+                name: format!("n{i}"),
+                address: l.local_addr().unwrap().to_string(),
+            },
+        );
+        listeners.push(Some(l));
+    }
+    (members, listeners)
+}
+
 /// Four members' addresses; the first three started and initialized as
 /// the group (the fourth's listener is returned for a later start).
 async fn three_of_four(
@@ -142,19 +173,7 @@ async fn three_of_four(
     BTreeMap<u64, Member>,
     Vec<Option<tokio::net::TcpListener>>,
 ) {
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for i in 0..4u64 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(
-            i + 1,
-            Member {
-                name: format!("n{}", i + 1),
-                address: l.local_addr().unwrap().to_string(),
-            },
-        );
-        listeners.push(Some(l));
-    }
+    let (members, mut listeners) = listen(4).await;
     let initial: BTreeMap<_, _> = members
         .iter()
         .filter(|(id, _)| **id <= 3)
@@ -393,5 +412,69 @@ async fn three_members_elect_replicate_fail_over_restart_and_grow() {
     converge(&rest, total).await;
     for n in rest.iter().flatten() {
         n.group.shutdown().await;
+    }
+}
+
+/// Three members of a group created from seeded logs, as a region's split
+/// creates the new region's group: the member told to campaign does so
+/// before the others' groups have started (its requests wait for them
+/// there) and leads in the first term; with that member gone, the other
+/// two elect on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_group_is_led_by_its_campaigner_and_elects_without_it() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    for with_campaigner in [true, false] {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (members, mut listeners) = listen(3).await;
+        let voters: BTreeSet<u64> = members.keys().copied().collect();
+        let mut engines = Vec::new();
+        for d in &dirs {
+            let engine = Engine::open(d.path(), Default::default()).unwrap();
+            let seed = rdb_raft::seed_ops(&engine, 7, 3, members.clone(), voters.clone()).unwrap();
+            assert_eq!(seed.len(), 1, "one first entry");
+            engine.write(seed).await.unwrap();
+            engines.push(Some(engine));
+        }
+        // Members 1 and 2 answer at once, their groups start 50 ms later.
+        let mut others = Vec::new();
+        for i in 0..2 {
+            let (e, l) = (engines[i].take().unwrap(), listeners[i].take().unwrap());
+            others.push(tokio::spawn(start_on(
+                i as u64 + 1,
+                e,
+                l,
+                Duration::from_millis(50),
+            )));
+        }
+        let mut nodes: Vec<Option<Node>> = vec![None, None, None];
+        if with_campaigner {
+            let (e, l) = (engines[2].take().unwrap(), listeners[2].take().unwrap());
+            let n3 = start_on(3, e, l, Duration::ZERO).await;
+            n3.group.campaign().await.unwrap();
+            nodes[2] = Some(n3);
+        }
+        for (i, o) in others.into_iter().enumerate() {
+            nodes[i] = Some(o.await.unwrap());
+        }
+        let l = leader(&nodes).await;
+        let st = nodes[l].as_ref().unwrap().group.status();
+        if with_campaigner {
+            assert_eq!((l, st.term), (2, 1), "the campaigner won the first term");
+        } else {
+            assert!(l < 2, "one of the two started members leads");
+        }
+        let g = nodes[l].as_ref().unwrap().group.clone();
+        g.write(5u64.to_be_bytes().to_vec()).await.unwrap();
+        converge(&nodes, 5).await;
+        // A seeded member already has its log: initializing is a no-op.
+        for n in nodes.iter().flatten() {
+            assert!(n.group.is_initialized().await.unwrap());
+        }
+        for n in nodes.into_iter().flatten() {
+            stop(n).await;
+        }
     }
 }

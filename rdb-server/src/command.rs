@@ -32,6 +32,68 @@ pub enum Command {
         /// The new region's peer ids, one per peer of the region, in order.
         new_peer_ids: Vec<u64>,
     },
+    /// A [`Command::Split`] that also creates the new region's Raft group:
+    /// every replica writes the group's first log entry with the split,
+    /// the same entry on each (`rdb_raft::seed_ops`), so that its replica
+    /// with the highest peer id (the one on the store that proposed the
+    /// split) can campaign at once and win.
+    SplitSeeded {
+        /// The epoch (version, conf_ver) the split was checked against.
+        epoch: (u64, u64),
+        /// The first key of the new region.
+        #[serde(with = "serde_bytes")]
+        split_key: Vec<u8>,
+        /// The new region's id.
+        new_region_id: u64,
+        /// The new region's peer ids, one per peer of the region, in order.
+        new_peer_ids: Vec<u64>,
+        /// The new group's members: peer id, store id, address (those of
+        /// the region's members on the same stores).
+        members: Vec<(u64, u64, String)>,
+    },
+}
+
+/// The fields of a split command ([`Command::Split`] has no `members`).
+pub struct SplitParts {
+    pub epoch: (u64, u64),
+    pub split_key: Vec<u8>,
+    pub new_region_id: u64,
+    pub new_peer_ids: Vec<u64>,
+    pub members: Option<Vec<(u64, u64, String)>>,
+}
+
+impl Command {
+    /// A split's fields; `None` for any other command.
+    pub fn into_split(self) -> Option<SplitParts> {
+        match self {
+            Command::Split {
+                epoch,
+                split_key,
+                new_region_id,
+                new_peer_ids,
+            } => Some(SplitParts {
+                epoch,
+                split_key,
+                new_region_id,
+                new_peer_ids,
+                members: None,
+            }),
+            Command::SplitSeeded {
+                epoch,
+                split_key,
+                new_region_id,
+                new_peer_ids,
+                members,
+            } => Some(SplitParts {
+                epoch,
+                split_key,
+                new_region_id,
+                new_peer_ids,
+                members: Some(members),
+            }),
+            Command::Write { .. } => None,
+        }
+    }
 }
 
 /// One operation of a [`Command::Write`].

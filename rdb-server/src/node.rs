@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::bootstrap::pending_bootstrap;
 use crate::error::{Result, ServerError};
 use crate::operator::AddedPeer;
-use crate::peer::{load_counter, member, Event, RegionMachine, RegionPeer};
+use crate::peer::{first_campaigner, load_counter, member, Event, RegionMachine, RegionPeer};
 use crate::regions::{load_regions, put_region_op, RegionMap};
 
 /// Raft settings of the region replicas.
@@ -275,6 +275,16 @@ impl Node {
                 .await
                 .map_err(|e| internal("initializing", e))?;
         }
+        // A region just split off, its group created from the same first
+        // entry on every replica: the replica on the split's proposer (the
+        // highest peer id) campaigns at once; the others wait for it (or,
+        // if it is gone, an election timeout).
+        let st = group.status();
+        if st.term == 0 && st.leader.is_none() && first_campaigner(&region) == Some(peer_id) {
+            if let Err(e) = group.campaign().await {
+                tracing::warn!(region_id = region.id, error = %e, "first campaign failed");
+            }
+        }
         tracing::debug!(region_id = region.id, peer_id, "region replica started");
         self.regions_mut().insert(
             region.id,
@@ -417,7 +427,7 @@ impl Node {
             return;
         }
         for p in self.regions().peers() {
-            if let Some(reason) = p.group.status().stopped {
+            if let Some(reason) = p.group.with_status(|s| s.stopped.clone()) {
                 tracing::error!(region_id = p.region().id, %reason, "a region's Raft group stopped; exiting");
                 std::process::exit(rdb_storage::fatal::STORAGE_FAILURE_EXIT_CODE);
             }

@@ -25,7 +25,7 @@ use rdb_storage::{Engine, OpResult, Queued, StorageError, VersionedWrite, WriteO
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{self, Answer, Command, Outcome};
+use crate::command::{self, Answer, Command, Outcome, SplitParts};
 use crate::regions::put_region_op;
 
 /// Prefix of the meta keys of the regions' version counters.
@@ -62,6 +62,17 @@ pub fn member(store: &Store) -> Member {
         name: store.id.to_string(),
         address: store.address.clone(),
     }
+}
+
+/// The replica of a region just split off that campaigns at once: its
+/// voter with the highest peer id (the split's proposer gives its own
+/// store's replica that id).
+pub fn first_campaigner(r: &Region) -> Option<u64> {
+    r.peers
+        .iter()
+        .filter(|p| p.role != PeerRole::Learner as i32)
+        .map(|p| p.id)
+        .max()
 }
 
 /// The store of a Raft member record (its name is the store id).
@@ -294,6 +305,7 @@ impl RegionMachine {
         split_key: Vec<u8>,
         new_region_id: u64,
         new_peer_ids: Vec<u64>,
+        members: Option<Vec<(u64, u64, String)>>,
         marks: Vec<WriteOp>,
     ) -> Result<Answer, String> {
         let (region, counter) = {
@@ -358,11 +370,14 @@ impl RegionMachine {
         // The left half's new range is visible at once to the entries after
         // this one; the right half starts once both are on disk.
         self.write().region = left.clone();
-        let ops = vec![
+        let mut ops = vec![
             put_region_op(&left),
             put_region_op(&right),
             put_counter_op(right.id, counter),
         ];
+        if let Some(members) = members {
+            ops.extend(self.seed_group(&right, members)?);
+        }
         self.queue(None, ops, marks, None)
             .await?
             .wait()
@@ -382,6 +397,48 @@ impl RegionMachine {
             left: left.encode_to_vec(),
             right: right.encode_to_vec(),
         })
+    }
+
+    /// The writes that create this store's member of the Raft group of
+    /// `right`, a region just split off, with the group's first log entry
+    /// (the same on every replica: the split entry carries `members`). None
+    /// when `members` do not match the region's peers (its replica then
+    /// starts as before seeding: each replica writes its own first entry).
+    fn seed_group(
+        &self,
+        right: &Region,
+        members: Vec<(u64, u64, String)>,
+    ) -> Result<Vec<WriteOp>, String> {
+        let ids: std::collections::BTreeSet<u64> = right.peers.iter().map(|p| p.id).collect();
+        if members.len() != ids.len() || members.iter().any(|(id, _, _)| !ids.contains(id)) {
+            tracing::warn!(
+                region_id = right.id,
+                ?members,
+                "split entry's members do not match the new region's peers: group not seeded"
+            );
+            return Ok(Vec::new());
+        }
+        let voters = right
+            .peers
+            .iter()
+            .filter(|p| p.role != PeerRole::Learner as i32)
+            .map(|p| p.id)
+            .collect();
+        let first = first_campaigner(right).unwrap_or_default();
+        let members = members
+            .into_iter()
+            .map(|(id, store_id, address)| {
+                (
+                    id,
+                    Member {
+                        name: store_id.to_string(),
+                        address,
+                    },
+                )
+            })
+            .collect();
+        rdb_raft::seed_ops(&self.engine, right.id, first, members, voters)
+            .map_err(|e| format!("seeding region {}'s group: {e}", right.id))
     }
 
     /// Applies a membership entry: the region's peers follow the group's
@@ -486,18 +543,30 @@ impl BatchMachine for RegionMachine {
                     w @ Waiting::Written(..) => w.finish().await?,
                     w => waiting.push(w),
                 },
-                Command::Split {
-                    epoch,
-                    split_key,
-                    new_region_id,
-                    new_peer_ids,
-                } => {
+                split => {
+                    let Some(SplitParts {
+                        epoch,
+                        split_key,
+                        new_region_id,
+                        new_peer_ids,
+                        members,
+                    }) = split.into_split()
+                    else {
+                        continue;
+                    };
                     // The entries before it are written first.
                     for w in waiting.drain(..) {
                         w.finish().await?;
                     }
                     let answer = self
-                        .apply_split(epoch, split_key, new_region_id, new_peer_ids, marks)
+                        .apply_split(
+                            epoch,
+                            split_key,
+                            new_region_id,
+                            new_peer_ids,
+                            members,
+                            marks,
+                        )
                         .await?;
                     reply.send(command::encode(&answer));
                 }
@@ -769,7 +838,7 @@ impl RegionPeer {
 
     /// Proposes `cmd` and waits until it is applied here.
     pub async fn propose(&self, cmd: &Command) -> Result<Answer, ProposeError> {
-        if matches!(cmd, Command::Split { .. }) {
+        if matches!(cmd, Command::Split { .. } | Command::SplitSeeded { .. }) {
             self.machine.split_proposed(self.group.term());
         }
         // A proposal that no majority commits (a leader cut off from its

@@ -5,7 +5,7 @@
 //! large ones, which then orders the split as for `rdb-cli split`.
 
 use prost::Message;
-use rdb_proto::v1::{ApplySplitResponse, Region, RegionEpoch};
+use rdb_proto::v1::{ApplySplitResponse, Peer, Region, RegionEpoch};
 
 use crate::command::{Answer, Command};
 use crate::error::{Result, ServerError};
@@ -56,12 +56,35 @@ impl Node {
                 new_peer_ids
             )));
         }
+        let new_peer_ids = highest_here(&region.peers, self.store_id, new_peer_ids);
         let cur = region.epoch_or_default();
-        let cmd = Command::Split {
-            epoch: (cur.version, cur.conf_ver),
-            split_key,
-            new_region_id,
-            new_peer_ids,
+        // The new group's members: the region's members' addresses (its
+        // stores), with the new peer ids.
+        let st = peer.group.status();
+        let members: Option<Vec<(u64, u64, String)>> = region
+            .peers
+            .iter()
+            .zip(&new_peer_ids)
+            .map(|(p, id)| {
+                st.members
+                    .get(&p.id)
+                    .map(|m| (*id, p.store_id, m.address.clone()))
+            })
+            .collect();
+        let cmd = match members {
+            Some(members) => Command::SplitSeeded {
+                epoch: (cur.version, cur.conf_ver),
+                split_key,
+                new_region_id,
+                new_peer_ids,
+                members,
+            },
+            None => Command::Split {
+                epoch: (cur.version, cur.conf_ver),
+                split_key,
+                new_region_id,
+                new_peer_ids,
+            },
         };
         let decode = |raw: &[u8]| {
             Region::decode(raw).map_err(|e| ServerError::Internal(format!("split answer: {e}")))
@@ -127,12 +150,15 @@ impl Node {
             checked.retain(|id, _| held.contains(id));
             self.sizes().retain(|id, _| held.contains(id));
             for p in peers {
-                let st = p.group.status();
-                let region = p.region();
-                if !st.is_leader || checked.get(&region.id) == Some(&st.applied_index) {
+                let (is_leader, applied) = p.group.with_status(|s| (s.is_leader, s.applied_index));
+                if !is_leader {
                     continue;
                 }
-                checked.insert(region.id, st.applied_index);
+                let region = p.region();
+                if checked.get(&region.id) == Some(&applied) {
+                    continue;
+                }
+                checked.insert(region.id, applied);
                 let engine = self.engine.clone();
                 let (start, end) = (region.start_key.clone(), region.end_key.clone());
                 let check = tokio::task::spawn_blocking(move || {
@@ -181,5 +207,52 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// `ids` (one per peer of `peers`, in order) with the highest given to the
+/// peer on store `store_id` (the leader's): every replica of a new group
+/// starts with a first log entry whose id names the replica that wrote it
+/// (openraft's log ids carry their leader's node id), so the one with the
+/// highest peer id holds the greatest log and is the only one every other
+/// replica votes for. The leader's replica starts first (its store applies
+/// the split first) and campaigns at once: it wins without waiting out an
+/// election timeout, and the new region's leader starts where its parent's
+/// is.
+fn highest_here(peers: &[Peer], store_id: u64, mut ids: Vec<u64>) -> Vec<u64> {
+    let mine = peers.iter().position(|p| p.store_id == store_id);
+    let top = (0..ids.len()).max_by_key(|&i| ids[i]);
+    if let (Some(mine), Some(top)) = (mine, top) {
+        if mine < ids.len() {
+            ids.swap(mine, top);
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(stores: &[u64]) -> Vec<Peer> {
+        stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Peer {
+                id: i as u64 + 1,
+                store_id: *s,
+                role: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_leaders_replica_of_a_new_region_gets_the_highest_peer_id() {
+        let p = peers(&[4, 5, 6]);
+        assert_eq!(highest_here(&p, 4, vec![10, 11, 12]), vec![12, 11, 10]);
+        assert_eq!(highest_here(&p, 5, vec![10, 11, 12]), vec![10, 12, 11]);
+        assert_eq!(highest_here(&p, 6, vec![10, 11, 12]), vec![10, 11, 12]);
+        // Not a member here (cannot be: only a leader splits): unchanged.
+        assert_eq!(highest_here(&p, 7, vec![10, 11, 12]), vec![10, 11, 12]);
     }
 }
