@@ -1,6 +1,7 @@
-//! Heartbeats to PD: the regions whose groups this store leads and the
-//! store's approximate size, sent at a fixed interval and whenever a replica
-//! here becomes a leader. Separately, every [`GC_EVERY`] heartbeat
+//! Heartbeats to PD: the regions whose groups this store leads (those
+//! whose report changed; all of them every [`FULL_EVERY`] intervals) and
+//! the store's approximate size, sent at a fixed interval and whenever a
+//! replica here becomes a leader. Separately, every [`GC_EVERY`] heartbeat
 //! intervals, the replicas here that were removed from their regions are
 //! found and deleted (one paged scan of PD's regions per round, never one
 //! call per replica, and never in the way of a heartbeat).
@@ -22,41 +23,85 @@ const PENDING_LAG: u64 = 100;
 /// intervals.
 const GC_EVERY: u32 = 10;
 
+/// Every this many heartbeat intervals, a heartbeat reports every region
+/// this store leads, changed or not.
+const FULL_EVERY: u32 = 10;
+
+/// What the last heartbeat told PD of a region this store leads.
+#[derive(Debug, PartialEq, Eq)]
+struct Told {
+    term: u64,
+    leader: u64,
+    epoch: (u64, u64),
+    down: Vec<u64>,
+    pending: Vec<u64>,
+    size: (u64, u64),
+}
+
 /// Regions per page of PD's region scan.
 const SCAN_PAGE: u32 = 1024;
 
 impl Node {
-    /// Sends one heartbeat with the regions whose groups this store leads.
-    pub async fn heartbeat(&self) -> Result<()> {
+    /// Sends one heartbeat with the regions whose groups this store leads:
+    /// all of them if `full`, else only those whose report would differ
+    /// from the last one PD got (recorded in `told`): a new leadership, a
+    /// new epoch, down or pending peers, size. A store leading thousands
+    /// of idle regions tells PD nothing new about them each interval.
+    async fn heartbeat(&self, told: &mut HashMap<u64, Told>, full: bool) -> Result<()> {
         let mut regions = Vec::new();
         let mut region_stats = Vec::new();
-        let sizes = self.sizes().clone();
+        if full {
+            told.clear();
+        }
         for p in self.regions().peers() {
-            let st = p.group.status();
-            if !st.is_leader {
+            // Read in place (a clone of every leader's status each
+            // interval was most of an idle store's work).
+            let Some((term, id, pending)) = p.group.with_status(|st| {
+                st.is_leader.then(|| {
+                    let pending: Vec<u64> = st
+                        .members
+                        .keys()
+                        .filter(|m| **m != st.id)
+                        .filter(|m| {
+                            st.matched.get(m).copied().unwrap_or(0) + PENDING_LAG
+                                < st.last_log_index
+                        })
+                        .copied()
+                        .collect();
+                    (st.term, st.id, pending)
+                })
+            }) else {
                 continue;
-            }
+            };
             let mut r = p.region();
             r.store_id = self.store_id;
-            let size = sizes.get(&r.id).copied().unwrap_or_default();
+            let size = self.sizes().get(&r.id).copied().unwrap_or_default();
+            let epoch = r.epoch_or_default();
+            let now = Told {
+                term,
+                leader: id,
+                epoch: (epoch.version, epoch.conf_ver),
+                down: p.group.silent_members(2 * p.group.timing().election_max),
+                pending,
+                size,
+            };
+            if told.get(&r.id) == Some(&now) {
+                continue;
+            }
             region_stats.push(RegionStat {
                 region_id: r.id,
-                term: st.term,
-                leader_peer_id: st.id,
-                pending_peer_ids: st
-                    .members
-                    .keys()
-                    .filter(|id| **id != st.id)
-                    .filter(|id| {
-                        st.matched.get(id).copied().unwrap_or(0) + PENDING_LAG < st.last_log_index
-                    })
-                    .copied()
-                    .collect(),
-                down_peer_ids: p.group.silent_members(2 * p.group.timing().election_max),
+                term,
+                leader_peer_id: id,
+                pending_peer_ids: now.pending.clone(),
+                down_peer_ids: now.down.clone(),
                 approximate_size: size.0,
                 approximate_keys: size.1,
             });
+            told.insert(r.id, now);
             regions.push(r);
+        }
+        if !full && regions.is_empty() {
+            return Ok(());
         }
         regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
         let engine = self.engine.clone();
@@ -92,7 +137,7 @@ impl Node {
         let mut removed = Vec::new();
         let mut ask_pd = Vec::new();
         for p in self.regions().peers() {
-            if p.group.status().is_leader {
+            if p.group.is_leader() {
                 continue;
             }
             let local = p.region();
@@ -175,20 +220,32 @@ impl Node {
         }
     }
 
-    /// Heartbeats every `interval` until the process stops.
-    /// A replica here that becomes its region's leader sends one at once
-    /// (PD routes clients by what the leaders report).
+    /// Heartbeats every `interval` until the process stops: what changed
+    /// since the last one, and everything every [`FULL_EVERY`] intervals
+    /// (PD keeps leaders' reports in memory: a new PD leader hears of
+    /// every region within that time). A replica here that becomes its
+    /// region's leader is reported at once (PD routes clients by what the
+    /// leaders report).
     pub async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut told: HashMap<u64, Told> = HashMap::new();
+        let mut ticks: u32 = 0;
         tokio::spawn(self.clone().gc_loop(interval * GC_EVERY));
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.leader_changed.notified() => {}
+            let full = tokio::select! {
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    ticks % FULL_EVERY == 1
+                }
+                _ = self.leader_changed.notified() => false,
+            };
+            let result = self.heartbeat(&mut told, full).await;
+            if result.is_err() {
+                // Whatever it carried is reported again next time.
+                told.clear();
             }
-            let result = self.heartbeat().await;
             let label = if result.is_ok() { "ok" } else { "failed" };
             crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
             match result {
