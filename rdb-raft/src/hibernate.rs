@@ -63,6 +63,8 @@ pub(crate) struct Sleep {
     /// Counts what the member was asked to do ([`Sleep::touch`]): a leader
     /// falls asleep only if nothing was asked since it decided to.
     activity: AtomicU64,
+    /// How many times it fell asleep.
+    naps: AtomicU64,
     /// When it last woke.
     woke_at: Mutex<Option<std::time::Instant>>,
     /// Notified when the member wakes.
@@ -110,9 +112,17 @@ impl Sleep {
         }
         *self.leader_addr.lock().unwrap_or_else(|p| p.into_inner()) = leader_addr;
         self.term.store(term, Ordering::Release);
+        self.naps.fetch_add(1, Ordering::AcqRel);
         self.state.store(as_, Ordering::Release);
         raft.runtime_config().tick(false);
         true
+    }
+
+    /// While it sleeps as a leader: which nap this is (it stays the same
+    /// until it wakes; the next one is another).
+    pub fn leader_nap(&self) -> Option<u64> {
+        let n = self.naps.load(Ordering::Acquire);
+        (self.state() == LEADER && self.naps.load(Ordering::Acquire) == n).then_some(n)
     }
 
     /// Runs the ticker again; the state it was in (`AWAKE`: nothing done).

@@ -758,6 +758,20 @@ impl Group {
         self.sleep.state() != hibernate::AWAKE
     }
 
+    /// While this member sleeps as its group's leader: a value that stays
+    /// the same for as long as nothing can change in what it would report
+    /// (its status, its log, its members' liveness as the transport's
+    /// pings see it); `None` while awake.
+    pub fn quiet_leader(&self) -> Option<(u64, u64)> {
+        let nap = self.sleep.leader_nap()?;
+        Some((nap, self.transport.liveness_changes()))
+    }
+
+    /// The group's id.
+    pub fn group_id(&self) -> u64 {
+        self.config.group_id
+    }
+
     /// Stops the member (unregisters it from the transport first).
     pub async fn shutdown(&self) {
         self.transport

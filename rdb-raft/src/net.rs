@@ -97,6 +97,11 @@ struct Inner {
     registered: tokio::sync::Notify,
     /// Messages waiting for their group to start.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Moves on each ping round in which a peer process has been silent
+    /// for half the longest election timeout, and when one answers again
+    /// (after a silence or a restart): it stays put while every peer
+    /// answers.
+    liveness_changes: AtomicU64,
 }
 
 impl Transport {
@@ -117,6 +122,7 @@ impl Transport {
                 pinging: std::sync::atomic::AtomicBool::new(false),
                 registered: tokio::sync::Notify::new(),
                 waiting: std::sync::atomic::AtomicUsize::new(0),
+                liveness_changes: AtomicU64::new(0),
             }),
         }
     }
@@ -235,6 +241,12 @@ impl Transport {
         }
     }
 
+    /// A value that stays put while every peer process answers pings (see
+    /// [`Inner::liveness_changes`]).
+    pub(crate) fn liveness_changes(&self) -> u64 {
+        self.inner.liveness_changes.load(Ordering::Acquire)
+    }
+
     /// How long the process at `addr` has not answered pings (zero while
     /// it answers; `None` before the first ping).
     pub(crate) fn silent_for(&self, addr: &str) -> Option<Duration> {
@@ -277,6 +289,7 @@ impl Transport {
             .collect();
         let now = Instant::now();
         let mut died = Vec::new();
+        let mut silent = false;
         {
             let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
             for (addr, ch) in addrs {
@@ -290,11 +303,15 @@ impl Transport {
                     p.dead = true;
                     died.push(addr.clone());
                 }
+                silent |= p.last_ok.elapsed() > dead_after / 2;
                 if !p.pinging {
                     p.pinging = true;
                     tokio::spawn(self.clone().ping_one(addr, ch, dead_after));
                 }
             }
+        }
+        if silent {
+            self.inner.liveness_changes.fetch_add(1, Ordering::AcqRel);
         }
         if !died.is_empty() {
             self.wake_groups(&died, &[]).await;
@@ -328,6 +345,7 @@ impl Transport {
             }
         };
         if back {
+            self.inner.liveness_changes.fetch_add(1, Ordering::AcqRel);
             self.wake_groups(&[], &[addr]).await;
         }
     }

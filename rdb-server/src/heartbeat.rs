@@ -27,9 +27,16 @@ const GC_EVERY: u32 = 10;
 /// this store leads, changed or not.
 const FULL_EVERY: u32 = 10;
 
-/// What the last heartbeat told PD of a region this store leads.
-#[derive(Debug, PartialEq, Eq)]
+/// What the last heartbeat told PD of a region this store leads, and
+/// whether its group was asleep since ([`rdb_raft::Group::quiet_leader`]).
 struct Told {
+    report: Report,
+    quiet: Option<(u64, u64)>,
+}
+
+/// A region's report.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
     term: u64,
     leader: u64,
     epoch: (u64, u64),
@@ -54,6 +61,15 @@ impl Node {
             told.clear();
         }
         for p in self.regions().peers() {
+            // A leader asleep since its last report has nothing new to
+            // tell: skipped without reading anything.
+            let quiet = p.group.quiet_leader();
+            if !full
+                && quiet.is_some()
+                && told.get(&p.group.group_id()).and_then(|t| t.quiet) == quiet
+            {
+                continue;
+            }
             // Read in place (a clone of every leader's status each
             // interval was most of an idle store's work).
             let Some((term, id, pending)) = p.group.with_status(|st| {
@@ -77,7 +93,7 @@ impl Node {
             r.store_id = self.store_id;
             let size = self.sizes().get(&r.id).copied().unwrap_or_default();
             let epoch = r.epoch_or_default();
-            let now = Told {
+            let now = Report {
                 term,
                 leader: id,
                 epoch: (epoch.version, epoch.conf_ver),
@@ -85,8 +101,11 @@ impl Node {
                 pending,
                 size,
             };
-            if told.get(&r.id) == Some(&now) {
-                continue;
+            if let Some(t) = told.get_mut(&r.id) {
+                if t.report == now {
+                    t.quiet = quiet;
+                    continue;
+                }
             }
             region_stats.push(RegionStat {
                 region_id: r.id,
@@ -97,7 +116,7 @@ impl Node {
                 approximate_size: size.0,
                 approximate_keys: size.1,
             });
-            told.insert(r.id, now);
+            told.insert(r.id, Told { report: now, quiet });
             regions.push(r);
         }
         if !full && regions.is_empty() {
