@@ -261,6 +261,52 @@ async fn a_sleeping_regions_paused_then_killed_leaders_are_replaced_and_nothing_
     all_readable(&cluster, &all).await;
 }
 
+/// The stores of the first region's replicas that PD shows down.
+async fn down_stores(cluster: &TestCluster) -> Option<Vec<u64>> {
+    let out = cluster.cli(&["--json", "regions"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let peers = j[0]["peers"].as_array()?.clone();
+    let down: Vec<u64> = peers
+        .iter()
+        .filter(|p| p["down"] == serde_json::Value::Bool(true))
+        .filter_map(|p| p["store_id"].as_u64())
+        .collect();
+    (!down.is_empty()).then_some(down)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_leader_reports_a_dead_follower_down() {
+    let mut cluster = TestCluster::start(0);
+    for _ in 0..3 {
+        cluster.add_store_with_env(&[("RUST_LOG".into(), "info,rdb_raft=debug".into())]);
+    }
+    let client = cluster.client().await;
+    replicate(&cluster, &client).await;
+    let leader = only_region(&client).await.region.unwrap().store_id;
+    let idx = cluster.stores.iter().position(|s| s.id == leader).unwrap();
+    let before = asleep_count(&cluster, idx);
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    // Idle: the group sleeps, and its leader's heartbeats to PD skip it
+    // (nothing it would report can change while it sleeps, as long as
+    // every peer store answers pings). A follower's store dies: no write
+    // wakes the leader, which still reports that replica down.
+    leader_asleep(&cluster, idx, before).await;
+    let f = cluster.stores.iter().position(|s| s.id != leader).unwrap();
+    let lost = cluster.stores[f].id;
+    cluster.stores[f].kill9();
+    let down = eventually(100, Duration::from_millis(100), || down_stores(&cluster)).await;
+    assert_eq!(
+        down,
+        Some(vec![lost]),
+        "the dead follower's replica is down"
+    );
+    assert_eq!(
+        only_region(&client).await.region.unwrap().store_id,
+        leader,
+        "no election"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_serves_no_stale_read_after_another_is_elected() {
     let cluster = TestCluster::start(3);
@@ -357,20 +403,7 @@ async fn a_store_lost_for_good_is_replaced_by_a_replica_on_a_fourth_store() {
     pairs.extend(more);
 
     // The leader reports the lost replica down; PD shows it, and only it.
-    let down = eventually(100, Duration::from_millis(100), || {
-        let out = cluster.cli(&["--json", "regions"]);
-        async move {
-            let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let peers = j[0]["peers"].as_array()?.clone();
-            let down: Vec<u64> = peers
-                .iter()
-                .filter(|p| p["down"] == serde_json::Value::Bool(true))
-                .filter_map(|p| p["store_id"].as_u64())
-                .collect();
-            (!down.is_empty()).then_some(down)
-        }
-    })
-    .await;
+    let down = eventually(100, Duration::from_millis(100), || down_stores(&cluster)).await;
     assert_eq!(down, Some(vec![lost]), "the lost store's replica is down");
 
     // By hand: remove the lost replica, add one on a new store.
