@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// jemalloc instead of glibc's malloc: a store allocates and frees small
+/// buffers on every request, on several threads (TiKV uses jemalloc for
+/// the same reason).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = rdb_server::ServerArgs::parse();
