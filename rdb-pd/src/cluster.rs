@@ -34,6 +34,9 @@ struct Liveness {
     since: Instant,
     /// By region: what its leader last reported.
     leaders: HashMap<u64, Reported>,
+    /// The stores that sent a heartbeat with all their regions since
+    /// this member became the leader.
+    reported_all: std::collections::HashSet<u64>,
 }
 
 /// What a region's leader last reported of it.
@@ -95,6 +98,7 @@ impl Cluster {
                 heartbeats: HashMap::new(),
                 since: Instant::now(),
                 leaders: HashMap::new(),
+                reported_all: Default::default(),
             }),
             store_down_after,
         }
@@ -113,7 +117,18 @@ impl Cluster {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.heartbeats.clear();
         live.leaders.clear();
+        live.reported_all.clear();
         live.since = Instant::now();
+    }
+
+    /// Records a heartbeat of `store_id` that reported `all` its regions or
+    /// not; whether PD still wants one that does from that store.
+    pub fn wants_all_regions(&self, store_id: u64, all: bool) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if all {
+            live.reported_all.insert(store_id);
+        }
+        !live.reported_all.contains(&store_id)
     }
 
     /// Records that `store_id` leads the regions of `stats` in their terms
@@ -881,6 +896,18 @@ mod tests {
             })
             .collect();
         c.follow_leaders(store, &stats);
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_asks_each_store_once_for_all_its_regions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        assert!(c.wants_all_regions(1, false), "no full report yet");
+        assert!(!c.wants_all_regions(1, true), "this one was");
+        assert!(!c.wants_all_regions(1, false), "changes only from now on");
+        assert!(c.wants_all_regions(2, false), "another store");
+        c.on_leader().await;
+        assert!(c.wants_all_regions(1, false), "a new leader knows nothing");
     }
 
     #[tokio::test]

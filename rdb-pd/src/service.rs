@@ -329,7 +329,11 @@ impl Pd for PdService {
         let label = if result.is_ok() { "ok" } else { "failed" };
         crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
         result?;
-        Ok(Response::new(StoreHeartbeatResponse {}))
+        Ok(Response::new(StoreHeartbeatResponse {
+            want_all_regions: self
+                .cluster
+                .wants_all_regions(req.store_id, req.all_regions),
+        }))
     }
 
     async fn get_region(

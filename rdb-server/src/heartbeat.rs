@@ -54,7 +54,8 @@ impl Node {
     /// from the last one PD got (recorded in `told`): a new leadership, a
     /// new epoch, down or pending peers, size. A store leading thousands
     /// of idle regions tells PD nothing new about them each interval.
-    async fn heartbeat(&self, told: &mut HashMap<u64, Told>, full: bool) -> Result<()> {
+    /// Answers whether PD wants a heartbeat with every region at once.
+    async fn heartbeat(&self, told: &mut HashMap<u64, Told>, full: bool) -> Result<bool> {
         let mut regions = Vec::new();
         let mut region_stats = Vec::new();
         if full {
@@ -120,14 +121,15 @@ impl Node {
             regions.push(r);
         }
         if !full && regions.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
         let engine = self.engine.clone();
         let (keys, size) = tokio::task::spawn_blocking(move || engine.approximate_stats())
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
-        self.pd
+        let resp = self
+            .pd
             .clone()
             .store_heartbeat(StoreHeartbeatRequest {
                 cluster_id: self.cluster_id,
@@ -136,10 +138,11 @@ impl Node {
                 approximate_keys: keys,
                 approximate_size: size,
                 region_stats,
+                all_regions: full,
             })
             .await
             .map_err(|s| ServerError::remote("heartbeat", &s))?;
-        Ok(())
+        Ok(resp.into_inner().want_all_regions)
     }
 
     /// Deletes the replicas here that their regions no longer have. A
@@ -241,26 +244,34 @@ impl Node {
 
     /// Heartbeats every `interval` until the process stops: what changed
     /// since the last one, and everything every [`FULL_EVERY`] intervals
-    /// (PD keeps leaders' reports in memory: a new PD leader hears of
-    /// every region within that time). A replica here that becomes its
-    /// region's leader is reported at once (PD routes clients by what the
-    /// leaders report).
+    /// or at once when PD asks (a new PD leader, which keeps leaders'
+    /// reports in memory only, asks each store once). A replica here that
+    /// becomes its region's leader is reported at once (PD routes clients
+    /// by what the leaders report).
     pub async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut told: HashMap<u64, Told> = HashMap::new();
         let mut ticks: u32 = 0;
+        // PD asked for every region (it became the leader since).
+        let mut wanted = false;
         tokio::spawn(self.clone().gc_loop(interval * GC_EVERY));
         loop {
-            let full = tokio::select! {
-                _ = tick.tick() => {
-                    ticks = ticks.wrapping_add(1);
-                    ticks % FULL_EVERY == 1
+            let full = if wanted {
+                true
+            } else {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        ticks = ticks.wrapping_add(1);
+                        ticks % FULL_EVERY == 1
+                    }
+                    _ = self.leader_changed.notified() => false,
                 }
-                _ = self.leader_changed.notified() => false,
             };
             let result = self.heartbeat(&mut told, full).await;
+            // A full report PD still wants is not asked again at once.
+            wanted = matches!(result, Ok(true)) && !full;
             if result.is_err() {
                 // Whatever it carried is reported again next time.
                 told.clear();
@@ -268,11 +279,11 @@ impl Node {
             let label = if result.is_ok() { "ok" } else { "failed" };
             crate::metrics::HEARTBEATS.with_label_values(&[label]).inc();
             match result {
-                Ok(()) if failing => {
+                Ok(_) if failing => {
                     tracing::info!("heartbeats to PD work again");
                     failing = false;
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if !failing => {
                     tracing::warn!(error = %e, "heartbeat to PD failed");
                     failing = true;
