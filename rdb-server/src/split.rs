@@ -60,17 +60,18 @@ impl Node {
         let cur = region.epoch_or_default();
         // The new group's members: the region's members' addresses (its
         // stores), with the new peer ids.
-        let st = peer.group.status();
-        let members: Option<Vec<(u64, u64, String)>> = region
-            .peers
-            .iter()
-            .zip(&new_peer_ids)
-            .map(|(p, id)| {
-                st.members
-                    .get(&p.id)
-                    .map(|m| (*id, p.store_id, m.address.clone()))
-            })
-            .collect();
+        let members: Option<Vec<(u64, u64, String)>> = peer.group.with_status(|st| {
+            region
+                .peers
+                .iter()
+                .zip(&new_peer_ids)
+                .map(|(p, id)| {
+                    st.members
+                        .get(&p.id)
+                        .map(|m| (*id, p.store_id, m.address.clone()))
+                })
+                .collect()
+        });
         let cmd = match members {
             Some(members) => Command::SplitSeeded {
                 epoch: (cur.version, cur.conf_ver),
@@ -211,14 +212,11 @@ impl Node {
 }
 
 /// `ids` (one per peer of `peers`, in order) with the highest given to the
-/// peer on store `store_id` (the leader's): every replica of a new group
-/// starts with a first log entry whose id names the replica that wrote it
-/// (openraft's log ids carry their leader's node id), so the one with the
-/// highest peer id holds the greatest log and is the only one every other
-/// replica votes for. The leader's replica starts first (its store applies
-/// the split first) and campaigns at once: it wins without waiting out an
-/// election timeout, and the new region's leader starts where its parent's
-/// is.
+/// peer on store `store_id` (the leader's): the new region's replica with
+/// the highest peer id is the one that campaigns at once
+/// ([`crate::peer::first_campaigner`]), so the new region's first leader
+/// is where its parent's is, and its store, which applies the split first,
+/// starts that replica first.
 fn highest_here(peers: &[Peer], store_id: u64, mut ids: Vec<u64>) -> Vec<u64> {
     let mine = peers.iter().position(|p| p.store_id == store_id);
     let top = (0..ids.len()).max_by_key(|&i| ids[i]);
