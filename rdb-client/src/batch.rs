@@ -1,14 +1,16 @@
 //! Request coalescing: single-key `get`, `put` and `compare_and_swap`
 //! calls made at the same time by many tasks are sent to their store as one
 //! `BatchGet` / `BatchPut` / `BatchCompareAndSwap` per region instead of one
-//! RPC each (as TiKV's clients do with batch commands). Each call still gets its own answer: its value or version, or
-//! the region error or transport status the batch got, which the caller's
-//! normal routing retry handles exactly as for a single-key RPC.
+//! RPC each (as TiKV's clients do with batch commands). Each call still
+//! gets its own answer: its value or version, or the region error or
+//! transport status the batch got, which the caller's normal routing retry
+//! handles exactly as for a single-key RPC.
 //!
 //! One task per store drains what has queued up while the previous batches
-//! were in flight, so a lone caller is sent at once (no added wait) and
-//! batches grow with the load. At most `max_in_flight` batches per store are
-//! outstanding; the rest queue behind them and go out together.
+//! were in flight, so batches grow with the load. At most `max_in_flight`
+//! batches per store are outstanding; the rest queue behind them and go out
+//! together. A caller that finds nothing queued or in flight sends its call
+//! itself, at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,6 +109,10 @@ fn group_key(item: &Item) -> GroupKey {
 /// Coalesces the calls to one store.
 pub(crate) struct StoreBatcher {
     tx: mpsc::Sender<Item>,
+    kv: KvClient<Channel>,
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    resend: Arc<Resend>,
 }
 
 /// The error a caller sees when the batch task is gone (the client was dropped).
@@ -122,44 +128,71 @@ impl StoreBatcher {
         resend: Resend,
     ) -> StoreBatcher {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let max_in_flight = max_in_flight.max(1);
+        let slots = Arc::new(Semaphore::new(max_in_flight));
+        let resend = Arc::new(resend);
         tokio::spawn(run(
-            kv,
+            kv.clone(),
             rx,
             max_batch.max(1),
-            Arc::new(Semaphore::new(max_in_flight.max(1))),
-            Arc::new(resend),
+            slots.clone(),
+            resend.clone(),
         ));
-        StoreBatcher { tx }
+        StoreBatcher {
+            tx,
+            kv,
+            slots,
+            max_in_flight,
+            resend,
+        }
     }
 
     pub async fn get(&self, context: Option<Context>, key: Vec<u8>) -> Reply<Option<Value>> {
         let (reply, rx) = oneshot::channel();
-        let call = Call::Get { key, reply };
-        self.tx
-            .send(Item { context, call })
-            .await
-            .map_err(|_| stopped())?;
+        self.submit(Item {
+            context,
+            call: Call::Get { key, reply },
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
     pub async fn put(&self, context: Option<Context>, key: Vec<u8>, value: Vec<u8>) -> Reply<u64> {
         let (reply, rx) = oneshot::channel();
-        let call = Call::Put { key, value, reply };
-        self.tx
-            .send(Item { context, call })
-            .await
-            .map_err(|_| stopped())?;
+        self.submit(Item {
+            context,
+            call: Call::Put { key, value, reply },
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
     pub async fn cas(&self, context: Option<Context>, op: CasOp) -> Reply<CasOutcome> {
         let (reply, rx) = oneshot::channel();
-        let call = Call::Cas { op, reply };
-        self.tx
-            .send(Item { context, call })
-            .await
-            .map_err(|_| stopped())?;
+        self.submit(Item {
+            context,
+            call: Call::Cas { op, reply },
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Hands `item` to the batch task, or, when nothing is queued or in
+    /// flight to this store, sends it from the caller's own task: a lone
+    /// caller then pays no hand-over to the batch task and no spawn (two
+    /// task wake-ups of its latency), and a busy store still gets batches.
+    async fn submit(&self, item: Item) -> Result<(), Status> {
+        // The batch task holds one slot while it waits for its next call.
+        let idle = self.tx.capacity() == self.tx.max_capacity()
+            && self.slots.available_permits() + 1 >= self.max_in_flight;
+        if idle {
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                send_group(self.kv.clone(), vec![item], self.resend.clone()).await;
+                drop(permit);
+                return Ok(());
+            }
+        }
+        self.tx.send(item).await.map_err(|_| stopped())
     }
 }
 
