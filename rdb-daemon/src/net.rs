@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use rdb_proto::io::BatchedIo;
 use tonic::transport::server::TcpIncoming;
 
 /// The accepted connections of `listener`, with `TCP_NODELAY` set on each.
@@ -16,16 +15,6 @@ use tonic::transport::server::TcpIncoming;
 /// every daemon that binds its own listener goes through here.
 pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// [`incoming`], with every connection's writes gathered into fewer system
-/// calls ([`BatchedIo`], `rdb_proto::io`): for servers answering many small requests per
-/// connection.
-pub fn incoming_batched(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<BatchedIo<tokio::net::TcpStream>>> {
-    use tokio_stream::StreamExt;
-    incoming(listener).map(|c| c.map(BatchedIo::new))
 }
 
 pub use tonic_health::server::HealthReporter;

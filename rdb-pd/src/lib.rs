@@ -179,6 +179,14 @@ pub async fn run(
         std::time::Duration::from_secs(cfg.shutdown_grace_secs),
     )
     .await;
+    // Without TLS, Raft messages from the other members come over the Raft
+    // lane on the same port (rdb-raft's `lane.rs`).
+    let conns = rdb_daemon::net::incoming(listener);
+    let conns: rdb_raft::Incoming = if tls.is_none() {
+        transport.split_incoming(conns)
+    } else {
+        Box::pin(conns)
+    };
     let serve =
         rdb_daemon::grpc::server(tls.as_ref(), cfg.limits.max_concurrent_streams, &metrics)?
             .add_service(health_service)
@@ -191,7 +199,7 @@ pub async fn run(
                     .max_encoding_message_size(cfg.limits.max_message_size),
                 pd.clone(),
             ))
-            .serve_with_incoming_shutdown(rdb_daemon::net::incoming(listener), shutdown);
+            .serve_with_incoming_shutdown(conns, shutdown);
     let announce = async {
         // Ready once this member knows its cluster (a leader has set the
         // cluster id and this member has applied it) and can take calls:

@@ -15,6 +15,9 @@
 //! - [`net`]: the gRPC transport (service `flaredb.v1.Raft`): outgoing
 //!   connections shared by every group of the process, and the server that
 //!   hands incoming messages to the group they are for.
+//! - `lane`: the Raft lane, the same messages (appends, votes, leadership
+//!   transfers) framed over one plain TCP connection per pair of processes
+//!   on the gRPC port, when TLS is off ([`Transport::split_incoming`]).
 //! - The leader lease (see [`Group::lease_valid`] and
 //!   `specs/005-ha-pd/spec.md`, "TSO fencing").
 //!
@@ -25,6 +28,7 @@
 #![allow(clippy::result_large_err)]
 
 mod hibernate;
+mod lane;
 pub mod log;
 pub mod net;
 pub mod sm;
@@ -43,6 +47,7 @@ use rdb_storage::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use lane::Incoming;
 pub use net::{RaftServer, Transport};
 pub use sm::{BatchMachine, Chunks, Entry, Membership, Reply, StateMachine};
 pub use stage::CHUNK_BYTES;

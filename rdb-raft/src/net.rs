@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::hibernate::{HibernateMsg, Sleep, FOLLOWER, LEADER};
+use crate::lane::{Call, LaneError, Lanes, Rpc};
 use crate::sm::SnapshotData;
 use crate::stage::{self, Head};
 use crate::{decode, encode, Member, NodeId, Raft, TypeConfig};
@@ -41,7 +42,7 @@ const SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
 const SNAPSHOT_INSTALL: Duration = Duration::from_secs(600);
 
 /// Largest Raft message, encoded (a snapshot chunk is about 1 MiB).
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
 /// How long a message for a group not running here waits for it to start
 /// before it is refused: a replica created by a split that this process
@@ -56,7 +57,7 @@ const MAX_GROUP_WAITERS: usize = 256;
 /// The groups of this process and the connections to their peers.
 #[derive(Clone)]
 pub struct Transport {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// This process's member of one group.
@@ -82,11 +83,13 @@ struct PeerLive {
     pinging: bool,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// By group: this process's member.
     groups: RwLock<HashMap<u64, Registered>>,
     channels: Mutex<HashMap<String, Channel>>,
     tls: Option<ClientTls>,
+    /// The Raft lanes to peer processes (`lane.rs`); none with TLS.
+    lanes: Option<Lanes>,
     /// Drawn at start, answered to pings.
     boot_id: u64,
     /// By peer address, from the pings.
@@ -102,6 +105,9 @@ struct Inner {
     /// (after a silence or a restart): it stays put while every peer
     /// answers.
     liveness_changes: AtomicU64,
+    /// Calls answered over a Raft lane: sent by this process, and served.
+    pub(crate) lane_sent: AtomicU64,
+    pub(crate) lane_served: AtomicU64,
 }
 
 impl Transport {
@@ -116,6 +122,7 @@ impl Transport {
             inner: Arc::new(Inner {
                 groups: RwLock::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
+                lanes: tls.is_none().then(Lanes::default),
                 tls,
                 boot_id: rand::random::<u64>() | 1,
                 peers: Mutex::new(HashMap::new()),
@@ -123,8 +130,19 @@ impl Transport {
                 registered: tokio::sync::Notify::new(),
                 waiting: std::sync::atomic::AtomicUsize::new(0),
                 liveness_changes: AtomicU64::new(0),
+                lane_sent: AtomicU64::new(0),
+                lane_served: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Raft calls answered over the Raft lane so far: `(sent by this
+    /// process, served by it)`.
+    pub fn lane_calls(&self) -> (u64, u64) {
+        (
+            self.inner.lane_sent.load(Ordering::Relaxed),
+            self.inner.lane_served.load(Ordering::Relaxed),
+        )
     }
 
     /// The gRPC service to add to the process's server.
@@ -454,6 +472,8 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
                 .transport
                 .channel(&node.address)
                 .map(|c| RaftClient::new(c).max_decoding_message_size(MAX_MESSAGE)),
+            transport: self.transport.clone(),
+            addr: node.address.clone(),
             group: self.group,
             from: self.from,
             target,
@@ -464,17 +484,12 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
 /// openraft's connection to one peer of one group.
 pub(crate) struct Conn {
     client: Result<RaftClient<Channel>, String>,
+    transport: Transport,
+    /// The peer's address (its lane's too).
+    addr: String,
     group: u64,
     from: NodeId,
     target: NodeId,
-}
-
-#[derive(Clone, Copy)]
-enum Rpc {
-    Append,
-    Vote,
-    PreVote,
-    TransferLeader,
 }
 
 fn net(e: String) -> RPCError<TypeConfig> {
@@ -498,12 +513,45 @@ impl Conn {
                 &std::io::Error::other("Raft traffic cut (test switch)"),
             )));
         }
+        let payload = encode(req).map_err(net)?;
+        let payload = match &self.transport.inner.lanes {
+            Some(lanes) => {
+                let r = lanes
+                    .call(
+                        &self.addr,
+                        Call::new(rpc, self.group, self.from, self.target, payload),
+                        ttl,
+                    )
+                    .await;
+                if matches!(r, Ok(_) | Err(LaneError::Status(_))) {
+                    self.transport
+                        .inner
+                        .lane_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                match r {
+                    Ok(p) => return Self::answer(&p, self.target),
+                    Err(LaneError::NoLane) => encode(req).map_err(net)?,
+                    Err(LaneError::TimedOut) => return Err(net("timed out".into())),
+                    Err(LaneError::Unreachable(e)) => {
+                        return Err(RPCError::Unreachable(Unreachable::new(
+                            &std::io::Error::other(e),
+                        )))
+                    }
+                    Err(LaneError::Status(s)) if s.code() == tonic::Code::Unavailable => {
+                        return Err(RPCError::Unreachable(Unreachable::new(&s)))
+                    }
+                    Err(LaneError::Status(s)) => return Err(net(s.to_string())),
+                }
+            }
+            None => payload,
+        };
         let client = self.client.as_mut().map_err(|e| net(e.clone()))?;
         let msg = RaftRequest {
             group_id: self.group,
             from: self.from,
             to: self.target,
-            payload: encode(req).map_err(net)?,
+            payload,
         };
         let fut = async {
             match rpc {
@@ -521,8 +569,16 @@ impl Conn {
             Ok(Err(s)) => return Err(net(s.to_string())),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let answer: Result<Resp, String> = decode(&resp.payload).map_err(net)?;
-        answer.map_err(|e| net(format!("node {}: {e}", self.target)))
+        Self::answer(&resp.payload, self.target)
+    }
+
+    /// Decodes a member's answer (`Result<Resp, String>`).
+    fn answer<Resp: DeserializeOwned>(
+        payload: &[u8],
+        target: NodeId,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let answer: Result<Resp, String> = decode(payload).map_err(net)?;
+        answer.map_err(|e| net(format!("node {target}: {e}")))
     }
 
     /// Streams a snapshot: the head, its chunks as they are read, the end.
@@ -665,6 +721,15 @@ pub struct RaftServer {
 }
 
 impl RaftServer {
+    async fn dispatch(
+        &self,
+        rpc: Rpc,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftResponse>, Status> {
+        let payload = self.transport.dispatch(rpc, req.get_ref()).await?;
+        Ok(Response::new(RaftResponse { payload }))
+    }
+
     async fn open<T: DeserializeOwned>(
         &self,
         req: &RaftRequest,
@@ -729,10 +794,37 @@ impl Registered {
 fn answer<T: Serialize, E: std::fmt::Display>(
     r: Result<T, E>,
 ) -> Result<Response<RaftResponse>, Status> {
-    let r: Result<T, String> = r.map_err(|e| e.to_string());
     Ok(Response::new(RaftResponse {
-        payload: encode(&r).map_err(Status::internal)?,
+        payload: encode_answer(r)?,
     }))
+}
+
+impl Transport {
+    /// Hands one message (from gRPC or a lane) to its group; the encoded
+    /// answer.
+    pub(crate) async fn dispatch(&self, rpc: Rpc, req: &RaftRequest) -> Result<Vec<u8>, Status> {
+        if cut() {
+            return Err(Status::unavailable("Raft traffic cut (test switch)"));
+        }
+        let r = self.group_or_wait(req.group_id, req.to).await?;
+        fn msg<T: DeserializeOwned>(req: &RaftRequest) -> Result<T, Status> {
+            decode(&req.payload).map_err(Status::invalid_argument)
+        }
+        let out = match rpc {
+            Rpc::Append => encode_answer(r.raft.append_entries(msg(req)?).await),
+            Rpc::Vote => encode_answer(r.raft.vote(msg(req)?).await),
+            Rpc::PreVote => encode_answer(r.raft.pre_vote(msg(req)?).await),
+            Rpc::TransferLeader => encode_answer(r.raft.handle_transfer_leader(msg(req)?).await),
+        };
+        r.heard();
+        out
+    }
+}
+
+/// A member's answer, encoded: the response, or its error as text.
+fn encode_answer<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    encode(&r).map_err(Status::internal)
 }
 
 #[tonic::async_trait]
@@ -741,26 +833,15 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self
-            .open::<AppendEntriesRequest<TypeConfig>>(req.get_ref())
-            .await?;
-        let a = r.raft.append_entries(msg).await;
-        r.heard();
-        answer(a)
+        self.dispatch(Rpc::Append, req).await
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref()).await?;
-        let a = r.raft.vote(msg).await;
-        r.heard();
-        answer(a)
+        self.dispatch(Rpc::Vote, req).await
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self.open::<VoteRequest<TypeConfig>>(req.get_ref()).await?;
-        let a = r.raft.pre_vote(msg).await;
-        r.heard();
-        answer(a)
+        self.dispatch(Rpc::PreVote, req).await
     }
 
     async fn install_snapshot(
@@ -805,11 +886,7 @@ impl rdb_proto::v1::raft_server::Raft for RaftServer {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
-        let (r, msg) = self
-            .open::<TransferLeaderRequest<TypeConfig>>(req.get_ref())
-            .await?;
-        r.heard();
-        answer(r.raft.handle_transfer_leader(msg).await)
+        self.dispatch(Rpc::TransferLeader, req).await
     }
 
     async fn hibernate(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {

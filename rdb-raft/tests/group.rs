@@ -55,6 +55,9 @@ fn timing() -> Timing {
     }
 }
 
+/// The member that has no Raft lane (see [`start_on`]).
+const NO_LANE: u64 = 3;
+
 async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener) -> Node {
     let engine = Engine::open(dir, Default::default()).unwrap();
     start_on(id, engine, listener, Duration::ZERO).await
@@ -78,15 +81,20 @@ async fn start_on(
     let transport = Transport::new(None);
     let svc = transport.service();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let conns = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Member 3 serves gRPC only, as an older version would: the others
+    // reach it over gRPC and each other over the Raft lane.
+    let conns: rdb_raft::Incoming = if id == NO_LANE {
+        Box::pin(conns)
+    } else {
+        transport.split_incoming(conns)
+    };
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
+            .serve_with_incoming_shutdown(conns, async {
+                let _ = stopped.await;
+            })
             .await;
     });
     tokio::time::sleep(late).await;

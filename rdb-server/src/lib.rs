@@ -184,6 +184,15 @@ pub async fn run(
     )
     .await;
     let limits = &cfg.limits;
+    // Without TLS, Raft messages from other stores come over the Raft lane
+    // on the same port (rdb-raft's `lane.rs`); everything else is gRPC.
+    let conns = rdb_daemon::net::incoming(listener);
+    let conns: rdb_raft::Incoming = if tls.is_none() {
+        node.transport.split_incoming(conns)
+    } else {
+        Box::pin(conns)
+    };
+    let conns = futures::StreamExt::map(conns, |c| c.map(rdb_proto::io::BatchedIo::new));
     let served = rdb_daemon::grpc::server(tls.as_ref(), limits.max_concurrent_streams, &metrics)?
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -199,7 +208,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(rdb_daemon::net::incoming_batched(listener), shutdown);
+        .serve_with_incoming_shutdown(conns, shutdown);
     let served = rdb_daemon::net::serve_until(served, deadline).await;
     hb.abort();
     if let Some(s) = splits {

@@ -6,6 +6,8 @@
 //! - `flaredb_heartbeats_total{result}`: heartbeats sent to PD, `ok` or `failed`.
 //! - `flaredb_regions_served`: region replicas this store holds.
 //! - `flaredb_region_leaders`: regions whose Raft group this store leads.
+//! - `flaredb_raft_lane_calls_total{side}`: Raft calls answered over the
+//!   Raft lane (`sent` by this store, `served` by it).
 //! - `flaredb_rocksdb{property}`: RocksDB size and compaction gauges, read at
 //!   scrape time.
 
@@ -97,11 +99,24 @@ pub fn register(
     metrics.register(&leaders)?;
     metrics.register(&asleep)?;
     metrics.register(&rocksdb)?;
+    let lane = IntCounterVec::new(
+        Opts::new(
+            "flaredb_raft_lane_calls_total",
+            "Raft calls (appends, votes, leadership transfers) answered over the Raft lane, by side: sent by this store, served by it. Zero under TLS, where they go over gRPC (Raft service).",
+        ),
+        &["side"],
+    )?;
+    metrics.register(&lane)?;
     Ok(Arc::new(move || {
         let peers = node.regions().peers();
         regions.set(peers.len() as i64);
         leaders.set(peers.iter().filter(|p| p.group.is_leader()).count() as i64);
         asleep.set(peers.iter().filter(|p| p.group.is_asleep()).count() as i64);
+        let (sent, served) = node.transport.lane_calls();
+        for (side, n) in [("sent", sent), ("served", served)] {
+            let c = lane.with_label_values(&[side]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         for p in ROCKSDB_PROPERTIES {
             if let Some(v) = node.engine.int_property(p) {
                 rocksdb

@@ -607,6 +607,22 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Whether the process at `addr` answers the Raft lane's opening (8 bytes,
+/// `FDBRAFT\x01`, sent back by a process that serves the lane), within 2 s.
+pub fn answers_raft_lane(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    const MAGIC: &[u8; 8] = b"FDBRAFT\x01";
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(MAGIC).is_err() {
+        return false;
+    }
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back).is_ok() && &back == MAGIC
+}
+
 /// A throw-away certificate authority and certificates, as PEM files in a
 /// temporary directory: `ca.pem`; `node.pem`/`node.key` (for 127.0.0.1 and
 /// localhost, used by PD and stores, also as their client certificate);

@@ -10,7 +10,8 @@
 //! stale reads are served by followers, also with the leader paused; no
 //! replica is created under a stale overlapping one; a cluster started with
 //! one store runs with one replica and PD adds replicas as stores join, up
-//! to `max-replicas`, then balances.
+//! to `max-replicas`, then balances; without TLS, Raft messages between
+//! stores travel the Raft lane, not gRPC.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -926,4 +927,57 @@ async fn pd_adds_replicas_as_stores_join_up_to_max_replicas() {
         client.transfer_leader(left.id, p.store_id).await.unwrap();
         all_readable(&cluster, &pairs[..50]).await;
     }
+}
+
+/// Without TLS, the stores send each other Raft calls over the Raft lane:
+/// every store answers its opening, the appends that replicate writes are
+/// counted as lane calls, and none reaches the gRPC `Raft` service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_messages_between_stores_travel_the_raft_lane() {
+    let mut cluster = TestCluster::start(0);
+    let mut status = Vec::new();
+    for _ in 0..3 {
+        let addr = format!("127.0.0.1:{}", flaredb_tests::free_port());
+        cluster.add_store_with_env(&[("FLAREDB_SERVER_STATUS_ADDR".into(), addr.clone())]);
+        status.push(addr);
+    }
+    let client = cluster.client().await;
+    replicate(&cluster, &client).await;
+    for i in 0..50u32 {
+        client
+            .put(format!("lane{i}").into_bytes(), b"v".to_vec())
+            .await
+            .unwrap();
+    }
+    for store in &cluster.stores {
+        assert!(
+            flaredb_tests::answers_raft_lane(&store.addr),
+            "store {} does not answer the Raft lane",
+            store.addr
+        );
+    }
+    let (mut sent, mut served) = (0.0, 0.0);
+    for addr in &status {
+        let (code, text) = flaredb_tests::http_get(addr, "/metrics").expect("scrape");
+        assert_eq!(code, 200);
+        let m =
+            |labels: &str| flaredb_tests::metric(&text, "flaredb_raft_lane_calls_total", labels);
+        sent += m(r#"side="sent""#).unwrap_or(0.0);
+        served += m(r#"side="served""#).unwrap_or(0.0);
+        for method in ["AppendEntries", "Vote", "PreVote"] {
+            let grpc = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("flaredb_grpc_requests_total")
+                        && l.contains(&format!("/flaredb.v1.Raft/{method}\""))
+                })
+                .count();
+            assert_eq!(grpc, 0, "Raft.{method} over gRPC on {addr}:\n{text}");
+        }
+    }
+    // Each of the 50 writes was appended on two followers.
+    assert!(
+        sent >= 100.0 && served >= 100.0,
+        "lane calls sent {sent}, served {served}"
+    );
 }

@@ -129,6 +129,17 @@ async fn tls_cluster_serves_clients_that_trust_its_ca_and_refuses_others() {
     );
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(out.stdout.is_empty());
+
+    // A TLS store offers no plaintext Raft lane: a connection that opens
+    // with the lane's magic meets the TLS handshake, not the magic back.
+    for store in &c.stores {
+        assert!(
+            !flaredb_tests::answers_raft_lane(&store.addr),
+            "TLS store {} answered the plaintext Raft lane",
+            store.addr
+        );
+    }
+    assert!(!flaredb_tests::answers_raft_lane(&c.pd.addr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
