@@ -496,6 +496,17 @@ fn net(e: String) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(e)))
 }
 
+/// A peer's error status as openraft takes it: `UNAVAILABLE` (the peer or
+/// its group is not there) is unreachable, anything else a network error
+/// (openraft retries both).
+fn from_status(s: Status) -> RPCError<TypeConfig> {
+    if s.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::new(&s))
+    } else {
+        net(s.to_string())
+    }
+}
+
 impl Conn {
     /// Sends `req`; the remote answers `Result<Resp, String>` (a remote
     /// Raft error is a network error here: openraft retries it).
@@ -538,10 +549,7 @@ impl Conn {
                             &std::io::Error::other(e),
                         )))
                     }
-                    Err(LaneError::Status(s)) if s.code() == tonic::Code::Unavailable => {
-                        return Err(RPCError::Unreachable(Unreachable::new(&s)))
-                    }
-                    Err(LaneError::Status(s)) => return Err(net(s.to_string())),
+                    Err(LaneError::Status(s)) => return Err(from_status(s)),
                 }
             }
             None => payload,
@@ -563,10 +571,7 @@ impl Conn {
         };
         let resp = match tokio::time::timeout(ttl, fut).await {
             Err(_) => return Err(net("timed out".into())),
-            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&s)))
-            }
-            Ok(Err(s)) => return Err(net(s.to_string())),
+            Ok(Err(s)) => return Err(from_status(s)),
             Ok(Ok(r)) => r.into_inner(),
         };
         Self::answer(&resp.payload, self.target)
@@ -653,10 +658,7 @@ impl Conn {
         }
         let resp = match resp {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&s)))
-            }
-            Err(s) => return Err(net(s.to_string())),
+            Err(s) => return Err(from_status(s)),
         };
         let answer: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&resp.payload).map_err(net)?;
