@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tonic::{Code, Status};
@@ -207,8 +207,12 @@ impl Drop for BreakOnDrop<'_> {
     }
 }
 
+/// How much of a connection is read at a time: a frame's length and body,
+/// and frames that arrived together, come in one read.
+const READ_BUFFER: usize = 64 << 10;
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-async fn read_frame(r: &mut OwnedReadHalf) -> io::Result<Option<Vec<u8>>> {
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -264,7 +268,8 @@ impl Lane {
         if n < MAGIC.len() || &back != MAGIC {
             return Err(LaneError::NoLane);
         }
-        let (mut r, w) = stream.into_split();
+        let (r, w) = stream.into_split();
+        let mut r = BufReader::with_capacity(READ_BUFFER, r);
         let pending: Arc<Pending> = Arc::default();
         let heard = Arc::new(AtomicU64::new(0));
         let born = Instant::now();
@@ -577,7 +582,8 @@ impl crate::Transport {
         s.read_exact(&mut head).await?;
         s.set_nodelay(true)?;
         s.write_all(MAGIC).await?;
-        let (mut r, w) = s.into_split();
+        let (r, w) = s.into_split();
+        let mut r = BufReader::with_capacity(READ_BUFFER, r);
         let writer = Arc::new(Writer::new(w));
         let slots = Arc::new(Semaphore::new(MAX_SERVING));
         loop {
@@ -628,6 +634,7 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use std::sync::atomic::AtomicUsize;
+    use tokio::net::tcp::OwnedReadHalf;
     use tokio::net::TcpListener;
 
     async fn listener() -> (TcpListener, String) {
