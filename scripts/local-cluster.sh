@@ -11,8 +11,10 @@
 # keeps serving when any one of them stops; default 1. --stores: how many
 # stores (default 3). --replicas: replicas of every region (PD's
 # --max-replicas; default 3, at most --stores), placed by PD's replica
-# checker once the stores have joined. --demo-only stops the cluster after the demo instead of
-# waiting for Ctrl-C.
+# checker once the stores have joined. Each store runs the machine's cores
+# divided by --stores worker threads (at least 1; rdb-server
+# --worker-threads), its share of the machine. --demo-only stops the
+# cluster after the demo instead of waiting for Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --stores) STORES="$2"; shift 2 ;;
     --replicas) REPLICAS="$2"; shift 2 ;;
     --demo-only) DEMO_ONLY=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -109,9 +111,12 @@ for i in $(seq 1 "$PD_MEMBERS"); do
   PD="$PD${PD:+,}$ADDR"
 done
 STORE_ADDRS=""
+# The stores share this machine: each gets its share of the cores.
+WORKERS=$(( $(nproc) / STORES ))
+[ "$WORKERS" -ge 1 ] || WORKERS=1
 for i in $(seq 1 "$STORES"); do
   start "store$i" "rdb-server listening on" "$BIN/rdb-server" --listen 127.0.0.1:0 --pd "$PD" \
-    --data-dir "$DATA_DIR/store$i"
+    --data-dir "$DATA_DIR/store$i" --worker-threads "$WORKERS"
   STORE_ADDRS="$STORE_ADDRS${STORE_ADDRS:+, }$ADDR"
 done
 echo "local-cluster: PD on $PD, stores on $STORE_ADDRS, data in $DATA_DIR"

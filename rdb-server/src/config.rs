@@ -12,6 +12,9 @@ use rdb_daemon::tls::Security;
 /// The documented default config file (`rdb-server --print-default-config`).
 pub const DEFAULT_CONFIG: &str = include_str!("../rdb-server.default.toml");
 
+/// The most worker threads a store runs.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// A store's settings: the config file's keys (kebab-case), every one
 /// optional in the file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,6 +58,9 @@ pub struct ServerSettings {
     pub split_check_interval_ms: u64,
     /// Seconds open requests and streams get to finish at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Threads serving requests and running the replicas (the async
+    /// runtime's workers); 0: one per CPU core this process may use.
+    pub worker_threads: usize,
     /// Log line format on stderr.
     pub log_format: LogFormat,
     /// TLS.
@@ -81,6 +87,7 @@ impl Default for ServerSettings {
             region_split_keys: 960_000,
             split_check_interval_ms: 10_000,
             shutdown_grace_secs: 10,
+            worker_threads: 0,
             log_format: LogFormat::Text,
             security: Security::default(),
             limits: Limits::default(),
@@ -127,6 +134,12 @@ impl ServerSettings {
                 "region-split-size = {} and region-split-keys = {} are too small: at least 4096 \
                  bytes and 10 keys",
                 self.region_split_size, self.region_split_keys
+            ));
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return invalid(format!(
+                "worker-threads = {} is too large: at most {MAX_WORKER_THREADS} (0: one per core)",
+                self.worker_threads
             ));
         }
         self.status_socket()?;
@@ -221,6 +234,11 @@ pub struct ServerArgs {
     /// after new ones are refused, before stopping anyway [default: 10].
     #[arg(long, env = "FLAREDB_SERVER_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Threads serving requests and running the replicas; 0: one per CPU
+    /// core this process may use. Give stores that share a machine their
+    /// share of its cores (three stores on four cores: 1) [default: 0].
+    #[arg(long, env = "FLAREDB_SERVER_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log line format on stderr; RUST_LOG sets what is logged [default: text].
     #[arg(long, env = "FLAREDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -272,6 +290,7 @@ impl ServerArgs {
             region_split_keys => region_split_keys,
             split_check_interval_ms => split_check_interval_ms,
             shutdown_grace_secs => shutdown_grace_secs,
+            worker_threads => worker_threads,
             log_format => log_format,
             max_key_size => limits.max_key_size,
             max_value_size => limits.max_value_size,
@@ -307,7 +326,7 @@ mod tests {
         let file = dir.path().join("s.toml");
         std::fs::write(
             &file,
-            "data-dir = \"/from/file\"\nheartbeat-ms = 500\nsync = true\n[limits]\nmax-key-size = 100\n",
+            "data-dir = \"/from/file\"\nheartbeat-ms = 500\nsync = true\nworker-threads = 4\n[limits]\nmax-key-size = 100\n",
         )
         .unwrap();
         let args = ServerArgs::try_parse_from([
@@ -319,9 +338,12 @@ mod tests {
             "--no-sync",
             "--max-key-size",
             "64",
+            "--worker-threads",
+            "1",
         ])
         .unwrap();
         let s = args.resolve().unwrap();
+        assert_eq!(s.worker_threads, 1);
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
         assert_eq!(s.heartbeat_ms, 200);
         assert!(!s.sync);
@@ -356,6 +378,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("status-addr"), "{e}");
+        let e = ServerSettings {
+            worker_threads: MAX_WORKER_THREADS + 1,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("worker-threads"), "{e}");
         let e = ServerSettings::default().validate().unwrap_err();
         assert!(e.to_string().contains("data-dir"), "{e}");
         assert!(base.validate().is_ok());

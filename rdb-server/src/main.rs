@@ -6,8 +6,7 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let args = rdb_server::ServerArgs::parse();
     if args.print_default_config {
         print!("{}", rdb_server::config::DEFAULT_CONFIG);
@@ -20,7 +19,26 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cfg.worker_threads > 0 {
+        runtime.worker_threads(cfg.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rdb-server: error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cfg))
+}
+
+async fn serve(cfg: rdb_server::ServerSettings) -> std::process::ExitCode {
     rdb_daemon::process::init_tracing(cfg.log_format);
+    tracing::info!(
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "runtime started"
+    );
     if let Err(e) = rdb_daemon::process::failpoints("rdb-server") {
         eprintln!("rdb-server: error: {e}");
         return std::process::ExitCode::from(2);

@@ -931,15 +931,29 @@ async fn pd_adds_replicas_as_stores_join_up_to_max_replicas() {
 
 /// Without TLS, the stores send each other Raft calls over the Raft lane:
 /// every store answers its opening, the appends that replicate writes are
-/// counted as lane calls, and none reaches the gRPC `Raft` service.
+/// counted as lane calls, and none reaches the gRPC `Raft` service. The
+/// stores run one worker thread each (`--worker-threads`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_messages_between_stores_travel_the_raft_lane() {
     let mut cluster = TestCluster::start(0);
     let mut status = Vec::new();
     for _ in 0..3 {
         let addr = format!("127.0.0.1:{}", flaredb_tests::free_port());
-        cluster.add_store_with_env(&[("FLAREDB_SERVER_STATUS_ADDR".into(), addr.clone())]);
+        // One worker thread each, as bench/compare-etcd and
+        // scripts/local-cluster.sh run stores sharing a small machine.
+        cluster.add_store_with_env(&[
+            ("FLAREDB_SERVER_STATUS_ADDR".into(), addr.clone()),
+            ("FLAREDB_SERVER_WORKER_THREADS".into(), "1".into()),
+        ]);
         status.push(addr);
+    }
+    for store in &cluster.stores {
+        let log = std::fs::read_to_string(store.dir.with_extension("log")).expect("store log");
+        assert!(
+            log.contains("worker_threads=1"),
+            "store {} did not start one worker thread:\n{log}",
+            store.addr
+        );
     }
     let client = cluster.client().await;
     replicate(&cluster, &client).await;
