@@ -14,7 +14,9 @@
 # checker once the stores have joined. Each store runs the machine's cores
 # divided by --stores worker threads (at least 1; rdb-server
 # --worker-threads), its share of the machine. --demo-only stops the
-# cluster after the demo instead of waiting for Ctrl-C.
+# cluster after the demo instead of waiting for Ctrl-C. --pd-port 0 (one
+# PD member only): a free port. FLAREDB_BIN_DIR: run the binaries there
+# instead of building them (scripts/test.sh runs the demo that way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,11 +34,15 @@ while [ $# -gt 0 ]; do
     --stores) STORES="$2"; shift 2 ;;
     --replicas) REPLICAS="$2"; shift 2 ;;
     --demo-only) DEMO_ONLY=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$PD_MEMBERS" in 1|3|5) ;; *) echo "local-cluster.sh: --pd-members must be 1, 3 or 5" >&2; exit 2 ;; esac
+case "$PD_PORT" in ''|*[!0-9]*) echo "local-cluster.sh: --pd-port must be a port number" >&2; exit 2 ;; esac
+if [ "$PD_PORT" = 0 ] && [ "$PD_MEMBERS" != 1 ]; then
+  echo "local-cluster.sh: --pd-port 0 needs --pd-members 1 (members name each other's ports)" >&2; exit 2
+fi
 case "$STORES" in ''|*[!0-9]*|0) echo "local-cluster.sh: --stores must be a positive number" >&2; exit 2 ;; esac
 [ -n "$REPLICAS" ] || REPLICAS=$(( STORES < 3 ? STORES : 3 ))
 case "$REPLICAS" in ''|*[!0-9]*|0) echo "local-cluster.sh: --replicas must be a positive number" >&2; exit 2 ;; esac
@@ -46,10 +52,14 @@ fi
 [ -n "$DATA_DIR" ] || DATA_DIR="$(mktemp -d -t flaredb-XXXXXX)"
 mkdir -p "$DATA_DIR"
 
-bash scripts/setup-deps.sh
-echo "local-cluster: building (the first build compiles RocksDB, about 10-20 minutes)" >&2
-cargo build --workspace --bins --locked
-BIN="${CARGO_TARGET_DIR:-target}/debug"
+if [ -n "${FLAREDB_BIN_DIR:-}" ]; then
+  BIN="$FLAREDB_BIN_DIR"
+else
+  bash scripts/setup-deps.sh
+  echo "local-cluster: building (the first build compiles RocksDB, about 10-20 minutes)" >&2
+  cargo build --workspace --bins --locked
+  BIN="${CARGO_TARGET_DIR:-target}/debug"
+fi
 
 PIDS=()
 cleanup() {
@@ -122,16 +132,18 @@ done
 echo "local-cluster: PD on $PD, stores on $STORE_ADDRS, data in $DATA_DIR"
 
 CLI=("$BIN/rdb-cli" --pd "$PD")
-run() { echo "\$ rdb-cli --pd $PD $*"; "${CLI[@]}" "$@" || echo "(exit code $?)"; }
+FAILED=0
+run() { echo "\$ rdb-cli --pd $PD $*"; "${CLI[@]}" "$@" || { echo "(exit code $?)"; FAILED=1; }; }
 run put greeting hello
 if [ "$REPLICAS" -gt 1 ]; then
   # The first region starts with one replica, on the store that
   # bootstrapped it; PD's replica checker adds the others (a split later
   # keeps them for both halves). `regions` prints
-  # ID START END EPOCH PEERS(id@store,...) LEADER; "(l)" marks a learner.
+  # ID START END EPOCH SIZE KEYS PEERS(id@store,...) LEADER; "(l)" marks a
+  # learner. The peers are found by their form, not their column.
   echo "local-cluster: waiting for PD to place $REPLICAS replicas" >&2
   for i in $(seq 1 300); do
-    [ "$("${CLI[@]}" regions | awk 'NR == 2 { n = split($5, p, ","); v = 0; for (i = 1; i <= n; i++) if (p[i] !~ /[(]l[)]/) v++; print v }')" -ge "$REPLICAS" ] && break
+    [ "$("${CLI[@]}" regions | awk 'NR == 2 { v = 0; for (f = 1; f <= NF; f++) if ($f ~ /^[0-9]+@[0-9]+/) { n = split($f, p, ","); for (i = 1; i <= n; i++) if (p[i] !~ /[(]l[)]/) v++; break }; print v }')" -ge "$REPLICAS" ] && break
     [ "$i" -eq 300 ] && { echo "local-cluster: PD did not place $REPLICAS replicas in 60 s" >&2; exit 1; }
     sleep 0.2
   done
@@ -150,6 +162,7 @@ run tso --count 3
 run pd members
 
 if [ "$DEMO_ONLY" = 1 ]; then
+  [ "$FAILED" = 0 ] || { echo "local-cluster: demo done, but a command above failed" >&2; exit 1; }
   echo "local-cluster: demo done"
   exit 0
 fi

@@ -43,3 +43,9 @@ cargo check -p rdb-storage --no-default-features --locked
 # rdb-bench as a plain build has it: without the etcd adapter (no protoc).
 cargo check -p rdb-bench --all-targets --locked
 cargo test --workspace --locked --features "$FEATURES"
+# The README's first command as a user runs it, on the binaries built above:
+# PD and three stores, three replicas placed by PD, the rdb-cli demo. A
+# failing command fails the run (its data and logs are kept).
+DEMO_DIR=$(mktemp -d -t flaredb-demo-XXXXXX)
+FLAREDB_BIN_DIR="$TARGET_DIR/debug" bash scripts/local-cluster.sh --demo-only --pd-port 0 --data-dir "$DEMO_DIR"
+rm -rf "$DEMO_DIR"
