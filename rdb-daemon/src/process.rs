@@ -108,6 +108,28 @@ pub fn failpoints(daemon: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The number a failpoint returns (`name=return(N)`), in test builds
+/// with it configured; `None` otherwise (and always in other builds).
+#[cfg(feature = "failpoints")]
+pub fn failpoint_number(name: &str) -> Option<u64> {
+    fail::eval(name, |a| a.and_then(|a| a.parse::<u64>().ok())).flatten()
+}
+
+/// See the test build's `failpoint_number`: never set here.
+#[cfg(not(feature = "failpoints"))]
+pub fn failpoint_number(_: &str) -> Option<u64> {
+    None
+}
+
+/// Sleeps as many milliseconds as failpoint `name` returns, if it is on
+/// (test builds only): a slow disk or a slow peer at that point.
+pub async fn failpoint_pause(name: &str) {
+    if let Some(ms) = failpoint_number(name) {
+        tracing::warn!(ms, "failpoint {name}: pausing");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 #[cfg(feature = "failpoints")]
 fn configure(name: &str, actions: &str) -> Result<(), String> {
     fail::cfg(name, actions)

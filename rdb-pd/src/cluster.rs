@@ -37,7 +37,27 @@ struct Liveness {
     /// The stores that sent a heartbeat with all their regions since
     /// this member became the leader.
     reported_all: std::collections::HashSet<u64>,
+    /// Replicas their stores report missing (see [`Cluster::note_missing`]),
+    /// by (region, peer): the reporting store, when it first and last
+    /// reported it in one run of reports.
+    missing: HashMap<(u64, u64), Missing>,
 }
+
+/// A replica its store reports missing.
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    store: u64,
+    first: Instant,
+    last: Instant,
+}
+
+/// A replica reported missing this long, in heartbeats no further apart
+/// than [`MISSING_GAP`], is replaced: long past a split that its store is
+/// still applying (the replica is created when it does).
+pub const MISSING_AFTER: Duration = Duration::from_secs(10);
+
+/// Reports of a missing replica further apart than this start a new run.
+const MISSING_GAP: Duration = Duration::from_secs(5);
 
 /// What a region's leader last reported of it.
 #[derive(Debug, Clone, Default)]
@@ -99,6 +119,7 @@ impl Cluster {
                 since: Instant::now(),
                 leaders: HashMap::new(),
                 reported_all: Default::default(),
+                missing: HashMap::new(),
             }),
             store_down_after,
         }
@@ -153,6 +174,54 @@ impl Cluster {
                     },
                 );
             }
+        }
+    }
+
+    /// The cluster version: the lowest version among the stores that are
+    /// up or hold a replica (an empty or unparsable version counts as
+    /// 0.1.0, the first release); empty with no such store.
+    pub fn cluster_version(&self) -> String {
+        let st = self.meta.read();
+        let holding: std::collections::HashSet<u64> = st
+            .regions
+            .values()
+            .flat_map(|r| r.peers.iter().map(|p| p.store_id))
+            .collect();
+        st.stores
+            .values()
+            .filter(|s| holding.contains(&s.id) || self.is_up(s.id))
+            .map(|s| rdb_proto::version::parse(&s.version).unwrap_or(rdb_proto::version::FIRST))
+            .min()
+            .map(rdb_proto::version::format)
+            .unwrap_or_default()
+    }
+
+    /// Records the replicas that `store_id` reports missing: members of
+    /// their regions' groups that it received Raft messages for and runs
+    /// no replica of (it missed the split that made them, having caught
+    /// up on the parent region by a snapshot).
+    pub fn note_missing(&self, store_id: u64, missing: &[rdb_proto::v1::MissingReplica]) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        live.missing
+            .retain(|_, m| now.duration_since(m.last) < MISSING_AFTER + MISSING_GAP);
+        for m in missing {
+            let e = live
+                .missing
+                .entry((m.region_id, m.peer_id))
+                .or_insert(Missing {
+                    store: store_id,
+                    first: now,
+                    last: now,
+                });
+            if e.store != store_id || now.duration_since(e.last) >= MISSING_GAP {
+                *e = Missing {
+                    store: store_id,
+                    first: now,
+                    last: now,
+                };
+            }
+            e.last = now;
         }
     }
 
@@ -588,6 +657,20 @@ impl Cluster {
                 *n += 1;
             }
         }
+        // Replicas their stores have reported missing for a while.
+        let missing: std::collections::HashSet<(u64, u64, u64)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.missing
+                .iter()
+                .filter(|(_, m)| {
+                    m.last.elapsed() < MISSING_GAP
+                        && m.last.duration_since(m.first) >= MISSING_AFTER
+                })
+                .map(|((region, peer), m)| (*region, *peer, m.store))
+                .collect()
+        };
+        let lost =
+            |r: &Region, p: &rdb_proto::v1::Peer| missing.contains(&(r.id, p.id, p.store_id));
         let reported = || st.regions.values().filter(|r| leaders.contains_key(&r.id));
         let mut fixes = Vec::new();
         for r in reported() {
@@ -618,50 +701,68 @@ impl Cluster {
                 });
                 continue;
             }
-            let add_up_to = if voters < want {
-                // A learner left behind by an operator that stopped halfway
-                // (its PD leader died) is promoted before any replica is added.
-                if let Some(l) = r
-                    .peers
-                    .iter()
-                    .find(|p| !is_voter(p) && load.contains_key(&p.store_id))
-                {
-                    fixes.push(ReplicaFix::Promote {
-                        region_id: r.id,
-                        store_id: l.store_id,
-                        voters,
-                    });
+            // A replica its store reports missing never catches up: it is
+            // replaced on another store when one can take it (added first,
+            // then removed by the excess rule), else removed first, and a
+            // new replica (a new peer id, filled by a snapshot) is added
+            // on the next round, on its store if that is the one free.
+            if let Some(m) = r.peers.iter().find(|p| lost(r, p)) {
+                let spare = up.iter().any(|s| !r.peers.iter().any(|p| p.store_id == *s));
+                if !is_voter(m) || !spare || voters > rules.max_replicas {
+                    if !is_voter(m) || voters > 1 {
+                        fixes.push(ReplicaFix::Remove {
+                            region_id: r.id,
+                            store_id: m.store_id,
+                            voters,
+                        });
+                    }
                     continue;
                 }
-                want
-            } else if voters > rules.max_replicas {
-                let leader = leaders.get(&r.id).copied();
-                let victim = r.peers.iter().filter(|p| is_voter(p)).max_by_key(|p| {
-                    (
-                        dead(p.store_id),
-                        !load.contains_key(&p.store_id),
-                        load.get(&p.store_id).copied().unwrap_or(0),
-                        Some(p.store_id) != leader,
-                        p.store_id,
-                    )
-                });
-                if let Some(v) = victim {
-                    fixes.push(ReplicaFix::Remove {
-                        region_id: r.id,
-                        store_id: v.store_id,
-                        voters,
+            }
+            let add_up_to =
+                if voters < want {
+                    // A learner left behind by an operator that stopped halfway
+                    // (its PD leader died) is promoted before any replica is added.
+                    if let Some(l) = r
+                        .peers
+                        .iter()
+                        .find(|p| !is_voter(p) && load.contains_key(&p.store_id))
+                    {
+                        fixes.push(ReplicaFix::Promote {
+                            region_id: r.id,
+                            store_id: l.store_id,
+                            voters,
+                        });
+                        continue;
+                    }
+                    want
+                } else if voters > rules.max_replicas {
+                    let leader = leaders.get(&r.id).copied();
+                    let victim = r.peers.iter().filter(|p| is_voter(p)).max_by_key(|p| {
+                        (
+                            lost(r, p),
+                            dead(p.store_id),
+                            !load.contains_key(&p.store_id),
+                            load.get(&p.store_id).copied().unwrap_or(0),
+                            Some(p.store_id) != leader,
+                            p.store_id,
+                        )
                     });
-                }
-                continue;
-            } else if r
-                .peers
-                .iter()
-                .any(|p| is_voter(p) && (dead(p.store_id) || draining(p.store_id)))
-            {
-                voters + 1
-            } else {
-                continue;
-            };
+                    if let Some(v) = victim {
+                        fixes.push(ReplicaFix::Remove {
+                            region_id: r.id,
+                            store_id: v.store_id,
+                            voters,
+                        });
+                    }
+                    continue;
+                } else if r.peers.iter().any(|p| {
+                    is_voter(p) && (dead(p.store_id) || draining(p.store_id) || lost(r, p))
+                }) {
+                    voters + 1
+                } else {
+                    continue;
+                };
             let mut stores: Vec<u64> = up
                 .iter()
                 .copied()
@@ -1165,6 +1266,81 @@ mod tests {
                 region_id: 10,
                 store_id: 4,
                 voters: 3
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_its_store_reports_missing_for_a_while_is_replaced() {
+        use rdb_proto::v1::{MissingReplica, Peer, PeerRole};
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _group) = cluster(tmp.path()).await;
+        let voter = |id, store_id| Peer {
+            id,
+            store_id,
+            role: PeerRole::Voter as i32,
+        };
+        for id in 1..=3 {
+            c.put_store(store(id)).await.unwrap();
+        }
+        let mut r = region(10, b"", b"", 1, 3, 1);
+        r.peers = vec![voter(100, 1), voter(101, 2), voter(102, 3)];
+        c.bootstrap(1, r.clone()).await.unwrap();
+        led_by(&c, 1, &[10]);
+        let report = |store: u64, peer: u64, first_secs_ago: u64| {
+            c.note_missing(
+                store,
+                &[MissingReplica {
+                    region_id: 10,
+                    peer_id: peer,
+                }],
+            );
+            let mut live = c.live.lock().unwrap();
+            let m = live.missing.get_mut(&(10, peer)).unwrap();
+            m.first = Instant::now()
+                .checked_sub(Duration::from_secs(first_secs_ago))
+                .unwrap();
+        };
+        // Just reported (a split its store is still applying): nothing.
+        report(3, 102, 0);
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        // Reported by a store that does not hold that peer: nothing.
+        report(2, 102, 30);
+        assert_eq!(c.replica_fixes(&rules(3)), vec![]);
+        // Reported by its store for longer than MISSING_AFTER, with no
+        // other store to take a replacement: removed first.
+        report(3, 102, 30);
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 3,
+                voters: 3
+            }]
+        );
+        // With a fourth store up, a replacement is added there first.
+        c.put_store(store(4)).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Add {
+                region_id: 10,
+                stores: vec![4],
+                voters: 4
+            }]
+        );
+        // Then the excess rule takes the missing one, not another.
+        r.epoch = Some(RegionEpoch {
+            version: 1,
+            conf_ver: 5,
+        });
+        r.peers.push(voter(103, 4));
+        c.heartbeat(1, vec![r.clone()]).await.unwrap();
+        assert_eq!(
+            c.replica_fixes(&rules(3)),
+            vec![ReplicaFix::Remove {
+                region_id: 10,
+                store_id: 3,
+                voters: 4
             }]
         );
     }

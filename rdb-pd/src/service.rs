@@ -321,6 +321,8 @@ impl Pd for PdService {
                 let r = self.cluster.heartbeat(req.store_id, req.regions).await;
                 if r.is_ok() {
                     self.cluster.follow_leaders(req.store_id, &req.region_stats);
+                    self.cluster
+                        .note_missing(req.store_id, &req.missing_replicas);
                 }
                 r
             }
@@ -333,6 +335,7 @@ impl Pd for PdService {
             want_all_regions: self
                 .cluster
                 .wants_all_regions(req.store_id, req.all_regions),
+            cluster_version: self.cluster.cluster_version(),
         }))
     }
 

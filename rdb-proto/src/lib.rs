@@ -18,6 +18,8 @@
 //! - [`region`]: helpers on regions and epochs shared by the server, PD and client.
 //! - [`failover`]: a channel over the members of a PD group that moves on
 //!   to the next member when one fails (rdb-server's PD connection).
+//! - [`version`]: the `major.minor.patch` versions of stores and of the
+//!   cluster (the gate of new Raft entry formats).
 //! - [`io`]: connections whose writes are gathered into fewer system calls
 //!   (the daemons' accepted connections, the client's store channels).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file;
@@ -31,6 +33,7 @@ pub mod io;
 pub mod limits;
 pub mod region;
 pub mod tls;
+pub mod version;
 
 /// Generated code for package `flaredb.v1`.
 #[allow(clippy::all, missing_docs)]

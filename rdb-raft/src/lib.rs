@@ -369,8 +369,18 @@ impl Group {
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut machine = sm::Adapter::open(&engine, config.group_id, machine, started.clone())?;
         machine.resume_install().await?;
-        // A member alone in its group grants no lease to anyone.
-        if logs.has_vote()? && machine.voters() > 1 {
+        // A member alone in its group grants no lease to anyone; alone by
+        // its applied membership and by every membership its log holds
+        // beyond it (a membership that adds voters may be committed and not
+        // applied here yet: those voters count on this member's lease).
+        let voters = match machine.voters() {
+            n if n > 1 => n,
+            n => n.max(
+                logs.most_voters_after(machine.applied_index())
+                    .map_err(|e| Error::Corrupted(format!("reading the log at start: {e}")))?,
+            ),
+        };
+        if logs.has_vote()? && voters > 1 {
             tracing::info!(
                 group = config.group_id,
                 quiet_ms = t.election_max.as_millis() as u64,

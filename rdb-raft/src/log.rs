@@ -161,6 +161,20 @@ impl LogStore {
     async fn write(&self, ops: Vec<WriteOp>) -> io::Result<()> {
         self.engine.write(ops).await.map(|_| ()).map_err(io_err)
     }
+
+    /// The most voters of any membership in the log after index `applied`
+    /// (0 when there is none): a membership appended but not applied yet.
+    pub(crate) fn most_voters_after(&self, applied: u64) -> io::Result<usize> {
+        Ok(self
+            .entries(applied.saturating_add(1), u64::MAX)?
+            .iter()
+            .filter_map(|e| match &e.payload {
+                openraft::EntryPayload::Membership(m) => Some(m.voter_ids().count()),
+                openraft::EntryPayload::Blank | openraft::EntryPayload::Normal(_) => None,
+            })
+            .max()
+            .unwrap_or(0))
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -44,6 +44,9 @@ const SNAPSHOT_INSTALL: Duration = Duration::from_secs(600);
 /// Largest Raft message, encoded (a snapshot chunk is about 1 MiB).
 pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
+/// Most refused members remembered between two [`Transport::take_missing`].
+const MAX_MISSING: usize = 1024;
+
 /// How long a message for a group not running here waits for it to start
 /// before it is refused: a replica created by a split that this process
 /// has not applied yet, or a process still starting its replicas. Shorter
@@ -100,6 +103,9 @@ pub(crate) struct Inner {
     registered: tokio::sync::Notify,
     /// Messages waiting for their group to start.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Members (group, node) that messages were refused for since the last
+    /// [`Transport::take_missing`]: no such group runs here.
+    missing: Mutex<std::collections::BTreeSet<(u64, NodeId)>>,
     /// Moves on each ping round in which a peer process has been silent
     /// for half the longest election timeout, and when one answers again
     /// (after a silence or a restart): it stays put while every peer
@@ -129,6 +135,7 @@ impl Transport {
                 pinging: std::sync::atomic::AtomicBool::new(false),
                 registered: tokio::sync::Notify::new(),
                 waiting: std::sync::atomic::AtomicUsize::new(0),
+                missing: Mutex::new(std::collections::BTreeSet::new()),
                 liveness_changes: AtomicU64::new(0),
                 lane_sent: AtomicU64::new(0),
                 lane_served: AtomicU64::new(0),
@@ -199,9 +206,42 @@ impl Transport {
         }
     }
 
+    /// The members (group, node id) that Raft messages were sent to here
+    /// since the last call, and refused because no such group runs in this
+    /// process (at most [`MAX_MISSING`] of them): a member its group counts
+    /// on that was never created here (its store missed the split that
+    /// made it), or one removed here that its group has not learned of.
+    pub fn take_missing(&self) -> Vec<(u64, NodeId)> {
+        let mut m = self.inner.missing.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *m).into_iter().collect()
+    }
+
+    /// Records a message refused for a group not running here.
+    fn refused(
+        &self,
+        group: u64,
+        to: NodeId,
+        r: Result<Registered, Status>,
+    ) -> Result<Registered, Status> {
+        if let Err(e) = &r {
+            if e.code() == tonic::Code::Unavailable {
+                let mut m = self.inner.missing.lock().unwrap_or_else(|p| p.into_inner());
+                if m.len() < MAX_MISSING {
+                    m.insert((group, to));
+                }
+            }
+        }
+        r
+    }
+
     /// This process's member `to` of `group`; a group not running here is
     /// waited for, up to [`GROUP_WAIT`] (and [`MAX_GROUP_WAITERS`] at once).
     async fn group_or_wait(&self, group: u64, to: NodeId) -> Result<Registered, Status> {
+        let r = self.group_or_wait_inner(group, to).await;
+        self.refused(group, to, r)
+    }
+
+    async fn group_or_wait_inner(&self, group: u64, to: NodeId) -> Result<Registered, Status> {
         let deadline = tokio::time::Instant::now() + GROUP_WAIT;
         let mut waiting = None;
         loop {

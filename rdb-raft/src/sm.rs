@@ -329,6 +329,11 @@ impl Adapter {
         self.membership.membership().voter_ids().count()
     }
 
+    /// The index of the last applied entry (0: none).
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied.as_ref().map_or(0, |l| l.index())
+    }
+
     fn applied_mark(&self) -> io::Result<WriteOp> {
         Ok(WriteOp::PutMeta {
             key: meta_key(self.group, "applied"),

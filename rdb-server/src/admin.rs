@@ -7,7 +7,8 @@ use std::sync::Arc;
 use rdb_proto::v1::store_admin_server::StoreAdmin;
 use rdb_proto::v1::{
     ApplySplitRequest, ApplySplitResponse, ChangePeerRequest, ChangePeerResponse,
-    CreatePeerRequest, CreatePeerResponse, DestroyPeerRequest, DestroyPeerResponse,
+    ComputeDigestRequest, ComputeDigestResponse, CreatePeerRequest, CreatePeerResponse,
+    DestroyPeerRequest, DestroyPeerResponse, RegionDigestsRequest, RegionDigestsResponse,
     TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::{Request, Response, Status};
@@ -89,5 +90,23 @@ impl StoreAdmin for AdminService {
         let req = request.into_inner();
         self.node.destroy_peer(req.region_id, req.peer_id).await?;
         Ok(Response::new(DestroyPeerResponse {}))
+    }
+
+    async fn compute_digest(
+        &self,
+        request: Request<ComputeDigestRequest>,
+    ) -> Result<Response<ComputeDigestResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node.compute_digest(req.region_id).await?,
+        ))
+    }
+
+    async fn region_digests(
+        &self,
+        request: Request<RegionDigestsRequest>,
+    ) -> Result<Response<RegionDigestsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.node.region_digests(req.region_id)))
     }
 }

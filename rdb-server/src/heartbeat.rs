@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use rdb_proto::v1::{Region, RegionStat, ScanRegionsRequest, StoreHeartbeatRequest};
+use rdb_proto::v1::{
+    MissingReplica, Region, RegionStat, ScanRegionsRequest, StoreHeartbeatRequest,
+};
 
 use crate::error::{Result, ServerError};
 use crate::node::Node;
@@ -120,7 +122,20 @@ impl Node {
             told.insert(r.id, Told { report: now, quiet });
             regions.push(r);
         }
-        if !full && regions.is_empty() {
+        let missing: Vec<MissingReplica> = self
+            .transport
+            .take_missing()
+            .into_iter()
+            .filter(|(region_id, _)| self.regions().get(*region_id).is_none())
+            .map(|(region_id, peer_id)| MissingReplica { region_id, peer_id })
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?missing,
+                "Raft messages arrived for replicas this store does not run: reported to PD"
+            );
+        }
+        if !full && regions.is_empty() && missing.is_empty() {
             return Ok(false);
         }
         regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
@@ -139,10 +154,19 @@ impl Node {
                 approximate_size: size,
                 region_stats,
                 all_regions: full,
+                missing_replicas: missing,
             })
             .await
             .map_err(|s| ServerError::remote("heartbeat", &s))?;
-        Ok(resp.into_inner().want_all_regions)
+        let resp = resp.into_inner();
+        if let Some(f) = self.formats.follow(&resp.cluster_version) {
+            tracing::info!(
+                cluster_version = %resp.cluster_version,
+                format = f.number(),
+                "Raft entries of this store's regions are written in a new format"
+            );
+        }
+        Ok(resp.want_all_regions)
     }
 
     /// Deletes the replicas here that their regions no longer have. A

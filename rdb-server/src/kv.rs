@@ -83,6 +83,7 @@ impl KvService {
             epoch_version: region.epoch_or_default().version,
             request_id: request_id(id)?.map(|id| (id.client, id.seq)),
             ops,
+            at_ms: Some(rdb_storage::now_ms()),
         };
         match peer.propose(&cmd).await {
             Ok(Answer::Written(outs)) => Ok(Ok(outs.into_iter().map(OpResult::from).collect())),
@@ -98,6 +99,7 @@ impl KvService {
                 "the write's outcome is unknown (re-send it with the same request id): {m}"
             ))
             .into()),
+            Err(ProposeError::Refused(m)) => Err(ServerError::FailedPrecondition(m).into()),
         }
     }
 }
@@ -145,9 +147,14 @@ macro_rules! enter {
 
 /// Waits until the replica may serve a linearizable read (or, for a read
 /// whose context asks for a stale one, checks that it holds the region's
-/// data), or returns the response with the region error.
+/// data), or returns the response with the region error. Then checks the
+/// request's context again and evaluates to the region as applied now:
+/// the wait applies entries (a ReadIndex round waits for the replica to
+/// apply what the leader had committed), and one of them may be a split
+/// or a membership change. A read checked only before the wait could be
+/// answered for keys another region's leader already took writes for.
 macro_rules! readable {
-    ($peer:expr, $req:ident, $resp:ty) => {
+    ($self:ident, $peer:expr, $req:ident, $resp:ty) => {{
         let ready = if $req.context.as_ref().is_some_and(|c| c.stale_read) {
             $peer.ready_to_read_stale()
         } else {
@@ -156,7 +163,46 @@ macro_rules! readable {
         if let Err(e) = ready {
             return Ok(Response::new(<$resp>::default_with_error(e)));
         }
+        let (peer, region) = enter!($self, $req, $resp);
+        match peer.machine.data_generation() {
+            Some(g) => (region, Generation(peer, g)),
+            None => return Ok(Response::new(<$resp>::default_with_error(replacing(&peer)))),
+        }
+    }};
+}
+
+/// Returns the response with a region error unless the replica's data is
+/// still of the generation a read noted before reading it (a snapshot
+/// install or the replica's deletion started meanwhile: the read may have
+/// seen part of it).
+macro_rules! unchanged {
+    ($gen:expr, $resp:ty) => {
+        if let Err(e) = $gen.check() {
+            return Ok(Response::new(<$resp>::default_with_error(e)));
+        }
     };
+}
+
+/// The generation of a replica's data a read started from.
+struct Generation(Arc<RegionPeer>, u64);
+
+impl Generation {
+    fn check(&self) -> Result<(), RegionError> {
+        match self.0.machine.data_generation() {
+            Some(g) if g == self.1 => Ok(()),
+            Some(_) | None => Err(replacing(&self.0)),
+        }
+    }
+}
+
+/// The region error of a replica whose data is being replaced or deleted.
+fn replacing(peer: &RegionPeer) -> RegionError {
+    let mut e = peer.not_leader(None);
+    e.message = format!(
+        "{}: this replica's data is being replaced by a snapshot or deleted",
+        e.message
+    );
+    e
 }
 
 /// The results of a proposed write, or the response with its region error.
@@ -262,7 +308,8 @@ impl Kv for KvService {
         invalid(self.limits.check_key(&req.key))?;
         let (peer, region) = enter!(self, req, GetResponse);
         in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
-        readable!(peer, req, GetResponse);
+        let (region, generation) = readable!(self, peer, req, GetResponse);
+        in_region!(check_keys(&region, [req.key.as_slice()]), GetResponse);
         // A read served from the memtables and the block cache runs right
         // here (a few microseconds); one that needs the disk goes to the
         // blocking pool, so that no runtime thread waits for I/O.
@@ -274,6 +321,7 @@ impl Kv for KvService {
             }
             Err(e) => return Err(ServerError::from(e).into()),
         };
+        unchanged!(generation, GetResponse);
         Ok(Response::new(match got {
             Some(v) => GetResponse {
                 region_error: None,
@@ -299,7 +347,11 @@ impl Kv for KvService {
             check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
             BatchGetResponse
         );
-        readable!(peer, req, BatchGetResponse);
+        let (region, generation) = readable!(self, peer, req, BatchGetResponse);
+        in_region!(
+            check_keys(&region, req.keys.iter().map(|k| k.as_slice())),
+            BatchGetResponse
+        );
         let max_bytes = self.limits.max_response_bytes;
         // As for Get: answered here when the memtables and the block cache
         // hold every key's answer, else on the blocking pool.
@@ -322,6 +374,7 @@ impl Kv for KvService {
                 })?
             }
         };
+        unchanged!(generation, BatchGetResponse);
         Ok(Response::new(BatchGetResponse {
             region_error: None,
             pairs,
@@ -456,11 +509,15 @@ impl Kv for KvService {
             n => n.min(self.limits.max_scan_limit),
         } as usize;
         let (peer, region) = enter!(self, req, ScanResponse);
+        in_region!(
+            clamp_range(&region, &req.start_key, &req.end_key),
+            ScanResponse
+        );
+        let (region, generation) = readable!(self, peer, req, ScanResponse);
         let (start, end) = in_region!(
             clamp_range(&region, &req.start_key, &req.end_key),
             ScanResponse
         );
-        readable!(peer, req, ScanResponse);
         let opts = ScanOptions {
             limit: page,
             reverse: req.reverse,
@@ -482,6 +539,7 @@ impl Kv for KvService {
                 Ok((pairs, more))
             })
             .await?;
+        unchanged!(generation, ScanResponse);
         Ok(Response::new(ScanResponse {
             region_error: None,
             has_more,

@@ -13,7 +13,9 @@
 //!   routing checks of every request.
 //! - [`peer`]: one replica of a region: its Raft group (through `rdb-raft`)
 //!   and its state machine (versions, CAS and exactly-once at apply).
-//! - [`command`]: the entries of a region's Raft log.
+//! - [`command`]: the entries of a region's Raft log, their formats and
+//!   the gate on the cluster version.
+//! - [`digest`]: replica digests, the consistency check across replicas.
 //! - [`kv`]: the `flaredb.v1.Kv` service.
 //! - [`admin`]: the `flaredb.v1.StoreAdmin` service (argument checks; the
 //!   work is in [`split`]).
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod command;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod heartbeat;
 pub mod kv;

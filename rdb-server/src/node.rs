@@ -59,6 +59,9 @@ pub struct Node {
     pub tls: Option<ClientTls>,
     /// The Raft transport shared by every replica here.
     pub transport: rdb_raft::Transport,
+    /// The entry format the replicas here propose in, following the
+    /// cluster version PD reports in heartbeat answers.
+    pub formats: Arc<crate::command::FormatGate>,
     /// Raft settings of the replicas.
     raft: RaftSettings,
     /// Where the replicas' state machines send their events.
@@ -194,6 +197,7 @@ impl Node {
         let (events, events_rx) = mpsc::unbounded_channel();
         let node = Node {
             transport: rdb_raft::Transport::new(tls.clone()),
+            formats: Arc::default(),
             engine,
             regions: RwLock::new(RegionMap::default()),
             store_id,
@@ -292,6 +296,7 @@ impl Node {
                 group,
                 machine,
                 joined_after,
+                formats: self.formats.clone(),
             }),
         );
         Ok(())
@@ -306,6 +311,10 @@ impl Node {
         counter: u64,
     ) -> Result<(rdb_raft::Group, Arc<RegionMachine>)> {
         let region_id = region.id;
+        // Test builds only: snapshots (and log purges) this often, so that a
+        // test reaches a purged log in a few dozen writes.
+        let snapshot_every = rdb_daemon::process::failpoint_number("raft-snapshot-every")
+            .unwrap_or(self.raft.snapshot_every);
         let machine = Arc::new(RegionMachine::new(
             self.engine.clone(),
             region,
@@ -317,7 +326,7 @@ impl Node {
                 group_id: region_id,
                 node_id: peer_id,
                 timing: self.raft.timing,
-                snapshot_every: self.raft.snapshot_every,
+                snapshot_every,
                 lease_on_demand: true,
                 hibernate: true,
             },
@@ -352,6 +361,7 @@ impl Node {
                 group,
                 machine,
                 joined_after: added.after_conf_ver,
+                formats: self.formats.clone(),
             }),
         );
         Ok(())

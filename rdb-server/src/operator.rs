@@ -140,6 +140,16 @@ impl Node {
                 // The new replica must start from a snapshot: the group's
                 // log does not reach back to the region's creation.
                 group.compact_log(COMPACT_WAIT).await.map_err(raft)?;
+                // The compaction can take seconds: an operator that timed
+                // out meanwhile (PD moved on) must not finish now. The
+                // epoch and leadership are checked again right before the
+                // change is proposed.
+                if let Err(e) = self.leading(req.region_id, req.epoch) {
+                    return Ok(ChangePeerResponse {
+                        region_error: Some(e),
+                        region: None,
+                    });
+                }
                 group
                     .add_learner(target.id, member(&store))
                     .await
@@ -334,6 +344,7 @@ impl Node {
                 peer.group.node_id()
             )));
         }
+        peer.machine.begin_destroy();
         peer.group.shutdown().await;
         self.regions_mut().remove(region_id);
         let region = peer.region();

@@ -95,6 +95,10 @@ pub enum Event {
     },
 }
 
+/// A write's request id, with the time its record is stamped with (the
+/// entry's; `None`: the writer's clock, for format-0 entries).
+type RecordId = Option<(rdb_storage::RequestId, Option<u64>)>;
+
 /// A region as its replica has applied it.
 #[derive(Debug, Clone)]
 struct Applied {
@@ -114,6 +118,14 @@ pub struct RegionMachine {
     /// lease reads in it (the new region's leader may be elsewhere and take
     /// writes for keys this region still holds until the split applies here).
     split_pending_term: AtomicU64,
+    /// Moves by one when a snapshot install starts and again when it ends,
+    /// and once (for good) when the replica is being destroyed: odd while
+    /// the replica's data is not a state it applied (cleared and filled
+    /// chunk by chunk, or being deleted). A read notes it before reading
+    /// and checks it after ([`RegionMachine::data_generation`]).
+    data_generation: AtomicU64,
+    /// The digests this replica computed lately (the consistency check).
+    pub digests: crate::digest::Digests,
 }
 
 /// The first chunk of a region's snapshot: its record and counter. The
@@ -172,7 +184,27 @@ impl RegionMachine {
             state: RwLock::new(Applied { region, counter }),
             events,
             split_pending_term: AtomicU64::new(0),
+            data_generation: AtomicU64::new(0),
+            digests: Default::default(),
         }
+    }
+
+    /// The generation of the replica's data: `None` while it is being
+    /// replaced or deleted. A read served from the data between two calls
+    /// that return the same `Some` saw one applied state.
+    pub fn data_generation(&self) -> Option<u64> {
+        let g = self.data_generation.load(Ordering::Acquire);
+        g.is_multiple_of(2).then_some(g)
+    }
+
+    /// Marks the replica's data as being deleted: reads are refused from
+    /// now on.
+    pub fn begin_destroy(&self) {
+        let _ = self
+            .data_generation
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+                g.is_multiple_of(2).then_some(g + 1)
+            });
     }
 
     /// The region as applied here.
@@ -203,7 +235,7 @@ impl RegionMachine {
     /// region's snapshots carry it.
     async fn queue(
         &self,
-        id: Option<rdb_storage::RequestId>,
+        id: RecordId,
         ops: Vec<WriteOp>,
         marks: Vec<WriteOp>,
         first_version: Option<u64>,
@@ -218,7 +250,7 @@ impl RegionMachine {
     /// the results.
     async fn queue_then(
         &self,
-        id: Option<rdb_storage::RequestId>,
+        id: RecordId,
         ops: Vec<WriteOp>,
         marks: Vec<WriteOp>,
         first_version: Option<u64>,
@@ -232,19 +264,24 @@ impl RegionMachine {
 
     fn versioned(
         &self,
-        id: Option<rdb_storage::RequestId>,
-        mut ops: Vec<WriteOp>,
+        id: RecordId,
+        ops: Vec<WriteOp>,
         marks: Vec<WriteOp>,
         first_version: Option<u64>,
     ) -> VersionedWrite {
-        ops.extend(marks);
+        // The marks (the entry's applied index, the region's counter) are
+        // written whatever the entry's outcome: a re-sent request id or an
+        // invalid op leaves the data alone but not the bookkeeping, which
+        // every replica must move alike.
         // Not synced: the group's synced log is the durable record of the
         // entry, applied again after a crash that lost this write (its
         // applied mark goes with it); a snapshot is built only after a
         // synced write (rdb-raft), before the log behind it is dropped.
         VersionedWrite {
-            id,
+            id: id.map(|(id, _)| id),
+            record_ms: id.and_then(|(_, at)| at),
             ops,
+            always: marks,
             first_version,
             scope: self.region_id,
             sync: false,
@@ -257,6 +294,7 @@ impl RegionMachine {
         epoch_version: u64,
         request_id: Option<(u128, u64)>,
         ops: Vec<command::Op>,
+        at_ms: Option<u64>,
         marks: Vec<WriteOp>,
         reply: Reply,
     ) -> Result<Waiting, String> {
@@ -281,9 +319,12 @@ impl RegionMachine {
             .iter()
             .any(|op| matches!(op, command::Op::DeleteRange { .. }));
         let n = ops.len();
-        let mut wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
-        wops.push(put_counter_op(region_id, counter));
-        let id = command::request_id(request_id);
+        let wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
+        // The counter moves with the entry even when the ops are not
+        // applied (a re-sent request id): the versions were taken above.
+        let mut marks = marks;
+        marks.push(put_counter_op(region_id, counter));
+        let id = command::request_id(request_id).map(|id| (id, at_ms));
         if ranged {
             let q = self.queue(id, wops, marks, Some(first)).await?;
             return Ok(Waiting::Written(q, reply, n));
@@ -291,23 +332,59 @@ impl RegionMachine {
         // The writer thread sends the answer as soon as the write is done.
         let (tx, rx) = oneshot::channel();
         let done = move |res| {
-            let sent = written(res, n).map(|a| reply.send(command::encode(&a)));
+            let sent = written(res, n).map(|a| reply.send(command::encode_answer(&a)));
             let _ = tx.send(sent);
         };
         self.queue_then(id, wops, marks, Some(first), done).await?;
         Ok(Waiting::Answered(rx))
     }
 
-    /// Applies a split entry; returns its answer.
-    async fn apply_split(
+    /// Starts this replica's digest of the region as applied now, at log
+    /// index `index` (see [`crate::digest`]).
+    fn start_digest(&self, index: u64) -> Result<(), String> {
+        let Applied { region, counter } = self.read().clone();
+        let view = self
+            .engine
+            .export(
+                region.start_key.clone(),
+                region.end_key.clone(),
+                rdb_storage::dedup_scope_prefix(region.id).to_vec(),
+                rdb_raft::CHUNK_BYTES,
+            )
+            .map_err(storage_err)?;
+        self.digests.compute(index, &region, counter, view);
+        Ok(())
+    }
+
+    /// Applies a split entry after the entries queued before it, and
+    /// answers it.
+    async fn split_entry(
         &self,
-        epoch: (u64, u64),
-        split_key: Vec<u8>,
-        new_region_id: u64,
-        new_peer_ids: Vec<u64>,
-        members: Option<Vec<(u64, u64, String)>>,
+        split: SplitParts,
         marks: Vec<WriteOp>,
-    ) -> Result<Answer, String> {
+        reply: Reply,
+        waiting: &mut Vec<Waiting>,
+    ) -> Result<(), String> {
+        for w in waiting.drain(..) {
+            w.finish().await?;
+        }
+        let answer = self.apply_split(split, marks).await?;
+        reply.send(command::encode_answer(&answer));
+        Ok(())
+    }
+
+    /// Applies a split entry; returns its answer.
+    async fn apply_split(&self, split: SplitParts, marks: Vec<WriteOp>) -> Result<Answer, String> {
+        let SplitParts {
+            epoch,
+            split_key,
+            new_region_id,
+            new_peer_ids,
+            members,
+        } = split;
+        // Test builds only: this replica applies splits late (a slow disk),
+        // while its peers go on.
+        rdb_daemon::process::failpoint_pause("split-apply-delay").await;
         let (region, counter) = {
             let st = self.read();
             (st.region.clone(), st.counter)
@@ -508,12 +585,24 @@ impl BatchMachine for RegionMachine {
                 reply,
             } = e;
             let cmd = match (command, membership) {
-                (Some(raw), _) => match command::decode::<Command>(&raw) {
-                    Ok(c) => c,
-                    Err(m) => {
-                        tracing::error!(index, error = %m, "skipping an undecodable entry");
+                (Some(raw), _) => match command::decode_entry(&raw) {
+                    Ok((c, _format)) => c,
+                    // Written by a newer binary: the peers that read it
+                    // apply it, so this replica must not go on without it.
+                    Err(e @ command::DecodeError::UnknownFormat(_)) => {
+                        tracing::error!(index, error = %e, "cannot apply an entry: upgrade this store");
+                        return Err(format!("entry {index}: {e}"));
+                    }
+                    // Malformed in a format this binary reads: every replica
+                    // of this version refuses it alike.
+                    Err(e @ command::DecodeError::Malformed { .. }) => {
+                        tracing::error!(index, error = %e, "skipping an undecodable entry");
                         let q = self.queue(None, Vec::new(), marks, None).await?;
-                        waiting.push(Waiting::Then(q, reply, Some(Answer::Refused(m))));
+                        waiting.push(Waiting::Then(
+                            q,
+                            reply,
+                            Some(Answer::Refused(e.to_string())),
+                        ));
                         continue;
                     }
                 },
@@ -534,8 +623,9 @@ impl BatchMachine for RegionMachine {
                     epoch_version,
                     request_id,
                     ops,
+                    at_ms,
                 } => match self
-                    .queue_write(epoch_version, request_id, ops, marks, reply)
+                    .queue_write(epoch_version, request_id, ops, at_ms, marks, reply)
                     .await?
                 {
                     // A counted range deletion waits for its count in the
@@ -543,32 +633,46 @@ impl BatchMachine for RegionMachine {
                     w @ Waiting::Written(..) => w.finish().await?,
                     w => waiting.push(w),
                 },
-                split => {
-                    let Some(SplitParts {
+                Command::Split {
+                    epoch,
+                    split_key,
+                    new_region_id,
+                    new_peer_ids,
+                } => {
+                    let split = SplitParts {
                         epoch,
                         split_key,
                         new_region_id,
                         new_peer_ids,
-                        members,
-                    }) = split.into_split()
-                    else {
-                        continue;
+                        members: None,
                     };
-                    // The entries before it are written first.
+                    self.split_entry(split, marks, reply, &mut waiting).await?;
+                }
+                Command::SplitSeeded {
+                    epoch,
+                    split_key,
+                    new_region_id,
+                    new_peer_ids,
+                    members,
+                } => {
+                    let split = SplitParts {
+                        epoch,
+                        split_key,
+                        new_region_id,
+                        new_peer_ids,
+                        members: Some(members),
+                    };
+                    self.split_entry(split, marks, reply, &mut waiting).await?;
+                }
+                Command::ComputeDigest => {
+                    // The view is taken once every entry before this one
+                    // is written, and before any after it is.
                     for w in waiting.drain(..) {
                         w.finish().await?;
                     }
-                    let answer = self
-                        .apply_split(
-                            epoch,
-                            split_key,
-                            new_region_id,
-                            new_peer_ids,
-                            members,
-                            marks,
-                        )
-                        .await?;
-                    reply.send(command::encode(&answer));
+                    self.start_digest(index)?;
+                    let q = self.queue(None, Vec::new(), marks, None).await?;
+                    waiting.push(Waiting::Then(q, reply, Some(Answer::DigestAt(index))));
                 }
             }
         }
@@ -632,6 +736,9 @@ impl BatchMachine for RegionMachine {
         let head: SnapshotHead = postcard::from_bytes(&head).map_err(|e| e.to_string())?;
         let region = Region::decode(head.region.as_slice()).map_err(|e| e.to_string())?;
         let old = self.region();
+        // Reads are refused from here until the install is done: the data
+        // is cleared, then filled chunk by chunk.
+        self.data_generation.fetch_add(1, Ordering::AcqRel);
         // First whatever the replica held (or an earlier, cut short run of
         // this restore wrote), then the data chunk by chunk, then the
         // region, its counter and the marks in one last write.
@@ -649,6 +756,9 @@ impl BatchMachine for RegionMachine {
             });
         }
         self.engine.write(clear).await.map_err(storage_err)?;
+        // Test builds only: the install pauses with the replica's data
+        // cleared (a large snapshot arriving slowly).
+        rdb_daemon::process::failpoint_pause("snapshot-restore-pause").await;
         let mut pairs = 0usize;
         while let Some(chunk) = chunks.next().await {
             let part: SnapshotPart = postcard::from_bytes(&chunk?).map_err(|e| e.to_string())?;
@@ -686,17 +796,9 @@ impl BatchMachine for RegionMachine {
             region,
             counter: head.counter,
         };
-        // Test builds only: the entries after the snapshot wait this many
-        // milliseconds to be applied.
-        #[cfg(feature = "failpoints")]
-        if let Some(ms) = fail::eval("snapshot-installed-pause", |a| {
-            a.and_then(|a| a.parse::<u64>().ok())
-        })
-        .flatten()
-        {
-            tracing::warn!(ms, "failpoint snapshot-installed-pause: pausing");
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
+        self.data_generation.fetch_add(1, Ordering::AcqRel);
+        // Test builds only: the entries after the snapshot wait to be applied.
+        rdb_daemon::process::failpoint_pause("snapshot-installed-pause").await;
         Ok(())
     }
 }
@@ -721,12 +823,16 @@ impl Waiting {
                 .map_err(|_| "the storage writer stopped".to_string())?,
             Waiting::Then(q, reply, answer) => {
                 q.wait().await.map_err(storage_err)?;
-                reply.send(answer.map(|a| command::encode(&a)).unwrap_or_default());
+                reply.send(
+                    answer
+                        .map(|a| command::encode_answer(&a))
+                        .unwrap_or_default(),
+                );
                 Ok(())
             }
             Waiting::Written(q, reply, n) => {
                 let answer = written(q.wait().await, n)?;
-                reply.send(command::encode(&answer));
+                reply.send(command::encode_answer(&answer));
                 Ok(())
             }
         }
@@ -757,6 +863,8 @@ pub struct RegionPeer {
     /// [`crate::operator::AddedPeer`]); 0 for a replica its region was
     /// created with (at bootstrap or a split), a member from the start.
     pub joined_after: u64,
+    /// The entry format this store proposes in (shared by its replicas).
+    pub formats: Arc<command::FormatGate>,
 }
 
 /// Why a proposal did not give an answer.
@@ -767,6 +875,8 @@ pub enum ProposeError {
     /// The outcome is unknown (the group stopped or lost leadership after
     /// the entry was appended): it may still be applied.
     Unknown(String),
+    /// Not proposed: the cluster's entry format cannot carry the command.
+    Refused(String),
 }
 
 impl RegionPeer {
@@ -775,10 +885,16 @@ impl RegionPeer {
         self.machine.region()
     }
 
-    /// The `NotLeader` error naming the leader this replica knows.
+    /// The `NotLeader` error naming the leader this replica knows, never
+    /// itself: a replica that believes it leads but cannot act as leader (cut
+    /// off from its peers, its term over) names no leader, so that a client
+    /// asks PD instead of coming back here.
     pub fn not_leader(&self, leader: Option<(NodeId, Member)>) -> RegionError {
         let region_id = self.region().id;
-        let leader = leader.map(|(_, m)| member_store(&m));
+        let me = self.group.node_id();
+        let leader = leader
+            .filter(|(id, _)| *id != me)
+            .map(|(_, m)| member_store(&m));
         RegionError::new(
             match &leader {
                 Some(s) => format!(
@@ -845,8 +961,10 @@ impl RegionPeer {
         // replicas) is answered as unknown after two election timeouts: the
         // client re-sends it, with its request id, to the leader PD knows.
         let wait = 2 * self.group.timing().election_max;
-        match tokio::time::timeout(wait, self.group.write(command::encode(cmd))).await {
-            Ok(Ok(raw)) => command::decode(&raw).map_err(ProposeError::Unknown),
+        let entry = command::encode_entry(cmd, self.formats.get())
+            .map_err(|e| ProposeError::Refused(e.to_string()))?;
+        match tokio::time::timeout(wait, self.group.write(entry)).await {
+            Ok(Ok(raw)) => command::decode_answer(&raw).map_err(ProposeError::Unknown),
             Ok(Err(rdb_raft::Error::NotLeader { leader })) => {
                 Err(ProposeError::NotLeader(self.not_leader(leader)))
             }

@@ -105,6 +105,7 @@ impl Node {
             Err(ProposeError::Unknown(m)) => Err(ServerError::Unavailable(format!(
                 "the split of region {region_id} may or may not be applied: {m}"
             ))),
+            Err(ProposeError::Refused(m)) => Err(ServerError::FailedPrecondition(m)),
         }
     }
 }

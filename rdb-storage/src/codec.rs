@@ -160,6 +160,17 @@ fn dedup_header(raw: &[u8]) -> Result<(u64, u32)> {
     Ok((r.u64()?, r.u32()?))
 }
 
+/// An exactly-once record with its time left out (its tag, count and
+/// results): what two replicas' copies of one record share even when each
+/// stamped its own clock (records of format-0 entries).
+pub fn dedup_without_time(raw: &[u8]) -> Result<Vec<u8>> {
+    dedup_header(raw)?;
+    let mut out = Vec::with_capacity(raw.len() - 8);
+    out.push(raw[0]);
+    out.extend_from_slice(&raw[9..]);
+    Ok(out)
+}
+
 /// Decodes the time an exactly-once record was applied (ms since the Unix
 /// epoch), reading only its header.
 pub fn decode_dedup_time(raw: &[u8]) -> Result<u64> {

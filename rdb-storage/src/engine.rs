@@ -153,8 +153,24 @@ impl std::fmt::Debug for Engine {
 pub struct VersionedWrite {
     /// The exactly-once id, if any.
     pub id: Option<RequestId>,
+    /// The time the id's record is stamped with (ms since the Unix epoch);
+    /// `None`: the writer's clock when it applies the request. A replicated
+    /// write gives its entry's time, so that every replica's record says
+    /// the same.
+    pub record_ms: Option<u64>,
     /// The operations, applied atomically.
     pub ops: Vec<WriteOp>,
+    /// Bookkeeping applied with `ops` in the same batch, and applied even
+    /// when `ops` are not: when the request id was already applied (its
+    /// recorded answer is returned) or when `ops` are refused as invalid.
+    /// A replicated state machine puts here what every replica must write
+    /// for every entry, whatever the entry's outcome (the region's version
+    /// counter, the entry's applied mark). With `always` set, a request that
+    /// fails for any other reason than invalid input (a RocksDB read error,
+    /// a refused batch) stops the process through the fatal hook instead of
+    /// being refused: a replica must never skip an entry its peers applied.
+    /// Versions are not taken by these ops (metadata and Raft records only).
+    pub always: Vec<WriteOp>,
     /// The first of the request's own version numbers (`None`: the
     /// store-wide counter).
     pub first_version: Option<u64>,
@@ -302,7 +318,9 @@ impl Engine {
         // Waits (without blocking the thread) while the queue is full.
         self.enqueue_versioned(VersionedWrite {
             id,
+            record_ms: None,
             ops,
+            always: Vec::new(),
             first_version,
             scope: 0,
             sync: true,
@@ -384,7 +402,9 @@ impl Engine {
         self.sender()?
             .send(Msg::Write(Request {
                 id: w.id,
+                record_ms: w.record_ms,
                 ops: w.ops,
+                always: w.always,
                 reply,
                 first_version: w.first_version,
                 scope: w.scope,
@@ -409,7 +429,9 @@ impl Engine {
         self.sender()?
             .blocking_send(Msg::Write(Request {
                 id: None,
+                record_ms: None,
                 ops,
+                always: Vec::new(),
                 reply: Reply::Channel(reply),
                 first_version: None,
                 scope: 0,
@@ -879,7 +901,7 @@ pub(crate) fn compact_dedup(db: &DB) -> Result<()> {
 }
 
 /// Wall-clock time in ms since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -132,10 +132,11 @@ mod writer;
 pub use datadir::{DataDir, Identity};
 #[cfg(feature = "engine")]
 pub use engine::{
-    Engine, EngineOptions, Entry, ExportChunk, Queued, ScanOptions, SplitCheck, VersionedWrite,
+    now_ms, Engine, EngineOptions, Entry, ExportChunk, Queued, ScanOptions, SplitCheck,
+    VersionedWrite,
 };
 pub use error::{Result, StorageError};
 pub use op::{
-    dedup_scope_prefix, CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp,
-    REQUEST_ID_LEN,
+    dedup_scope_prefix, versions_taken, CasOutcome, Expected, OpResult, RequestId, VersionedValue,
+    WriteOp, REQUEST_ID_LEN,
 };

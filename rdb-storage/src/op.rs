@@ -152,15 +152,51 @@ pub enum OpResult {
     Done,
 }
 
-#[cfg(feature = "engine")]
+/// How many versions an op numbered by its request takes
+/// ([`Engine::write_versioned`](crate::Engine::write_versioned)): one for a
+/// put, one for a compare-and-swap with a new value whatever its outcome
+/// (so that the numbers depend on the ops alone, never on the data), none
+/// for anything else. The one place this rule lives: the replicated state
+/// machine counts a region's versions with it, the writer hands them out
+/// with it.
+pub fn versions_taken(put: bool, cas_with_value: bool) -> u64 {
+    u64::from(put || cas_with_value)
+}
+
 impl WriteOp {
+    /// The versions this op takes (see [`versions_taken`]).
+    pub fn versions(&self) -> u64 {
+        match self {
+            WriteOp::Put { .. } => versions_taken(true, false),
+            WriteOp::Cas { new, .. } => versions_taken(false, new.is_some()),
+            WriteOp::Delete { .. }
+            | WriteOp::DeleteRange { .. }
+            | WriteOp::ClearRange { .. }
+            | WriteOp::Import { .. }
+            | WriteOp::PutMeta { .. }
+            | WriteOp::DeleteMeta { .. }
+            | WriteOp::PutRaft { .. }
+            | WriteOp::PutDedup { .. }
+            | WriteOp::DeleteRaftRange { .. } => 0,
+        }
+    }
+
     /// The range `[start, end)` this op deletes, for the range deletions.
+    #[cfg(feature = "engine")]
     pub(crate) fn deleted_range(&self) -> Option<(&[u8], &[u8])> {
         match self {
             WriteOp::DeleteRange { start, end } | WriteOp::ClearRange { start, end } => {
                 Some((start, end))
             }
-            _ => None,
+            WriteOp::Put { .. }
+            | WriteOp::Delete { .. }
+            | WriteOp::Cas { .. }
+            | WriteOp::Import { .. }
+            | WriteOp::PutMeta { .. }
+            | WriteOp::DeleteMeta { .. }
+            | WriteOp::PutRaft { .. }
+            | WriteOp::PutDedup { .. }
+            | WriteOp::DeleteRaftRange { .. } => None,
         }
     }
 }

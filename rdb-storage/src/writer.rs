@@ -53,7 +53,12 @@ impl Reply {
 pub(crate) struct Request {
     /// The exactly-once id, if the caller gave one.
     pub id: Option<RequestId>,
+    /// The time of the id's record (`None`: the writer's clock).
+    pub record_ms: Option<u64>,
     pub ops: Vec<WriteOp>,
+    /// Applied even when `ops` are not (see
+    /// [`VersionedWrite::always`](crate::VersionedWrite::always)).
+    pub always: Vec<WriteOp>,
     /// Where the request's versions come from: `None`, the store-wide
     /// counter; `Some(n)`, `n, n + 1, ...`, one per `Put` and per `Cas`
     /// with a new value, in op order, whether or not the CAS succeeds (see
@@ -490,50 +495,30 @@ impl Writer {
         let start_version = self.last_version;
         let applied_ms = now_ms();
         let sync = group.iter().any(|r| r.req.sync);
+        // A group with replicated requests is never refused as a whole:
+        // their peers apply them.
+        let replicated = group.iter().any(|r| !r.req.always.is_empty());
         for Ready { req, count } in group {
-            if let Some(id) = req.id {
-                let earlier = match applied.get(&(req.scope, id)) {
-                    Some(results) => Ok(Some(results.clone())),
-                    None => self.recorded(&id.scoped_key(req.scope)),
-                };
-                match earlier {
-                    // Already applied: answer as the first time, apply nothing.
-                    Ok(Some(results)) => {
-                        replies.push((req.reply, Ok(results)));
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        req.reply.send(Err(e));
-                        continue;
-                    }
-                }
-            }
             let mut local = Overlay::default();
             let mut muts = Vec::new();
             let saved_version = self.last_version;
             let outcome = self
-                .apply_request(
-                    &req.ops,
-                    req.first_version,
+                .apply_ready(
+                    &req,
                     count.as_ref(),
+                    &applied,
+                    applied_ms,
                     &overlay,
                     &mut local,
                     &mut muts,
                 )
-                .and_then(|results| {
-                    if let Some(id) = req.id {
-                        muts.push(Mutation::Dedup(
-                            id.scoped_key(req.scope),
-                            encode_dedup(applied_ms, &results),
-                        ));
-                    }
+                .and_then(|done| {
                     self.stage(&mut batch, &muts)?;
-                    Ok(results)
+                    Ok(done)
                 });
             match outcome {
-                Ok(results) => {
-                    if let Some(id) = req.id {
+                Ok((results, fresh)) => {
+                    if let (Some(id), true) = (req.id, fresh) {
                         applied.insert((req.scope, id), results.clone());
                     }
                     overlay.merge(local);
@@ -544,9 +529,42 @@ impl Writer {
                     self.last_version = saved_version;
                     recount.push(req);
                 }
-                Err(Apply::Refused(e)) => {
+                Err(Apply::Refused(e)) if req.always.is_empty() => {
                     self.last_version = saved_version;
                     req.reply.send(Err(e));
+                }
+                Err(Apply::Refused(e @ StorageError::InvalidArgument(_))) => {
+                    // Refused on every replica alike: the bookkeeping
+                    // still applies, the ops do not.
+                    self.last_version = saved_version;
+                    let mut local = Overlay::default();
+                    let mut muts = Vec::new();
+                    let staged = self
+                        .apply_request(&req.always, None, None, &overlay, &mut local, &mut muts)
+                        .map_err(|a| match a {
+                            Apply::Refused(e) => e,
+                            Apply::Recount => {
+                                StorageError::Internal("bookkeeping needs no count".into())
+                            }
+                        })
+                        .and_then(|_| self.stage(&mut batch, &muts));
+                    if let Err(bad) = staged {
+                        (self.hooks.fatal)(&format!(
+                            "a replicated request's bookkeeping cannot be applied: {bad}"
+                        ));
+                        return Flow::Stop;
+                    }
+                    overlay.merge(local);
+                    written.extend(muts);
+                    replies.push((req.reply, Err(e)));
+                }
+                Err(Apply::Refused(e)) => {
+                    // A failure only this replica saw (a read error): it
+                    // must not skip an entry its peers apply.
+                    (self.hooks.fatal)(&format!(
+                        "a replicated request could not be applied here: {e}"
+                    ));
+                    return Flow::Stop;
                 }
             }
         }
@@ -575,7 +593,7 @@ impl Writer {
                         reply.send(res);
                     }
                 }
-                Err(e) if e.is_fatal() => {
+                Err(e) if e.is_fatal() || replicated => {
                     // RocksDB may have written the group to the WAL and
                     // replay it on restart: no answer is true, so none is
                     // given. The process stops (see crate::fatal).
@@ -611,6 +629,46 @@ impl Writer {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync && sync);
         self.db.write_opt(batch, &wo).map_err(CommitError::from)
+    }
+
+    /// Applies a request into `local` and `muts`: its ops (or, for a
+    /// request id already applied, nothing but its recorded results), then
+    /// its bookkeeping. Returns the results and whether they are new.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_ready(
+        &mut self,
+        req: &Request,
+        count: Option<&Counted<'_>>,
+        applied: &HashMap<(u64, RequestId), Vec<OpResult>>,
+        applied_ms: u64,
+        overlay: &Overlay,
+        local: &mut Overlay,
+        muts: &mut Vec<Mutation>,
+    ) -> std::result::Result<(Vec<OpResult>, bool), Apply> {
+        let earlier = match req.id {
+            Some(id) => match applied.get(&(req.scope, id)) {
+                Some(results) => Some(results.clone()),
+                None => self.recorded(&id.scoped_key(req.scope))?,
+            },
+            None => None,
+        };
+        let done = match earlier {
+            // Already applied: answer as the first time, apply no op.
+            Some(results) => (results, false),
+            None => {
+                let results =
+                    self.apply_request(&req.ops, req.first_version, count, overlay, local, muts)?;
+                if let Some(id) = req.id {
+                    muts.push(Mutation::Dedup(
+                        id.scoped_key(req.scope),
+                        encode_dedup(req.record_ms.unwrap_or(applied_ms), &results),
+                    ));
+                }
+                (results, true)
+            }
+        };
+        self.apply_request(&req.always, None, None, overlay, local, muts)?;
+        Ok(done)
     }
 
     /// The stored results of an exactly-once request (its record's key),
@@ -770,10 +828,7 @@ impl Writer {
         let mut counts = count.map(|c| c.counts.iter());
         let mut fixed = first_version;
         if let Some(first) = first_version {
-            let needed = ops
-                .iter()
-                .filter(|op| matches!(op, WriteOp::Put { .. } | WriteOp::Cas { new: Some(_), .. }))
-                .count() as u64;
+            let needed: u64 = ops.iter().map(WriteOp::versions).sum();
             if first == 0 || first.saturating_add(needed) > crate::codec::MAX_COUNTER {
                 return Err(StorageError::InvalidArgument(format!(
                     "versions {first}..+{needed} are outside 1..={}",

@@ -803,6 +803,7 @@ async fn numbered_write(
         first_version: Some(first_version),
         scope,
         sync,
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -7,6 +7,7 @@ mod bootstrap;
 mod chaos;
 mod cli;
 mod config;
+mod consistency;
 mod connect;
 mod durability;
 mod exactly_once;
