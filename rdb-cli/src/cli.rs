@@ -158,6 +158,20 @@ pub enum Command {
         /// The split key: the first key of the new right region.
         key: String,
     },
+    /// Check that every region's replicas hold the same state: each
+    /// region's leader writes a digest entry to its log, every replica
+    /// hashes its keys, versions, values and exactly-once records at that
+    /// entry, and the digests are compared. Exits 6 if any region's
+    /// replicas disagree (or a replica gave no digest in time). Needs every
+    /// store at 0.2 or later.
+    Check {
+        /// Only this region (see `rdb-cli regions`).
+        #[arg(long)]
+        region: Option<u64>,
+        /// How long to wait for a replica to apply the digest entry.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
 }
 
 /// Replica operators.

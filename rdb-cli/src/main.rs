@@ -97,6 +97,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Regions => cmd::cluster::regions(&client, &out).await?,
         Command::Operators => cmd::cluster::operators(&client, &out).await?,
         Command::Split { key } => cmd::cluster::split(&client, &out, key).await?,
+        Command::Check { region, wait_secs } => {
+            cmd::cluster::check(&client, &out, region, wait_secs).await?
+        }
         Command::Operator(op) => cmd::cluster::operator(&client, &out, op).await?,
         Command::Pd(_) => unreachable!("handled before connecting"),
     }

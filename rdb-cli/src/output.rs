@@ -11,6 +11,8 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_CAS_FAILED: u8 = 4;
 /// Exit code when PD or a store could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 5;
+/// Exit code when a region's replicas disagree (`rdb-cli check`).
+pub const EXIT_REPLICAS_DISAGREE: u8 = 6;
 
 /// How results are printed.
 pub struct Out {

@@ -55,6 +55,8 @@
 //!   routing retry loop shared by every call; `retry`: one call's budget.
 //! - `write`: request ids and re-sending a write whose outcome is unknown,
 //!   so it is applied once.
+//! - `check`: the replica check ([`Client::check_replicas`]): every
+//!   replica's digest of its region at one log index.
 //! - `batch`: coalescing of concurrent gets, puts and CAS into batch RPCs.
 //! - `cache`: the region cache; `pd`: PD endpoints, fail-over, the
 //!   cluster id pin; `tso`: the timestamp stream; `error`: [`Error`] and the
@@ -63,6 +65,7 @@
 mod admin;
 mod batch;
 mod cache;
+mod check;
 mod config;
 mod error;
 mod kv;
@@ -82,6 +85,7 @@ use rdb_proto::v1::kv_client::KvClient;
 use rdb_proto::v1::IsBootstrappedRequest;
 use tonic::transport::Channel;
 
+pub use check::{ReplicaCheck, ReplicaDigest};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use rdb_proto::tls::{ClientTls, TlsError};

@@ -319,7 +319,18 @@ impl RegionMachine {
             .iter()
             .any(|op| matches!(op, command::Op::DeleteRange { .. }));
         let n = ops.len();
-        let wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
+        #[allow(unused_mut)]
+        let mut wops: Vec<WriteOp> = ops.iter().map(command::Op::to_write_op).collect();
+        // Test builds only: this replica stores every put's value with a
+        // byte more than its peers do (a replica gone wrong, for the tests
+        // of the replica check).
+        if rdb_daemon::process::failpoint_number("apply-tamper").is_some() {
+            for op in &mut wops {
+                if let WriteOp::Put { value, .. } = op {
+                    value.push(b'!');
+                }
+            }
+        }
         // The counter moves with the entry even when the ops are not
         // applied (a re-sent request id): the versions were taken above.
         let mut marks = marks;

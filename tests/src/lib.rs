@@ -292,6 +292,49 @@ pub async fn assert_all_readable(client: &Client, pairs: &[(Vec<u8>, Vec<u8>)]) 
     }
 }
 
+/// Checks, through `client`, that the replicas of every region hold the
+/// same state: each region's replicas' digests at one log index are equal
+/// ([`Client::check_replicas`]). Every fault test ends with it. A region
+/// whose leader moves during the check is asked again (bounded).
+pub async fn assert_replicas_agree(client: &Client) {
+    client.clear_region_cache();
+    let regions = client.regions().await.expect("regions");
+    for r in regions {
+        let id = r
+            .region
+            .as_ref()
+            .map(|g| g.id)
+            .expect("a route has its region");
+        let mut last = None;
+        for _ in 0..5 {
+            match client.check_replicas(id, Duration::from_secs(30)).await {
+                Ok(c) if c.agree() => {
+                    last = None;
+                    break;
+                }
+                Ok(c) => {
+                    // A replica that gave no digest (still catching up, or
+                    // its store down) is asked again; unequal digests fail.
+                    let digests: Vec<_> =
+                        c.replicas.iter().filter_map(|r| r.digest.clone()).collect();
+                    assert!(
+                        digests.windows(2).all(|w| w[0] == w[1]),
+                        "the replicas of region {id} disagree at index {}: {:#?}",
+                        c.index,
+                        c.replicas
+                    );
+                    last = Some(format!("{c:#?}"));
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Some(l) = last {
+            panic!("region {id}: no digest from every replica: {l}");
+        }
+    }
+}
+
 /// The file whose existence cuts the Raft traffic of the daemon in `dir`.
 fn cut_file(dir: &Path) -> PathBuf {
     dir.with_extension("raft-cut")

@@ -1,4 +1,4 @@
-//! Cluster commands: tso, stores, regions, split.
+//! Cluster commands: tso, stores, regions, split, check.
 
 use rdb_client::{Client, StoreState};
 use serde_json::{json, Value as Json};
@@ -192,6 +192,85 @@ pub async fn split(client: &Client, out: &Out, key: String) -> Result<(), Failur
             l["id"], l["store_id"], r["id"], r["store_id"]
         )
     });
+    Ok(())
+}
+
+/// Compares the replicas of every region (or of one) by their digests.
+pub async fn check(
+    client: &Client,
+    out: &Out,
+    region: Option<u64>,
+    wait_secs: u64,
+) -> Result<(), Failure> {
+    let ids: Vec<u64> = match region {
+        Some(id) => vec![id],
+        None => client
+            .regions()
+            .await?
+            .iter()
+            .filter_map(|r| r.region.as_ref().map(|g| g.id))
+            .collect(),
+    };
+    let wait = std::time::Duration::from_secs(wait_secs);
+    let (mut checks, mut disagree) = (Vec::new(), 0usize);
+    for (n, id) in ids.iter().enumerate() {
+        if !out.json {
+            eprint!("\rchecking region {id} ({}/{})", n + 1, ids.len());
+        }
+        let c = client.check_replicas(*id, wait).await?;
+        disagree += usize::from(!c.agree());
+        checks.push(c);
+    }
+    if !out.json && !ids.is_empty() {
+        eprintln!();
+    }
+    let j = checks
+        .iter()
+        .map(|c| {
+            json!({"region_id": c.region_id, "index": c.index, "agree": c.agree(),
+                "replicas": c.replicas.iter().map(|r| json!({
+                    "peer_id": r.peer_id, "store_id": r.store_id, "address": r.address,
+                    "digest": r.digest.as_deref().map(hex::encode),
+                    "keys": r.keys, "records": r.records, "error": r.error,
+                })).collect::<Vec<_>>()})
+        })
+        .collect();
+    out.print(Json::Array(j), || {
+        let mut t = String::new();
+        for c in &checks {
+            let verdict = if c.agree() { "agree" } else { "DISAGREE" };
+            t.push_str(&format!(
+                "region {} at index {}: {verdict}\n",
+                c.region_id, c.index
+            ));
+            for r in &c.replicas {
+                let d = match (&r.digest, &r.error) {
+                    (Some(d), _) => format!(
+                        "{} ({} keys, {} records)",
+                        &hex::encode(d)[..16],
+                        r.keys,
+                        r.records
+                    ),
+                    (None, Some(e)) => format!("no digest: {e}"),
+                    (None, None) => "no digest".into(),
+                };
+                t.push_str(&format!(
+                    "  peer {}@{} {}: {d}\n",
+                    r.peer_id, r.store_id, r.address
+                ));
+            }
+        }
+        t.trim_end().to_string()
+    });
+    if disagree > 0 {
+        return Err(Failure(
+            EXIT_REPLICAS_DISAGREE,
+            format!(
+                "the replicas of {disagree} of {} regions disagree",
+                ids.len()
+            ),
+        ));
+    }
     Ok(())
 }
 

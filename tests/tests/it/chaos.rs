@@ -107,4 +107,6 @@ async fn histories_stay_linearizable_while_leaders_are_killed_paused_and_cut_off
         summary.tally.ok.load(std::sync::atomic::Ordering::Relaxed) > 100,
         "the clients made progress"
     );
+    // Every region's replicas hold the same state.
+    flaredb_tests::assert_replicas_agree(&client).await;
 }

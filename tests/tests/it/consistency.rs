@@ -132,6 +132,7 @@ async fn a_resent_write_keeps_every_replicas_versions_alike_across_a_restart() {
         versions_everywhere(&cluster, &region, b"k1").await,
         vec![first.version; 3]
     );
+    flaredb_tests::assert_replicas_agree(&client).await;
 }
 
 /// A leader whose disk is slow applies a split seconds after its peers: the
@@ -218,6 +219,7 @@ async fn a_read_that_waited_for_a_split_to_apply_is_refused_not_served_stale() {
     client.clear_region_cache();
     let v = client.get(b"x".to_vec()).await.unwrap().unwrap();
     assert_eq!(v.value, b"new");
+    flaredb_tests::assert_replicas_agree(&client).await;
 }
 
 /// Whether every region has a voter on each of `stores` stores, none of
@@ -311,6 +313,7 @@ async fn a_replica_that_missed_a_split_is_replaced_and_every_region_is_whole() {
         log.contains("Raft messages arrived for replicas this store does not run"),
         "the store reported its missing replica"
     );
+    flaredb_tests::assert_replicas_agree(&client).await;
 }
 
 /// A follower that fell behind a purged log installs a snapshot: its data
@@ -406,4 +409,75 @@ async fn a_stale_read_during_a_snapshot_install_is_refused_not_answered_with_key
     );
     assert!(refused > 0, "no read was refused during the install");
     assert!(served_after, "the follower serves k after the install");
+    flaredb_tests::assert_replicas_agree(&client).await;
+}
+
+/// The replica check finds replicas that disagree: one replica stores
+/// every put with a byte more than its peers (failpoint `apply-tamper`), and
+/// its digest differs from theirs. `rdb-cli check` says so with exit code 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_replica_check_finds_a_replica_gone_wrong() {
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    let (region, _) = replicated(&cluster, &client).await;
+    for i in 0..20u32 {
+        client
+            .put(format!("k{i:02}").into_bytes(), b"v".to_vec())
+            .await
+            .unwrap();
+    }
+    let out = cluster.cli(&["--json", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j[0]["agree"], true, "{j}");
+    assert_eq!(j[0]["replicas"].as_array().unwrap().len(), 3, "{j}");
+    assert!(j[0]["replicas"][0]["keys"].as_u64().unwrap() >= 20, "{j}");
+
+    // A follower goes wrong, then takes one more put.
+    let idx = cluster
+        .stores
+        .iter()
+        .position(|s| s.id != region.store_id)
+        .unwrap();
+    cluster.stores[idx]
+        .env
+        .push(("FAILPOINTS".into(), "apply-tamper=return(1)".into()));
+    cluster.stores[idx].restart();
+    eventually(100, Duration::from_millis(100), || async {
+        client.put(b"late".to_vec(), b"v".to_vec()).await.ok()
+    })
+    .await
+    .expect("a put after the restart");
+    let out = eventually(50, Duration::from_millis(200), || async {
+        let out = cluster.cli(&["--json", "check", "--wait-secs", "10"]);
+        (out.status.code() == Some(6)).then_some(out)
+    })
+    .await
+    .expect("rdb-cli check finds the replicas disagree");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j[0]["agree"], false, "{j}");
+    let digests: Vec<&str> = j[0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["digest"].as_str())
+        .collect();
+    assert_eq!(digests.len(), 3, "{j}");
+    let odd = j[0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            digests
+                .iter()
+                .filter(|d| **d == r["digest"].as_str().unwrap())
+                .count()
+                == 1
+        })
+        .expect("one replica differs");
+    assert_eq!(odd["store_id"], cluster.stores[idx].id, "{j}");
 }
