@@ -361,6 +361,11 @@ impl Group {
             election_timeout_max: t.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every,
+            // A member cut off from its group (paused, partitioned) asks
+            // before it campaigns: it gets no pre-votes while the leader's
+            // lease holds, so it never raises the term, and its return costs
+            // the leader nothing (etcd's PreVote with CheckQuorum).
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

@@ -6,6 +6,8 @@
 //! - `flaredb_heartbeats_total{result}`: heartbeats sent to PD, `ok` or `failed`.
 //! - `flaredb_regions_served`: region replicas this store holds.
 //! - `flaredb_region_leaders`: regions whose Raft group this store leads.
+//! - `flaredb_leaderships_won_total`: times a replica here became its
+//!   region's leader (an election won, or a leadership handed over).
 //! - `flaredb_raft_lane_calls_total{side}`: Raft calls answered over the
 //!   Raft lane (`sent` by this store, `served` by it).
 //! - `flaredb_rocksdb{property}`: RocksDB size and compaction gauges, read at
@@ -13,7 +15,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use rdb_daemon::metrics::{Metrics, MetricsError};
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
 use rdb_proto::v1::RegionError;
@@ -28,6 +30,15 @@ pub static REGION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
             "Requests answered with a routing error (the client refreshes its route), by kind.",
         ),
         &["kind"],
+    )
+    .expect("valid metric definition")
+});
+
+/// Times a replica here became its region's leader.
+pub static LEADERSHIPS_WON: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "flaredb_leaderships_won_total",
+        "Times a region replica here became its region's leader (an election won, or a leadership handed over).",
     )
     .expect("valid metric definition")
 });
@@ -95,6 +106,7 @@ pub fn register(
     )?;
     metrics.register(&*REGION_ERRORS)?;
     metrics.register(&*HEARTBEATS)?;
+    metrics.register(&*LEADERSHIPS_WON)?;
     metrics.register(&regions)?;
     metrics.register(&leaders)?;
     metrics.register(&asleep)?;

@@ -463,6 +463,7 @@ async fn watch_leadership(
         let is_leader = status.borrow_and_update().is_leader;
         if is_leader && !was_leader {
             changed.notify_one();
+            crate::metrics::LEADERSHIPS_WON.inc();
         }
         was_leader = is_leader;
         if status.changed().await.is_err() {

@@ -2,6 +2,7 @@
 //! `rdb-server` processes on loopback ports (see `flaredb_tests`). One binary
 //! links once; run one area with `cargo test -p flaredb-tests --test it -- MODULE::`.
 
+mod availability;
 mod bench;
 mod bootstrap;
 mod chaos;
