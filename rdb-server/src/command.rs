@@ -26,6 +26,12 @@ pub const ENTRY_MAGIC: u8 = 0xFE;
 /// store version is below it gets format 0.
 pub const FORMAT_1_SINCE: rdb_proto::version::Version = (0, 2, 0);
 
+/// The length of an exactly-once record's time bucket in format 1, ms: a
+/// re-sent request is a duplicate for between one and two buckets after
+/// its first copy's entry (the client re-sends for at most 60 s). Part of
+/// the format: every replica must use the same.
+pub const DEDUP_BUCKET_MS: u64 = 600_000;
+
 /// The format a leader writes its entries in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EntryFormat {
@@ -550,10 +556,11 @@ pub mod legacy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// Bytes written as space-separated hex pairs (golden fixtures).
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace()
             .map(|b| u8::from_str_radix(b, 16).unwrap())
             .collect()

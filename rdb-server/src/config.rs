@@ -42,9 +42,12 @@ pub struct ServerSettings {
     pub raft_election_timeout_ms: u64,
     /// fsync the WAL before acknowledging writes.
     pub sync: bool,
-    /// Seconds the store remembers a write's request id, so that a re-sent
-    /// copy is answered instead of applied again (at least 120: clients
-    /// re-send for at most 60 s, half the shortest window).
+    /// Seconds the store remembers the request id of a write of a format-0
+    /// Raft entry (from before the cluster ran 0.2), so that a re-sent copy
+    /// is answered instead of applied again (at least 120: clients re-send
+    /// for at most 60 s, half the shortest window). Writes of format-1
+    /// entries keep their ids 10-20 minutes by their region's clock, the
+    /// same on every replica, whatever this says.
     pub dedup_window_secs: u64,
     /// A region larger than this many bytes (keys and stored values) is
     /// split by its leader (at least 4096).
@@ -211,8 +214,9 @@ pub struct ServerArgs {
     /// campaigns [default: 800].
     #[arg(long, env = "FLAREDB_SERVER_RAFT_ELECTION_TIMEOUT_MS")]
     pub raft_election_timeout_ms: Option<u64>,
-    /// Seconds a write's request id is remembered, so a re-sent copy is not
-    /// applied again; at least 120 [default: 600].
+    /// Seconds the request id of a write from before the cluster ran 0.2
+    /// is remembered, so a re-sent copy is not applied again (later writes:
+    /// 10-20 minutes by their region's clock); at least 120 [default: 600].
     #[arg(long, env = "FLAREDB_SERVER_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: Option<u64>,
     /// Split a region once it holds more than this many bytes (keys and

@@ -4,7 +4,7 @@
 //! A digest entry (`Command::ComputeDigest`) is applied by every replica of
 //! a region at the same log index; each takes a view of its state there
 //! (after every earlier entry is written) and hashes it off the apply path:
-//! the region's id, range and epoch, its version counter, every key with its
+//! the region's id, range and epoch, its version counter and clock, every key with its
 //! version and value, and every exactly-once record of the region (its key
 //! and answer; not its time, which format-0 entries left to each replica's
 //! clock). Replicas that agree have equal digests at equal indexes.
@@ -97,21 +97,21 @@ impl Digests {
         }
     }
 
-    /// Hashes the view `chunks` of `region` (whose counter is `counter`) as
+    /// Hashes the view `chunks` of `region` (whose counters are `counters`) as
     /// of log index `index`, in a task of its own; the digest is listed at
     /// once, empty until done.
     pub fn compute(
         &self,
         index: u64,
         region: &Region,
-        counter: u64,
+        counters: crate::peer::Counters,
         chunks: mpsc::Receiver<rdb_storage::Result<ExportChunk>>,
     ) {
         self.set(RegionDigest {
             index,
             ..Default::default()
         });
-        let head = head(region, counter);
+        let head = head(region, counters);
         let me = self.clone();
         let region_id = region.id;
         tokio::spawn(async move {
@@ -139,7 +139,7 @@ impl Digests {
 }
 
 /// What the digest says of the region itself.
-fn head(region: &Region, counter: u64) -> Vec<u8> {
+fn head(region: &Region, counters: crate::peer::Counters) -> Vec<u8> {
     let epoch = region.epoch_or_default();
     let mut h = Vec::new();
     h.extend_from_slice(b"flaredb-region-digest-1");
@@ -148,7 +148,8 @@ fn head(region: &Region, counter: u64) -> Vec<u8> {
     field(&mut h, &region.end_key);
     h.extend_from_slice(&epoch.version.to_be_bytes());
     h.extend_from_slice(&epoch.conf_ver.to_be_bytes());
-    h.extend_from_slice(&counter.to_be_bytes());
+    h.extend_from_slice(&counters.version.to_be_bytes());
+    h.extend_from_slice(&counters.clock_ms.to_be_bytes());
     h
 }
 

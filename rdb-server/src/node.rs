@@ -263,8 +263,8 @@ impl Node {
             }
         };
         let joined_after = added.map_or(0, |a| a.after_conf_ver);
-        let counter = load_counter(&self.engine, region.id)?;
-        let (group, machine) = self.start_group(region.clone(), peer_id, counter).await?;
+        let counters = load_counter(&self.engine, region.id)?;
+        let (group, machine) = self.start_group(region.clone(), peer_id, counters).await?;
         let internal = |what: &str, e: rdb_raft::Error| {
             ServerError::Internal(format!("{what} region {}: {e}", region.id))
         };
@@ -302,13 +302,13 @@ impl Node {
         Ok(())
     }
 
-    /// Starts the Raft group member `peer_id` of `region` (its counter at
-    /// `counter`) with its state machine.
+    /// Starts the Raft group member `peer_id` of `region` (its counters at
+    /// `counters`) with its state machine.
     async fn start_group(
         &self,
         region: Region,
         peer_id: u64,
-        counter: u64,
+        counters: crate::peer::Counters,
     ) -> Result<(rdb_raft::Group, Arc<RegionMachine>)> {
         let region_id = region.id;
         // Test builds only: snapshots (and log purges) this often, so that a
@@ -318,7 +318,7 @@ impl Node {
         let machine = Arc::new(RegionMachine::new(
             self.engine.clone(),
             region,
-            counter,
+            counters,
             self.events.clone(),
         ));
         let group = rdb_raft::Group::start_batched(
@@ -349,7 +349,9 @@ impl Node {
             ..Default::default()
         };
         let peer_id = added.peer_id;
-        let (group, machine) = self.start_group(region, peer_id, 0).await?;
+        let (group, machine) = self
+            .start_group(region, peer_id, crate::peer::Counters::default())
+            .await?;
         tracing::info!(
             region_id,
             peer_id,

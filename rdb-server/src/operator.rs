@@ -360,6 +360,7 @@ impl Node {
                 key: record_key(ADDED_PREFIX, region_id),
             },
         ]);
+        ops.extend(crate::peer::clear_records_ops(region_id));
         if !region.peers.is_empty() {
             // Only what no other replica here holds: a stale replica's
             // range may overlap a newer region's.

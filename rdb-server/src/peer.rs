@@ -36,24 +36,82 @@ pub fn version_key(id: u64) -> Vec<u8> {
     crate::regions::record_key(VERSION_PREFIX, id)
 }
 
-/// The write that persists region `id`'s counter.
-fn put_counter_op(id: u64, last: u64) -> WriteOp {
+/// What a region's replicas count, entry by entry, alike: the last version
+/// given, and the region clock (the highest leader time of the write
+/// entries applied, 0 before any entry of format 1), which places
+/// exactly-once records in time buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The last version given.
+    pub version: u64,
+    /// The region clock, ms since the Unix epoch.
+    pub clock_ms: u64,
+}
+
+/// The write that persists region `id`'s counters: the version, 8 bytes
+/// big-endian, then the clock, 8 more, once it is not 0 (a store of 0.1
+/// reads the 8-byte form).
+fn put_counter_op(id: u64, c: Counters) -> WriteOp {
+    let mut value = c.version.to_be_bytes().to_vec();
+    if c.clock_ms != 0 {
+        value.extend_from_slice(&c.clock_ms.to_be_bytes());
+    }
     WriteOp::PutMeta {
         key: version_key(id),
-        value: last.to_be_bytes().to_vec(),
+        value,
     }
 }
 
-/// The last version region `id` gave; a region from before replication
-/// (no counter yet) starts above every version the store gave.
-pub fn load_counter(engine: &Engine, id: u64) -> crate::error::Result<u64> {
+/// Region `id`'s counters; a region from before replication (no counter
+/// yet) starts above every version the store gave.
+pub fn load_counter(engine: &Engine, id: u64) -> crate::error::Result<Counters> {
     match engine.get_meta(&version_key(id))? {
-        Some(raw) => Ok(rdb_storage::codec::decode_u64(
-            &raw,
-            "region version counter",
-        )?),
-        None => Ok(engine.last_store_version()?),
+        Some(raw) => Ok(decode_counters(&raw)?),
+        None => Ok(Counters {
+            version: engine.last_store_version()?,
+            clock_ms: 0,
+        }),
     }
+}
+
+/// Decodes a counter record: 8 bytes (version) or 16 (version, clock).
+fn decode_counters(raw: &[u8]) -> rdb_storage::Result<Counters> {
+    let what = "region version counter";
+    match raw.len() {
+        16 => Ok(Counters {
+            version: rdb_storage::codec::decode_u64(&raw[..8], what)?,
+            clock_ms: rdb_storage::codec::decode_u64(&raw[8..], what)?,
+        }),
+        _ => Ok(Counters {
+            version: rdb_storage::codec::decode_u64(raw, what)?,
+            clock_ms: 0,
+        }),
+    }
+}
+
+/// The prefixes of region `id`'s exactly-once records: kept by time
+/// bucket, and from before buckets.
+fn record_prefixes(id: u64) -> Vec<Vec<u8>> {
+    vec![
+        rdb_storage::dedup_bucket_prefix(id).to_vec(),
+        rdb_storage::dedup_scope_prefix(id).to_vec(),
+    ]
+}
+
+/// The writes that delete every exactly-once record of region `id` here
+/// (before a snapshot brings the leader's, or with the replica).
+pub fn clear_records_ops(id: u64) -> Vec<WriteOp> {
+    let next = id.saturating_add(1);
+    vec![
+        WriteOp::ClearDedup {
+            start: rdb_storage::dedup_bucket_prefix(id).to_vec(),
+            end: rdb_storage::dedup_bucket_prefix(next).to_vec(),
+        },
+        WriteOp::ClearDedup {
+            start: rdb_storage::dedup_scope_prefix(id).to_vec(),
+            end: rdb_storage::dedup_scope_prefix(next).to_vec(),
+        },
+    ]
 }
 
 /// A Raft member record for a replica on `store`.
@@ -97,14 +155,14 @@ pub enum Event {
 
 /// A write's request id, with the time its record is stamped with (the
 /// entry's; `None`: the writer's clock, for format-0 entries).
-type RecordId = Option<(rdb_storage::RequestId, Option<u64>)>;
+type RecordId = Option<(rdb_storage::RequestId, Option<rdb_storage::RecordBucket>)>;
 
 /// A region as its replica has applied it.
 #[derive(Debug, Clone)]
 struct Applied {
     region: Region,
-    /// The last version given.
-    counter: u64,
+    /// The last version given, and the region clock.
+    counters: Counters,
 }
 
 /// The state machine of one replica of one region.
@@ -126,16 +184,89 @@ pub struct RegionMachine {
     data_generation: AtomicU64,
     /// The digests this replica computed lately (the consistency check).
     pub digests: crate::digest::Digests,
+    /// The length of an exactly-once time bucket, ms
+    /// ([`command::DEDUP_BUCKET_MS`]; a test build's failpoint
+    /// `dedup-bucket-ms` shortens it, on every store alike).
+    bucket_ms: u64,
 }
 
-/// The first chunk of a region's snapshot: its record and counter. The
-/// later chunks ([`SnapshotPart`]) carry its data and the exactly-once
-/// records of its writes (so that a replica added later answers a re-sent
-/// write as the others do).
-#[derive(Serialize, Deserialize)]
+/// The first chunk of a region's snapshot, format 0 (FlareDB 0.1): its
+/// record and counter. The later chunks ([`SnapshotPart`]) carry its data
+/// and the exactly-once records of its writes (so that a replica added
+/// later answers a re-sent write as the others do).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct SnapshotHead {
+    #[serde(with = "serde_bytes")]
     region: Vec<u8>,
     counter: u64,
+}
+
+/// The first chunk of a region's snapshot, format 1:
+/// `[0x00][1][postcard(SnapshotHeadV1)]`. A format-0 head never starts
+/// with 0x00 (it starts with the length of a region record, never empty).
+/// Sent once the region clock has moved (the cluster writes format-1
+/// entries, so every store reads it).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct SnapshotHeadV1 {
+    #[serde(with = "serde_bytes")]
+    region: Vec<u8>,
+    counter: u64,
+    clock_ms: u64,
+}
+
+/// Encodes a snapshot head: format 0 while the clock is 0, else format 1.
+fn encode_head(region: &Region, c: Counters) -> Result<Vec<u8>, String> {
+    let region = region.encode_to_vec();
+    if c.clock_ms == 0 {
+        return postcard::to_stdvec(&SnapshotHead {
+            region,
+            counter: c.version,
+        })
+        .map_err(|e| e.to_string());
+    }
+    let mut out = vec![0x00, 1];
+    out.extend(
+        postcard::to_stdvec(&SnapshotHeadV1 {
+            region,
+            counter: c.version,
+            clock_ms: c.clock_ms,
+        })
+        .map_err(|e| e.to_string())?,
+    );
+    Ok(out)
+}
+
+/// Decodes a snapshot head of any format this binary knows.
+fn decode_head(raw: &[u8]) -> Result<(Region, Counters), String> {
+    let (region, counters) = match raw {
+        [0x00, 1, body @ ..] => {
+            let h: SnapshotHeadV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            (
+                h.region,
+                Counters {
+                    version: h.counter,
+                    clock_ms: h.clock_ms,
+                },
+            )
+        }
+        [0x00, n, ..] => {
+            return Err(format!(
+                "snapshot head of unknown format {n} (sent by a newer FlareDB)"
+            ))
+        }
+        _ => {
+            let h: SnapshotHead = postcard::from_bytes(raw).map_err(|e| e.to_string())?;
+            (
+                h.region,
+                Counters {
+                    version: h.counter,
+                    clock_ms: 0,
+                },
+            )
+        }
+    };
+    let region = Region::decode(region.as_slice()).map_err(|e| e.to_string())?;
+    Ok((region, counters))
 }
 
 /// Every later chunk of a region's snapshot: a part of its data, in key
@@ -171,21 +302,24 @@ fn storage_err(e: StorageError) -> String {
 }
 
 impl RegionMachine {
-    /// The machine of a replica of `region`, whose counter is at `counter`.
+    /// The machine of a replica of `region`, whose counters are at `counters`.
     pub fn new(
         engine: Engine,
         region: Region,
-        counter: u64,
+        counters: Counters,
         events: mpsc::UnboundedSender<Event>,
     ) -> RegionMachine {
         RegionMachine {
             engine,
             region_id: region.id,
-            state: RwLock::new(Applied { region, counter }),
+            state: RwLock::new(Applied { region, counters }),
             events,
             split_pending_term: AtomicU64::new(0),
             data_generation: AtomicU64::new(0),
             digests: Default::default(),
+            bucket_ms: rdb_daemon::process::failpoint_number("dedup-bucket-ms")
+                .filter(|ms| *ms > 0)
+                .unwrap_or(command::DEDUP_BUCKET_MS),
         }
     }
 
@@ -279,7 +413,7 @@ impl RegionMachine {
         // synced write (rdb-raft), before the log behind it is dropped.
         VersionedWrite {
             id: id.map(|(id, _)| id),
-            record_ms: id.and_then(|(_, at)| at),
+            bucket: id.and_then(|(_, b)| b),
             ops,
             always: marks,
             first_version,
@@ -303,12 +437,16 @@ impl RegionMachine {
             if st.region.epoch_or_default().version != epoch_version {
                 Err(Answer::EpochChanged(st.region.encode_to_vec()))
             } else {
-                let first = st.counter + 1;
-                st.counter += ops.iter().map(command::Op::versions).sum::<u64>();
-                Ok((first, st.counter, st.region.id))
+                let first = st.counters.version + 1;
+                let before = st.counters.clock_ms;
+                st.counters.version += ops.iter().map(command::Op::versions).sum::<u64>();
+                if let Some(at) = at_ms {
+                    st.counters.clock_ms = before.max(at);
+                }
+                Ok((first, st.counters, before, st.region.id))
             }
         };
-        let (first, counter, region_id) = match numbered {
+        let (first, counters, clock_before, region_id) = match numbered {
             Ok(n) => n,
             Err(answer) => {
                 let q = self.queue(None, Vec::new(), marks, None).await?;
@@ -331,11 +469,30 @@ impl RegionMachine {
                 }
             }
         }
-        // The counter moves with the entry even when the ops are not
+        // The counters move with the entry even when the ops are not
         // applied (a re-sent request id): the versions were taken above.
         let mut marks = marks;
-        marks.push(put_counter_op(region_id, counter));
-        let id = command::request_id(request_id).map(|id| (id, at_ms));
+        marks.push(put_counter_op(region_id, counters));
+        // A format-1 entry keeps its record in the region clock's bucket;
+        // when the clock enters a new bucket, the buckets that can no
+        // longer decide anything (all but this one and the one before) go.
+        let bucket = at_ms.map(|_| {
+            let (now, then) = (
+                counters.clock_ms / self.bucket_ms,
+                clock_before / self.bucket_ms,
+            );
+            if now > then && now >= 2 {
+                marks.push(WriteOp::ClearDedup {
+                    start: rdb_storage::dedup_bucket_start(region_id, 0),
+                    end: rdb_storage::dedup_bucket_start(region_id, now - 1),
+                });
+            }
+            rdb_storage::RecordBucket {
+                at_ms: counters.clock_ms,
+                bucket: now,
+            }
+        });
+        let id = command::request_id(request_id).map(|id| (id, bucket));
         if ranged {
             let q = self.queue(id, wops, marks, Some(first)).await?;
             return Ok(Waiting::Written(q, reply, n));
@@ -353,17 +510,17 @@ impl RegionMachine {
     /// Starts this replica's digest of the region as applied now, at log
     /// index `index` (see [`crate::digest`]).
     fn start_digest(&self, index: u64) -> Result<(), String> {
-        let Applied { region, counter } = self.read().clone();
+        let Applied { region, counters } = self.read().clone();
         let view = self
             .engine
             .export(
                 region.start_key.clone(),
                 region.end_key.clone(),
-                rdb_storage::dedup_scope_prefix(region.id).to_vec(),
+                record_prefixes(region.id),
                 rdb_raft::CHUNK_BYTES,
             )
             .map_err(storage_err)?;
-        self.digests.compute(index, &region, counter, view);
+        self.digests.compute(index, &region, counters, view);
         Ok(())
     }
 
@@ -396,9 +553,9 @@ impl RegionMachine {
         // Test builds only: this replica applies splits late (a slow disk),
         // while its peers go on.
         rdb_daemon::process::failpoint_pause("split-apply-delay").await;
-        let (region, counter) = {
+        let (region, counters) = {
             let st = self.read();
-            (st.region.clone(), st.counter)
+            (st.region.clone(), st.counters)
         };
         let cur = region.epoch_or_default();
         let refused = if (cur.version, cur.conf_ver) != epoch {
@@ -461,7 +618,7 @@ impl RegionMachine {
         let mut ops = vec![
             put_region_op(&left),
             put_region_op(&right),
-            put_counter_op(right.id, counter),
+            put_counter_op(right.id, counters),
         ];
         if let Some(members) = members {
             ops.extend(self.seed_group(&right, members)?);
@@ -694,12 +851,8 @@ impl BatchMachine for RegionMachine {
     }
 
     async fn snapshot(&self) -> Result<Chunks, String> {
-        let Applied { region, counter } = self.read().clone();
-        let head = postcard::to_stdvec(&SnapshotHead {
-            region: region.encode_to_vec(),
-            counter,
-        })
-        .map_err(|e| e.to_string())?;
+        let Applied { region, counters } = self.read().clone();
+        let head = encode_head(&region, counters)?;
         // The view is taken now (no apply runs during this call); the
         // chunks are read from it while the region goes on.
         let rx = self
@@ -707,7 +860,7 @@ impl BatchMachine for RegionMachine {
             .export(
                 region.start_key.clone(),
                 region.end_key.clone(),
-                rdb_storage::dedup_scope_prefix(region.id).to_vec(),
+                record_prefixes(region.id),
                 rdb_raft::CHUNK_BYTES,
             )
             .map_err(storage_err)?;
@@ -744,19 +897,22 @@ impl BatchMachine for RegionMachine {
             .next()
             .await
             .ok_or_else(|| "a region snapshot without its head".to_string())??;
-        let head: SnapshotHead = postcard::from_bytes(&head).map_err(|e| e.to_string())?;
-        let region = Region::decode(head.region.as_slice()).map_err(|e| e.to_string())?;
+        let (region, counters) = decode_head(&head)?;
         let old = self.region();
         // Reads are refused from here until the install is done: the data
         // is cleared, then filled chunk by chunk.
         self.data_generation.fetch_add(1, Ordering::AcqRel);
         // First whatever the replica held (or an earlier, cut short run of
-        // this restore wrote), then the data chunk by chunk, then the
+        // this restore wrote), its records included, then the data chunk by chunk, then the
         // region, its counter and the marks in one last write.
         let mut clear = vec![WriteOp::ClearRange {
             start: region.start_key.clone(),
             end: region.end_key.clone(),
         }];
+        // The replica's own records go too: the snapshot carries the ones
+        // its peers hold, and a record only this replica kept would make
+        // it decide a re-sent request differently.
+        clear.extend(clear_records_ops(region.id));
         if !old.peers.is_empty()
             && (old.start_key.as_slice(), old.end_key.as_slice())
                 != (region.start_key.as_slice(), region.end_key.as_slice())
@@ -796,17 +952,11 @@ impl BatchMachine for RegionMachine {
                 std::process::abort()
             });
         }
-        let mut ops = vec![
-            put_region_op(&region),
-            put_counter_op(region.id, head.counter),
-        ];
+        let mut ops = vec![put_region_op(&region), put_counter_op(region.id, counters)];
         ops.extend(marks);
         self.engine.write(ops).await.map_err(storage_err)?;
         tracing::info!(region_id = region.id, keys = pairs, "installed a snapshot");
-        *self.write() = Applied {
-            region,
-            counter: head.counter,
-        };
+        *self.write() = Applied { region, counters };
         self.data_generation.fetch_add(1, Ordering::AcqRel);
         // Test builds only: the entries after the snapshot wait to be applied.
         rdb_daemon::process::failpoint_pause("snapshot-installed-pause").await;
@@ -999,4 +1149,56 @@ pub fn epoch_changed(current: Region) -> RegionError {
             current_regions: vec![current],
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::tests::hex;
+
+    fn region() -> Region {
+        Region {
+            id: 2,
+            ..Default::default()
+        }
+    }
+
+    /// Golden bytes of the snapshot heads and counter records that shipped:
+    /// they decode forever, and each is still written the same way.
+    #[test]
+    fn shipped_snapshot_heads_and_counter_records_decode_forever() {
+        let v0 = Counters {
+            version: 7,
+            clock_ms: 0,
+        };
+        let v1 = Counters {
+            version: 7,
+            clock_ms: 1000,
+        };
+        // Format 0 (0.1): postcard of (region record, counter).
+        assert_eq!(encode_head(&region(), v0).unwrap(), hex("02 08 02 07"));
+        assert_eq!(decode_head(&hex("02 08 02 07")).unwrap(), (region(), v0));
+        // Format 1 (0.2, once the region clock moved).
+        let raw = hex("00 01 02 08 02 07 e8 07");
+        assert_eq!(encode_head(&region(), v1).unwrap(), raw);
+        assert_eq!(decode_head(&raw).unwrap(), (region(), v1));
+        assert!(decode_head(&hex("00 02 02 08 02 07"))
+            .unwrap_err()
+            .contains("unknown format 2"));
+        // Counter records: 8 bytes (0.1), 16 with the clock (0.2).
+        let WriteOp::PutMeta { value, .. } = put_counter_op(2, v0) else {
+            panic!("a meta write")
+        };
+        assert_eq!(value, hex("00 00 00 00 00 00 00 07"));
+        assert_eq!(decode_counters(&value).unwrap(), v0);
+        let WriteOp::PutMeta { value, .. } = put_counter_op(2, v1) else {
+            panic!("a meta write")
+        };
+        assert_eq!(
+            value,
+            hex("00 00 00 00 00 00 00 07 00 00 00 00 00 00 03 e8")
+        );
+        assert_eq!(decode_counters(&value).unwrap(), v1);
+        assert!(decode_counters(&hex("01 02 03")).is_err());
+    }
 }

@@ -153,11 +153,12 @@ impl std::fmt::Debug for Engine {
 pub struct VersionedWrite {
     /// The exactly-once id, if any.
     pub id: Option<RequestId>,
-    /// The time the id's record is stamped with (ms since the Unix epoch);
-    /// `None`: the writer's clock when it applies the request. A replicated
-    /// write gives its entry's time, so that every replica's record says
-    /// the same.
-    pub record_ms: Option<u64>,
+    /// Where the id's record is looked up and kept: `None`, under the
+    /// id's scoped key, stamped with the writer's clock and dropped by
+    /// compaction a window later by that clock (records of format-0
+    /// entries); `Some`, in the scope's time buckets, decided by the log
+    /// alone (see [`RecordBucket`]).
+    pub bucket: Option<RecordBucket>,
     /// The operations, applied atomically.
     pub ops: Vec<WriteOp>,
     /// Bookkeeping applied with `ops` in the same batch, and applied even
@@ -182,6 +183,21 @@ pub struct VersionedWrite {
     /// record; the next synced write makes them durable too, the WAL being
     /// sequential).
     pub sync: bool,
+}
+
+/// Where a replicated write's exactly-once record lives: the record's
+/// time (the region clock after its entry: the highest entry time the
+/// region applied) and that time's bucket. The id is a duplicate if a
+/// record of it is in this bucket or the one before (or under its scoped
+/// key, a record from before buckets); the new record goes in this
+/// bucket. Older buckets are deleted by the region's replicas
+/// ([`WriteOp::ClearDedup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordBucket {
+    /// The record's time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Its bucket.
+    pub bucket: u64,
 }
 
 /// A write request in the writer's queue (see [`Engine::enqueue_versioned`]).
@@ -240,7 +256,13 @@ impl Engine {
         let window_ms = u64::try_from(opts.dedup_window.as_millis()).unwrap_or(u64::MAX);
         dedup_opts.set_compaction_filter(
             "flaredb-dedup-window",
-            move |_: u32, _: &[u8], value: &[u8]| {
+            move |_: u32, key: &[u8], value: &[u8]| {
+                // Records kept by time bucket are deleted by their region's
+                // replicas, by the log (`WriteOp::ClearDedup`), never by a
+                // store's clock.
+                if crate::op::is_bucketed_dedup_key(key) {
+                    return Decision::Keep;
+                }
                 match decode_dedup_time(value) {
                     Ok(applied) if now_ms().saturating_sub(applied) > window_ms => Decision::Remove,
                     // Undecodable records stay: a lookup reports them as corruption.
@@ -318,7 +340,7 @@ impl Engine {
         // Waits (without blocking the thread) while the queue is full.
         self.enqueue_versioned(VersionedWrite {
             id,
-            record_ms: None,
+            bucket: None,
             ops,
             always: Vec::new(),
             first_version,
@@ -402,7 +424,7 @@ impl Engine {
         self.sender()?
             .send(Msg::Write(Request {
                 id: w.id,
-                record_ms: w.record_ms,
+                bucket: w.bucket,
                 ops: w.ops,
                 always: w.always,
                 reply,
@@ -429,7 +451,7 @@ impl Engine {
         self.sender()?
             .blocking_send(Msg::Write(Request {
                 id: None,
-                record_ms: None,
+                bucket: None,
                 ops,
                 always: Vec::new(),
                 reply: Reply::Channel(reply),
@@ -672,8 +694,8 @@ impl Engine {
 
     /// Reads, from one consistent view of the engine taken before this
     /// returns, every data entry in `[start, end)` (empty `end`: unbounded)
-    /// and then every exactly-once record whose key starts with
-    /// `dedup_prefix`, in chunks of about `chunk_bytes` (at least one entry
+    /// and then every exactly-once record whose key starts with one of
+    /// `dedup_prefixes` (in their order), in chunks of about `chunk_bytes` (at least one entry
     /// each; at least one chunk, maybe empty). A thread of its own reads
     /// them, at most two chunks ahead of the receiver; dropping the
     /// receiver stops it and releases the view. For a region's snapshot:
@@ -682,7 +704,7 @@ impl Engine {
         &self,
         start: Vec<u8>,
         end: Vec<u8>,
-        dedup_prefix: Vec<u8>,
+        dedup_prefixes: Vec<Vec<u8>>,
         chunk_bytes: usize,
     ) -> Result<mpsc::Receiver<Result<ExportChunk>>> {
         let db = self.inner.db.clone();
@@ -693,7 +715,7 @@ impl Engine {
             .spawn(move || {
                 let view = db.snapshot();
                 let _ = taken_tx.send(());
-                let sent = export_from(&db, &view, &start, &end, &dedup_prefix, chunk_bytes, &tx);
+                let sent = export_from(&db, &view, &start, &end, &dedup_prefixes, chunk_bytes, &tx);
                 if let Err(e) = sent {
                     let _ = tx.blocking_send(Err(e));
                 }
@@ -921,7 +943,7 @@ fn export_from(
     view: &rocksdb::SnapshotWithThreadMode<'_, DB>,
     start: &[u8],
     end: &[u8],
-    dedup_prefix: &[u8],
+    dedup_prefixes: &[Vec<u8>],
     chunk_bytes: usize,
     tx: &mpsc::Sender<Result<ExportChunk>>,
 ) -> Result<()> {
@@ -965,21 +987,23 @@ fn export_from(
     let dedup = db
         .cf_handle(CF_DEDUP)
         .ok_or_else(|| StorageError::Corruption(format!("missing {CF_DEDUP} column family")))?;
-    let mut ro = ReadOptions::default();
-    ro.set_snapshot(view);
-    for item in db.iterator_cf_opt(
-        dedup,
-        ro,
-        IteratorMode::From(dedup_prefix, Direction::Forward),
-    ) {
-        let (k, v) = item?;
-        if !k.starts_with(dedup_prefix) {
-            break;
-        }
-        bytes = bytes.saturating_add(k.len() + v.len());
-        chunk.dedup.push((k.to_vec(), v.to_vec()));
-        if !flush(&mut chunk, &mut bytes, false) {
-            return Ok(());
+    for dedup_prefix in dedup_prefixes {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(view);
+        for item in db.iterator_cf_opt(
+            dedup,
+            ro,
+            IteratorMode::From(dedup_prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(dedup_prefix) {
+                break;
+            }
+            bytes = bytes.saturating_add(k.len() + v.len());
+            chunk.dedup.push((k.to_vec(), v.to_vec()));
+            if !flush(&mut chunk, &mut bytes, false) {
+                return Ok(());
+            }
         }
     }
     flush(&mut chunk, &mut bytes, true);

@@ -132,11 +132,11 @@ mod writer;
 pub use datadir::{DataDir, Identity};
 #[cfg(feature = "engine")]
 pub use engine::{
-    now_ms, Engine, EngineOptions, Entry, ExportChunk, Queued, ScanOptions, SplitCheck,
-    VersionedWrite,
+    now_ms, Engine, EngineOptions, Entry, ExportChunk, Queued, RecordBucket, ScanOptions,
+    SplitCheck, VersionedWrite,
 };
 pub use error::{Result, StorageError};
 pub use op::{
-    dedup_scope_prefix, versions_taken, CasOutcome, Expected, OpResult, RequestId, VersionedValue,
-    WriteOp, REQUEST_ID_LEN,
+    dedup_bucket_prefix, dedup_bucket_start, dedup_scope_prefix, versions_taken, CasOutcome,
+    Expected, OpResult, RequestId, VersionedValue, WriteOp, REQUEST_ID_LEN,
 };

@@ -116,6 +116,16 @@ pub enum WriteOp {
         /// The encoded record.
         value: Vec<u8>,
     },
+    /// Removes the exactly-once records in `[start, end)` of the `dedup`
+    /// column family (`start < end`; one range tombstone): a region's time
+    /// buckets that can no longer decide anything
+    /// ([`RequestId::bucketed_key`]).
+    ClearDedup {
+        /// First key of the range.
+        start: Vec<u8>,
+        /// End of the range (exclusive).
+        end: Vec<u8>,
+    },
     /// Removes the entries of the `raft` column family in `[start, end)`
     /// (`start < end`; one range tombstone).
     DeleteRaftRange {
@@ -148,7 +158,7 @@ pub enum OpResult {
     Cas(CasOutcome),
     /// `DeleteRange`: how many keys were removed.
     DeleteRange(u64),
-    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`, `PutRaft`, `PutDedup`, `DeleteRaftRange`.
+    /// `ClearRange`, `Import`, `PutMeta`, `DeleteMeta`, `PutRaft`, `PutDedup`, `ClearDedup`, `DeleteRaftRange`.
     Done,
 }
 
@@ -177,6 +187,7 @@ impl WriteOp {
             | WriteOp::DeleteMeta { .. }
             | WriteOp::PutRaft { .. }
             | WriteOp::PutDedup { .. }
+            | WriteOp::ClearDedup { .. }
             | WriteOp::DeleteRaftRange { .. } => 0,
         }
     }
@@ -196,6 +207,7 @@ impl WriteOp {
             | WriteOp::DeleteMeta { .. }
             | WriteOp::PutRaft { .. }
             | WriteOp::PutDedup { .. }
+            | WriteOp::ClearDedup { .. }
             | WriteOp::DeleteRaftRange { .. } => None,
         }
     }
@@ -227,7 +239,47 @@ pub fn dedup_scope_prefix(scope: u64) -> [u8; 9] {
     p
 }
 
+/// The first byte of an exactly-once key kept by time bucket (see
+/// [`RequestId::bucketed_key`]).
+pub const BUCKETED_DEDUP_MARK: u8 = 0xfe;
+
+/// Length of a key of [`RequestId::bucketed_key`].
+pub const BUCKETED_DEDUP_KEY_LEN: usize = 9 + 8 + REQUEST_ID_LEN;
+
+/// The prefix of the exactly-once keys of `scope` kept by time bucket.
+pub fn dedup_bucket_prefix(scope: u64) -> [u8; 9] {
+    let mut p = [BUCKETED_DEDUP_MARK; 9];
+    p[1..].copy_from_slice(&scope.to_be_bytes());
+    p
+}
+
+/// The start of bucket `bucket` of `scope`'s exactly-once keys: every
+/// bucket below it is in `[dedup_bucket_prefix(scope), dedup_bucket_start(scope, bucket))`.
+pub fn dedup_bucket_start(scope: u64, bucket: u64) -> Vec<u8> {
+    let mut key = dedup_bucket_prefix(scope).to_vec();
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+/// Whether `key` is an exactly-once key kept by time bucket.
+pub fn is_bucketed_dedup_key(key: &[u8]) -> bool {
+    key.len() == BUCKETED_DEDUP_KEY_LEN && key[0] == BUCKETED_DEDUP_MARK
+}
+
 impl RequestId {
+    /// The key of this id's record in `scope`'s time bucket `bucket` (the
+    /// record's time divided by the bucket length, which the replicated
+    /// state machine fixes): [`dedup_bucket_start`] then `client` and
+    /// `seq` (41 bytes). A region's replicas look an id up in the buckets
+    /// of the entry's time and the one before, and delete older buckets
+    /// whole, so whether a re-sent request is a duplicate is decided from
+    /// the log alone (see `specs/008-replica-consistency/spec.md`, 2b).
+    pub fn bucketed_key(&self, scope: u64, bucket: u64) -> Vec<u8> {
+        let mut key = dedup_bucket_start(scope, bucket);
+        key.extend_from_slice(&self.to_key());
+        key
+    }
+
     /// The key of this id in `scope` (a region id; 0: no scope) in the
     /// `dedup` column family: [`to_key`](RequestId::to_key) without a
     /// scope, else [`dedup_scope_prefix`] then `client` and `seq` (33

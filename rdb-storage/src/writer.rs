@@ -53,8 +53,9 @@ impl Reply {
 pub(crate) struct Request {
     /// The exactly-once id, if the caller gave one.
     pub id: Option<RequestId>,
-    /// The time of the id's record (`None`: the writer's clock).
-    pub record_ms: Option<u64>,
+    /// Where the id's record lives (see
+    /// [`VersionedWrite::bucket`](crate::VersionedWrite::bucket)).
+    pub bucket: Option<crate::RecordBucket>,
     pub ops: Vec<WriteOp>,
     /// Applied even when `ops` are not (see
     /// [`VersionedWrite::always`](crate::VersionedWrite::always)).
@@ -172,6 +173,8 @@ enum Mutation {
     Meta(Vec<u8>, Option<Vec<u8>>),
     /// The exactly-once record of a request: its key and encoded results.
     Dedup(Vec<u8>, Vec<u8>),
+    /// A range tombstone over `[start, end)` of the dedup column family.
+    DedupRange(Vec<u8>, Vec<u8>),
     /// An entry of the raft column family.
     Raft(Vec<u8>, Vec<u8>),
     /// A range tombstone over `[start, end)` of the raft column family.
@@ -354,6 +357,7 @@ impl<'db> Deferred<'db> {
                     }
                     Mutation::Meta(..)
                     | Mutation::Dedup(..)
+                    | Mutation::DedupRange(..)
                     | Mutation::Raft(..)
                     | Mutation::RaftRange(..) => {}
                 }
@@ -648,7 +652,7 @@ impl Writer {
         let earlier = match req.id {
             Some(id) => match applied.get(&(req.scope, id)) {
                 Some(results) => Some(results.clone()),
-                None => self.recorded(&id.scoped_key(req.scope))?,
+                None => self.recorded_once(id, req.scope, req.bucket)?,
             },
             None => None,
         };
@@ -659,16 +663,39 @@ impl Writer {
                 let results =
                     self.apply_request(&req.ops, req.first_version, count, overlay, local, muts)?;
                 if let Some(id) = req.id {
-                    muts.push(Mutation::Dedup(
-                        id.scoped_key(req.scope),
-                        encode_dedup(req.record_ms.unwrap_or(applied_ms), &results),
-                    ));
+                    let (key, at) = match req.bucket {
+                        Some(b) => (id.bucketed_key(req.scope, b.bucket), b.at_ms),
+                        None => (id.scoped_key(req.scope), applied_ms),
+                    };
+                    muts.push(Mutation::Dedup(key, encode_dedup(at, &results)));
                 }
                 (results, true)
             }
         };
         self.apply_request(&req.always, None, None, overlay, local, muts)?;
         Ok(done)
+    }
+
+    /// The stored results of exactly-once request `id` of `scope`, if it
+    /// was applied: in the bucket's time and the one before, then under
+    /// its scoped key (a record from before buckets).
+    fn recorded_once(
+        &self,
+        id: RequestId,
+        scope: u64,
+        bucket: Option<crate::RecordBucket>,
+    ) -> Result<Option<Vec<OpResult>>> {
+        if let Some(b) = bucket {
+            for n in [Some(b.bucket), b.bucket.checked_sub(1)]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = self.recorded(&id.bucketed_key(scope, n))? {
+                    return Ok(Some(r));
+                }
+            }
+        }
+        self.recorded(&id.scoped_key(scope))
     }
 
     /// The stored results of an exactly-once request (its record's key),
@@ -697,6 +724,7 @@ impl Writer {
                 Mutation::Meta(k, Some(v)) => batch.put_cf(meta, k, v),
                 Mutation::Meta(k, None) => batch.delete_cf(meta, k),
                 Mutation::Dedup(k, v) => batch.put_cf(dedup, k, v),
+                Mutation::DedupRange(s, e) => batch.delete_range_cf(dedup, s, e),
                 Mutation::Raft(k, v) => batch.put_cf(raft, k, v),
                 Mutation::RaftRange(s, e) => batch.delete_range_cf(raft, s, e),
             }
@@ -964,6 +992,16 @@ impl Writer {
                 WriteOp::PutDedup { key, value } => {
                     crate::codec::decode_dedup(value)?;
                     muts.push(Mutation::Dedup(key.clone(), value.clone()));
+                    OpResult::Done
+                }
+                WriteOp::ClearDedup { start, end } => {
+                    if start >= end {
+                        return Err(StorageError::InvalidArgument(
+                            "exactly-once range deletion needs start < end".into(),
+                        )
+                        .into());
+                    }
+                    muts.push(Mutation::DedupRange(start.clone(), end.clone()));
                     OpResult::Done
                 }
                 WriteOp::DeleteRaftRange { start, end } => {

@@ -750,7 +750,7 @@ async fn an_export_reads_one_view_in_bounded_chunks() {
         .export(
             b"k".to_vec(),
             b"l".to_vec(),
-            rdb_storage::dedup_scope_prefix(8).to_vec(),
+            vec![rdb_storage::dedup_scope_prefix(8).to_vec()],
             10_000,
         )
         .unwrap();
@@ -778,7 +778,7 @@ async fn an_export_reads_one_view_in_bounded_chunks() {
     assert!(chunks >= 20, "{chunks} chunks");
     // An empty range still gives one (empty) chunk.
     let mut rx = e
-        .export(b"x".to_vec(), b"y".to_vec(), vec![0xfe], 10_000)
+        .export(b"x".to_vec(), b"y".to_vec(), vec![vec![0xfe]], 10_000)
         .unwrap();
     assert_eq!(
         rx.recv().await.unwrap().unwrap(),
@@ -840,4 +840,74 @@ async fn a_split_check_finds_the_key_at_the_split_size_only_in_a_large_enough_ra
     // An unbounded end reads to the last key.
     let c = e.split_check(b"k050", b"", u64::MAX / 4, 1_000).unwrap();
     assert_eq!((c.split_key, c.keys), (None, 51));
+}
+
+/// One replicated exactly-once write of `op` with id `id` in scope 8,
+/// numbered from `first`, its record in `bucket` (`None`: from before
+/// buckets); its results.
+async fn replicated_write(
+    e: &Engine,
+    id: RequestId,
+    bucket: Option<u64>,
+    op: WriteOp,
+    first: u64,
+) -> Vec<OpResult> {
+    e.enqueue_versioned(rdb_storage::VersionedWrite {
+        id: Some(id),
+        bucket: bucket.map(|bucket| rdb_storage::RecordBucket {
+            at_ms: bucket * 1000 + 1,
+            bucket,
+        }),
+        ops: vec![op],
+        first_version: Some(first),
+        scope: 8,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .wait()
+    .await
+    .unwrap()
+}
+
+/// [`replicated_write`] of `k` = `v` with [`ID`] in `bucket`.
+async fn bucketed_put(e: &Engine, bucket: u64, v: &[u8], first: u64) -> Vec<OpResult> {
+    replicated_write(e, ID, Some(bucket), put(b"k", v), first).await
+}
+
+#[tokio::test]
+async fn a_bucketed_record_answers_in_its_bucket_and_the_next_only_and_compaction_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A window of 1 ms: compaction would drop every record kept by time.
+    let e = open_with_window(tmp.path(), Duration::from_millis(1));
+    let first = bucketed_put(&e, 10, b"1", 100).await;
+    assert_eq!(first, vec![OpResult::Put(100)]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    e.flush().unwrap();
+    e.expire_request_records().unwrap();
+    // The next bucket still finds it (the same bucket too): not applied.
+    assert_eq!(bucketed_put(&e, 11, b"2", 200).await, first);
+    assert_eq!(bucketed_put(&e, 10, b"2", 300).await, first);
+    assert_eq!(e.get(b"k").unwrap().unwrap().value, b"1");
+    // Two buckets on, the id is new again, whatever is stored.
+    assert_eq!(
+        bucketed_put(&e, 12, b"3", 400).await,
+        vec![OpResult::Put(400)]
+    );
+    // The records of buckets below 11 go in one range deletion.
+    let start = rdb_storage::dedup_bucket_start(8, 0);
+    e.write(vec![WriteOp::ClearDedup {
+        start,
+        end: rdb_storage::dedup_bucket_start(8, 11),
+    }])
+    .await
+    .unwrap();
+    let left = e.scan_dedup(&rdb_storage::dedup_bucket_prefix(8)).unwrap();
+    assert_eq!(left.len(), 1, "only bucket 12's record is left");
+    assert_eq!(left[0].0, ID.bucketed_key(8, 12));
+    // A bucketed lookup also finds a record from before buckets.
+    let legacy = RequestId { client: 5, seq: 5 };
+    let before = replicated_write(&e, legacy, None, put(b"old", b"1"), 500).await;
+    let again = replicated_write(&e, legacy, Some(13), put(b"old", b"2"), 600).await;
+    assert_eq!(again, before);
 }

@@ -115,7 +115,7 @@ fn spawn_write(e: &Engine, id: Option<RequestId>, ops: Vec<WriteOp>) -> Write {
         e.sender()?
             .blocking_send(Msg::Write(Request {
                 id,
-                record_ms: None,
+                bucket: None,
                 ops,
                 always: Vec::new(),
                 reply: crate::writer::Reply::Channel(reply),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use flaredb_tests::{eventually, TestCluster};
+use flaredb_tests::{cut_raft, eventually, heal_raft, TestCluster};
 use rdb_client::Client;
 use rdb_proto::v1::kv_client::KvClient;
 use rdb_proto::v1::region_error::Error as RegionErrorKind;
@@ -264,18 +264,23 @@ async fn a_replica_that_missed_a_split_is_replaced_and_every_region_is_whole() {
     let client = cluster.client().await;
     let (region, _) = replicated(&cluster, &client).await;
     client.put(b"x".to_vec(), b"before".to_vec()).await.unwrap();
-    let idx = cluster
-        .stores
-        .iter()
-        .position(|s| s.id != region.store_id)
-        .unwrap();
+    // The first store leads; the second goes down.
+    let leader = cluster.stores[0].id;
+    eventually(50, Duration::from_millis(200), || async {
+        client.transfer_leader(region.id, leader).await.ok()
+    })
+    .await
+    .expect("the first store leads");
+    let idx = 1;
     cluster.stores[idx].kill9();
     Client::split(&client, b"m".to_vec()).await.expect("split");
     for i in 0..150u32 {
-        client
-            .put(format!("a{i:04}").into_bytes(), b"left".to_vec())
-            .await
-            .expect("put in the left region");
+        let key = format!("a{i:04}").into_bytes();
+        eventually(50, Duration::from_millis(200), || async {
+            client.put(key.clone(), b"left".to_vec()).await.ok()
+        })
+        .await
+        .expect("put in the left region");
     }
     client.put(b"x".to_vec(), b"after".to_vec()).await.unwrap();
     cluster.stores[idx].restart();
@@ -480,4 +485,75 @@ async fn the_replica_check_finds_a_replica_gone_wrong() {
         })
         .expect("one replica differs");
     assert_eq!(odd["store_id"], cluster.stores[idx].id, "{j}");
+}
+
+/// Whether a re-sent request is a duplicate is decided from the log alone:
+/// its record sits in the time bucket of its entry's leader time, and a
+/// copy whose entry comes two buckets later is a new write, on every
+/// replica alike, also on one cut off in between for longer than that
+/// (which used to drop records by its own clock). Buckets of 2 s here
+/// (failpoint `dedup-bucket-ms`, on every store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resent_write_is_a_duplicate_for_two_buckets_by_the_log_on_every_replica() {
+    let mut cluster = TestCluster::start_with(0, &[], &[]);
+    let fp = [(
+        "FAILPOINTS".to_string(),
+        "dedup-bucket-ms=return(2000)".to_string(),
+    )];
+    for _ in 0..3 {
+        cluster.add_store_with_env(&fp);
+    }
+    let client = cluster.client().await;
+    let (region, leader) = replicated(&cluster, &client).await;
+    // The leader writes format-1 entries once PD says every store reads them.
+    let idx = cluster
+        .stores
+        .iter()
+        .position(|s| s.id == region.store_id)
+        .unwrap();
+    let log = cluster.stores[idx].dir.with_extension("log");
+    let format_1 = eventually(100, Duration::from_millis(100), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("written in a new format")
+            .then_some(())
+    })
+    .await;
+    assert!(format_1.is_some(), "the cluster version reached 0.2.0");
+
+    let first = put_on(&leader, &region, b"k", b"v", 9).await;
+    assert!(first.region_error.is_none(), "{first:?}");
+    let again = put_on(&leader, &region, b"k", b"v", 9).await;
+    assert_eq!(
+        again.version, first.version,
+        "a duplicate within its bucket"
+    );
+
+    // A follower cut off for longer than two buckets.
+    let f = cluster
+        .stores
+        .iter()
+        .position(|s| s.id != region.store_id)
+        .unwrap();
+    cut_raft(&cluster.stores[f]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = put_on(&leader, &region, b"k", b"v", 9).await;
+    assert!(later.region_error.is_none(), "{later:?}");
+    assert!(
+        later.version > first.version,
+        "two buckets on, the request id is new again: {later:?} after {first:?}"
+    );
+    heal_raft(&cluster.stores[f]);
+    // Once each has applied the last entry, every replica holds the same.
+    let caught_up = eventually(100, Duration::from_millis(100), || async {
+        let v = versions_everywhere(&cluster, &region, b"k").await;
+        v.iter().all(|v| *v >= later.version).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        caught_up,
+        Some(vec![later.version; 3]),
+        "every replica decided alike"
+    );
+    flaredb_tests::assert_replicas_agree(&client).await;
 }
