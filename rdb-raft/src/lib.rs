@@ -27,6 +27,8 @@
 // bytes); the helpers that build it return it as the traits do.
 #![allow(clippy::result_large_err)]
 
+#[cfg(test)]
+mod formats;
 mod hibernate;
 mod lane;
 pub mod log;

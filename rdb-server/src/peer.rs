@@ -1200,5 +1200,32 @@ mod tests {
         );
         assert_eq!(decode_counters(&value).unwrap(), v1);
         assert!(decode_counters(&hex("01 02 03")).is_err());
+        // Every later chunk of a snapshot (unchanged since 0.1).
+        let part = SnapshotPart {
+            pairs: vec![SnapshotPair {
+                key: b"k".to_vec(),
+                version: 7,
+                value: b"v".to_vec(),
+            }],
+            dedup: vec![SnapshotRecord {
+                key: vec![1],
+                value: vec![2],
+            }],
+        };
+        let raw = hex("01 01 6b 07 01 76 01 01 01 01 02");
+        assert_eq!(postcard::to_stdvec(&part).unwrap(), raw);
+        let back: SnapshotPart = postcard::from_bytes(&raw).unwrap();
+        assert_eq!(
+            (
+                back.pairs[0].key.as_slice(),
+                back.pairs[0].version,
+                back.pairs[0].value.as_slice()
+            ),
+            (&b"k"[..], 7, &b"v"[..])
+        );
+        assert_eq!(
+            (back.dedup[0].key.as_slice(), back.dedup[0].value.as_slice()),
+            (&[1u8][..], &[2u8][..])
+        );
     }
 }

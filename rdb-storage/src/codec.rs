@@ -309,6 +309,28 @@ mod tests {
         assert_eq!(decode_u64(&5u64.to_be_bytes(), "x").unwrap(), 5);
     }
 
+    /// Golden bytes of the records that shipped (data record format 1,
+    /// exactly-once record format 1): they decode forever.
+    #[test]
+    fn shipped_record_formats_decode_forever() {
+        let hex = |s: &str| -> Vec<u8> {
+            s.split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).unwrap())
+                .collect()
+        };
+        let data = hex("01 00 00 00 00 00 00 00 07 76");
+        assert_eq!(encode_record(7, b"v"), data);
+        assert_eq!(decode_record(&data).unwrap(), (7, &b"v"[..]));
+        let results = vec![OpResult::Put(5), OpResult::Delete(true)];
+        let dedup = hex("01 00 00 00 00 00 00 00 63 00 00 00 02 01 00 00 00 00 00 00 00 05 02 01");
+        assert_eq!(encode_dedup(99, &results), dedup);
+        assert_eq!(decode_dedup(&dedup).unwrap(), (99, results));
+        assert_eq!(
+            dedup_without_time(&dedup).unwrap(),
+            hex("01 00 00 00 02 01 00 00 00 00 00 00 00 05 02 01")
+        );
+    }
+
     #[test]
     fn dedup_round_trip_and_rejects() {
         let results = vec![
