@@ -24,3 +24,4 @@ mod scheduling;
 mod security;
 mod split;
 mod tso;
+mod upgrade;
