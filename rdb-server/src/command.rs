@@ -12,8 +12,9 @@
 //! is proposed only once every store can read it: the cluster version PD
 //! reports gates it ([`EntryFormat::for_cluster_version`]). An entry of an
 //! unknown format is never skipped ([`DecodeError::UnknownFormat`]: the
-//! replica stops rather than diverge). [`Op`] and [`Expect`] are encoded
-//! the same way in both formats: changing them is a new format.
+//! replica stops rather than diverge). [`Op`] and its condition
+//! ([`Expected`], rdb-storage's) are encoded the same way in both formats:
+//! changing them is a new format.
 //!
 //! Answers go from a replica's apply back to the proposer in the same
 //! process only: plain postcard ([`encode_answer`], [`decode_answer`]).
@@ -110,7 +111,7 @@ pub enum DecodeError {
     },
 }
 
-use rdb_storage::{CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp};
+use rdb_storage::{Expected, OpResult, RequestId, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::command::legacy::LegacyCommand;
@@ -202,7 +203,7 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The condition.
-        expected: Expect,
+        expected: Expected,
         /// The new value, `None` to delete.
         #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
@@ -218,32 +219,13 @@ pub enum Op {
     },
 }
 
-/// See [`Expected`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Expect {
-    /// The key does not exist.
-    Absent,
-    /// The key exists with this version.
-    Version(u64),
-    /// The key exists with this value.
-    Value(#[serde(with = "serde_bytes")] Vec<u8>),
-}
-
 impl Op {
     /// The storage operation.
     pub fn to_write_op(&self) -> WriteOp {
         match self.clone() {
             Op::Put { key, value } => WriteOp::Put { key, value },
             Op::Delete { key } => WriteOp::Delete { key },
-            Op::Cas { key, expected, new } => WriteOp::Cas {
-                key,
-                expected: match expected {
-                    Expect::Absent => Expected::Absent,
-                    Expect::Version(v) => Expected::Version(v),
-                    Expect::Value(v) => Expected::Value(v),
-                },
-                new,
-            },
+            Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
             Op::DeleteRange { start, end } => WriteOp::DeleteRange { start, end },
         }
     }
@@ -272,7 +254,7 @@ impl Op {
 pub enum Answer {
     /// The write was applied (or had been, for a re-sent request id): one
     /// result per op.
-    Written(Vec<Outcome>),
+    Written(Vec<OpResult>),
     /// The storage refused the write as a whole (nothing applied).
     Refused(String),
     /// The region's epoch changed since the command was checked: nothing
@@ -288,64 +270,6 @@ pub enum Answer {
         /// `[split_key, end)`, the new id.
         right: Vec<u8>,
     },
-}
-
-/// See [`OpResult`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// A put's version.
-    Put(u64),
-    /// Whether the deleted key existed.
-    Delete(bool),
-    /// A CAS: whether it succeeded, the state it saw, the new version.
-    Cas {
-        /// Whether the condition held.
-        succeeded: bool,
-        /// The key's state it was checked against: version and value.
-        current: Option<(u64, Vec<u8>)>,
-        /// The written value's version.
-        new_version: Option<u64>,
-    },
-    /// Keys a range deletion removed.
-    DeleteRange(u64),
-    /// Nothing to tell.
-    Done,
-}
-
-impl From<OpResult> for Outcome {
-    fn from(r: OpResult) -> Self {
-        match r {
-            OpResult::Put(v) => Outcome::Put(v),
-            OpResult::Delete(e) => Outcome::Delete(e),
-            OpResult::Cas(o) => Outcome::Cas {
-                succeeded: o.succeeded,
-                current: o.current.map(|c| (c.version, c.value)),
-                new_version: o.new_version,
-            },
-            OpResult::DeleteRange(n) => Outcome::DeleteRange(n),
-            OpResult::Done => Outcome::Done,
-        }
-    }
-}
-
-impl From<Outcome> for OpResult {
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::Put(v) => OpResult::Put(v),
-            Outcome::Delete(e) => OpResult::Delete(e),
-            Outcome::Cas {
-                succeeded,
-                current,
-                new_version,
-            } => OpResult::Cas(CasOutcome {
-                succeeded,
-                current: current.map(|(version, value)| VersionedValue { version, value }),
-                new_version,
-            }),
-            Outcome::DeleteRange(n) => OpResult::DeleteRange(n),
-            Outcome::Done => OpResult::Done,
-        }
-    }
 }
 
 /// The storage form of a command's request id.
@@ -602,7 +526,7 @@ pub(crate) mod tests {
             Op::Delete { key: b"d".to_vec() },
             Op::Cas {
                 key: b"c".to_vec(),
-                expected: Expect::Value(b"old".to_vec()),
+                expected: Expected::Value(b"old".to_vec()),
                 new: Some(value.clone()),
             },
         ];
@@ -648,7 +572,7 @@ pub(crate) mod tests {
             put_kv(),
             Op::Cas {
                 key: b"c".to_vec(),
-                expected: Expect::Version(4),
+                expected: Expected::Version(4),
                 new: None,
             },
             Op::Delete { key: b"d".to_vec() },
@@ -758,16 +682,15 @@ pub(crate) mod tests {
     #[test]
     fn answers_round_trip() {
         let a = Answer::Written(vec![
-            Outcome::Put(9),
-            OpResult::Cas(CasOutcome {
+            OpResult::Put(9),
+            OpResult::Cas(rdb_storage::CasOutcome {
                 succeeded: false,
-                current: Some(VersionedValue {
+                current: Some(rdb_storage::VersionedValue {
                     version: 4,
                     value: b"x".to_vec(),
                 }),
                 new_version: None,
-            })
-            .into(),
+            }),
         ]);
         assert_eq!(decode_answer(&encode_answer(&a)).unwrap(), a);
         assert!(decode_answer(b"\xff\xff").is_err());

@@ -15,10 +15,10 @@ use rdb_proto::limits::{MAX_SCAN_LIMIT, PAIR_OVERHEAD_BYTES};
 use rdb_proto::v1::cas_condition::Condition;
 use rdb_proto::v1::kv_server::Kv;
 use rdb_proto::v1::*;
-use rdb_storage::{Engine, OpResult, ScanOptions, VersionedValue};
+use rdb_storage::{Engine, Expected, OpResult, ScanOptions, VersionedValue};
 use tonic::{Request, Response, Status};
 
-use crate::command::{Answer, Command, Expect, Op};
+use crate::command::{Answer, Command, Op};
 use crate::error::ServerError;
 use crate::node::Node;
 use crate::peer::{epoch_changed, ProposeError, RegionPeer};
@@ -86,7 +86,7 @@ impl KvService {
             at_ms: Some(rdb_storage::now_ms()),
         };
         match peer.propose(&cmd).await {
-            Ok(Answer::Written(outs)) => Ok(Ok(outs.into_iter().map(OpResult::from).collect())),
+            Ok(Answer::Written(outs)) => Ok(Ok(outs)),
             Ok(Answer::EpochChanged(now)) => {
                 let now = <Region as prost::Message>::decode(now.as_slice())
                     .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?;
@@ -647,11 +647,11 @@ impl KvService {
         invalid(self.limits.check_key(&key))?;
         invalid(self.limits.check_value(&new_value))?;
         let expected = match expected.and_then(|c| c.condition) {
-            Some(Condition::Absent(_)) => Expect::Absent,
-            Some(Condition::Version(v)) => Expect::Version(v),
+            Some(Condition::Absent(_)) => Expected::Absent,
+            Some(Condition::Version(v)) => Expected::Version(v),
             Some(Condition::Value(v)) => {
                 invalid(self.limits.check_value(&v))?;
-                Expect::Value(v)
+                Expected::Value(v)
             }
             None => {
                 return Err(ServerError::InvalidArgument(

@@ -25,7 +25,7 @@ use rdb_storage::{Engine, OpResult, Queued, StorageError, VersionedWrite, WriteO
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{self, Answer, Command, Outcome, SplitParts};
+use crate::command::{self, Answer, Command, SplitParts};
 use crate::regions::put_region_op;
 
 /// Prefix of the meta keys of the regions' version counters.
@@ -1004,9 +1004,7 @@ impl Waiting {
 /// counter and marks written with it are dropped).
 fn written(r: rdb_storage::Result<Vec<OpResult>>, n: usize) -> Result<Answer, String> {
     match r {
-        Ok(results) => Ok(Answer::Written(
-            results.into_iter().take(n).map(Outcome::from).collect(),
-        )),
+        Ok(results) => Ok(Answer::Written(results.into_iter().take(n).collect())),
         // Refused as a whole before anything was written: the same on every
         // replica (the checks depend only on the entry).
         Err(StorageError::InvalidArgument(m)) => Ok(Answer::Refused(m)),

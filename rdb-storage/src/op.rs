@@ -2,24 +2,29 @@
 //! RocksDB, so that [`codec`](crate::codec) can encode results for the
 //! exactly-once records.
 
+use serde::{Deserialize, Serialize};
+
 /// A value with the version the store gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionedValue {
     /// The version of the write that stored this value.
     pub version: u64,
     /// The value bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
-/// What a compare-and-swap expects to find.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a compare-and-swap expects to find. Also the condition of a CAS
+/// in a region's Raft entries (rdb-server encodes it with postcard: its
+/// variants and their order are part of the entry format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expected {
     /// The key does not exist.
     Absent,
     /// The key exists with exactly this version.
     Version(u64),
     /// The key exists with exactly this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Expected {
@@ -137,7 +142,7 @@ pub enum WriteOp {
 }
 
 /// The outcome of a compare-and-swap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CasOutcome {
     /// Whether the condition held and the write was applied.
     pub succeeded: bool,
@@ -148,7 +153,7 @@ pub struct CasOutcome {
 }
 
 /// The result of one [`WriteOp`], in the same position as the op.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     /// `Put`: the new version.
     Put(u64),
