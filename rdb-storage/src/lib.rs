@@ -137,6 +137,7 @@ pub use engine::{
 };
 pub use error::{Result, StorageError};
 pub use op::{
-    dedup_bucket_prefix, dedup_bucket_start, dedup_scope_prefix, versions_taken, CasOutcome,
-    Expected, OpResult, RequestId, VersionedValue, WriteOp, REQUEST_ID_LEN,
+    dedup_bucket_prefix, dedup_bucket_start, dedup_scope_prefix, is_bucketed_dedup_key,
+    versions_taken, CasOutcome, Expected, OpResult, RequestId, VersionedValue, WriteOp,
+    REQUEST_ID_LEN,
 };
