@@ -558,7 +558,13 @@ impl Group {
     /// commands ([`Error::NotLeader`] otherwise). An error other than
     /// `NotLeader` leaves the outcome unknown: the command may still commit.
     pub async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
-        self.touch().await;
+        if self.touch().await {
+            // A leader that slept sent no heartbeats: its quorum lease has
+            // run out, and openraft refuses a write until acknowledgements
+            // renew it (`ForwardReason::LeaseExpired`, naming no leader). A
+            // round of heartbeats a quorum answers renews it first.
+            self.ensure_leader().await?;
+        }
         self.raft
             .client_write(Bytes(command))
             .await
@@ -768,11 +774,14 @@ impl Group {
     /// Wakes a sleeping leader before it is asked something (its
     /// heartbeats resume at once) and keeps it from falling asleep in the
     /// middle.
-    async fn touch(&self) {
+    /// Whether it woke a sleeping leader.
+    async fn touch(&self) -> bool {
         if self.sleep.touch(&self.raft) == hibernate::LEADER {
             tracing::debug!(group = self.config.group_id, "waking");
             let _ = self.raft.trigger().heartbeat().await;
+            return true;
         }
+        false
     }
 
     /// Whether this member sleeps (see [`GroupConfig::hibernate`]).

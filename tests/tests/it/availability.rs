@@ -114,3 +114,42 @@ async fn a_returning_follower_costs_the_leader_nothing() {
     }
     flaredb_tests::assert_replicas_agree(&client).await;
 }
+
+/// A region's leader asleep after an idle spell takes the first write sent
+/// to it (it wakes for it) instead of answering `NotLeader` naming nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_leader_takes_the_first_write_after_an_idle_spell() {
+    use rdb_proto::v1::kv_client::KvClient;
+    use rdb_proto::v1::{Context, PutRequest};
+    let cluster = TestCluster::start(3);
+    let client = cluster.client().await;
+    client.put(b"boot".to_vec(), b"1".to_vec()).await.unwrap();
+    let routes = flaredb_tests::wait_for_replicas(&client, 3).await;
+    let region = routes[0].region.clone().unwrap();
+    let leader = routes[0].leader.clone().unwrap();
+    for round in 0..2 {
+        // Idle for longer than it takes the group to fall asleep.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        let mut kv = KvClient::connect(format!("http://{}", leader.address))
+            .await
+            .unwrap();
+        let r = kv
+            .put(PutRequest {
+                context: Some(Context {
+                    region_id: region.id,
+                    region_epoch: region.epoch,
+                    stale_read: false,
+                }),
+                key: format!("after-idle-{round}").into_bytes(),
+                value: b"v".to_vec(),
+                request_id: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            r.region_error.is_none(),
+            "round {round}: the sleeping leader refused the first write: {r:?}"
+        );
+    }
+}
