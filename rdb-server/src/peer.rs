@@ -476,7 +476,11 @@ impl RegionMachine {
         // A format-1 entry keeps its record in the region clock's bucket;
         // when the clock enters a new bucket, the buckets that can no
         // longer decide anything (all but this one and the one before) go.
-        let bucket = at_ms.map(|_| {
+        // A format-0 entry applied after format-1 ones (a store proposes
+        // format 0 until PD tells it the cluster version, after a restart)
+        // finds and keeps its record the same way, at the clock as it is:
+        // its copy's record may be in a bucket already.
+        let bucket = (at_ms.is_some() || counters.clock_ms > 0).then(|| {
             let (now, then) = (
                 counters.clock_ms / self.bucket_ms,
                 clock_before / self.bucket_ms,
