@@ -514,7 +514,24 @@ impl RegionMachine {
     /// Starts this replica's digest of the region as applied now, at log
     /// index `index` (see [`crate::digest`]).
     fn start_digest(&self, index: u64) -> Result<(), String> {
-        let Applied { region, counters } = self.read().clone();
+        let (Applied { region, counters }, view) = self.export_applied()?;
+        self.digests.compute(index, &region, counters, view);
+        Ok(())
+    }
+
+    /// The region as applied here, and a view of its data and records
+    /// taken now, read in chunks (for a snapshot or a digest).
+    fn export_applied(
+        &self,
+    ) -> Result<
+        (
+            Applied,
+            mpsc::Receiver<rdb_storage::Result<rdb_storage::ExportChunk>>,
+        ),
+        String,
+    > {
+        let applied = self.read().clone();
+        let region = &applied.region;
         let view = self
             .engine
             .export(
@@ -524,8 +541,7 @@ impl RegionMachine {
                 rdb_raft::CHUNK_BYTES,
             )
             .map_err(storage_err)?;
-        self.digests.compute(index, &region, counters, view);
-        Ok(())
+        Ok((applied, view))
     }
 
     /// Applies a split entry after the entries queued before it, and
@@ -855,19 +871,10 @@ impl BatchMachine for RegionMachine {
     }
 
     async fn snapshot(&self) -> Result<Chunks, String> {
-        let Applied { region, counters } = self.read().clone();
-        let head = encode_head(&region, counters)?;
         // The view is taken now (no apply runs during this call); the
         // chunks are read from it while the region goes on.
-        let rx = self
-            .engine
-            .export(
-                region.start_key.clone(),
-                region.end_key.clone(),
-                record_prefixes(region.id),
-                rdb_raft::CHUNK_BYTES,
-            )
-            .map_err(storage_err)?;
+        let (Applied { region, counters }, rx) = self.export_applied()?;
+        let head = encode_head(&region, counters)?;
         let parts = futures::stream::unfold(rx, |mut rx| async move {
             let chunk = rx.recv().await?;
             let part = chunk.map_err(storage_err).and_then(|c| {
